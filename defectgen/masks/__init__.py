@@ -1,0 +1,121 @@
+"""Where defects go: Perlin masks, box masks, shapes from a folder; presets in the repository's masks/ folder.
+
+Every random draw comes from `mask_rng(seed, index)`, so mask i depends only on (seed, i): the same seed gives
+the same masks whatever the batch size or resume point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from defectgen.errors import DefectgenError
+from defectgen.io.sample import Box
+from defectgen.masks.bbox import BoxConfig, box_mask, box_stats_from
+from defectgen.masks.perlin import PerlinConfig, perlin_mask
+from defectgen.masks.shapes import ShapeBank
+
+KINDS = ("perlin", "bbox")
+PRESET_DIR = Path(__file__).resolve().parents[2] / "masks"
+
+__all__ = [
+    "KINDS", "BoxConfig", "MaskGenerator", "PerlinConfig", "ShapeBank", "box_mask", "box_stats_from",
+    "estimate_foreground", "load_preset", "mask_rng", "perlin_mask",
+]
+
+
+def mask_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def estimate_foreground(image: np.ndarray) -> np.ndarray:
+    """The object's pixels by Otsu's threshold on the gray image, keeping the largest connected part.
+    Suits a bright or dark object on a plain background; a texture filling the frame comes back (almost) whole."""
+    gray = image if image.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    gray = gray.squeeze()
+    if gray.dtype != np.uint8:
+        gray = (gray / 257).astype(np.uint8)
+    _, fg = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if fg.mean() < 0.5 and fg[[0, -1], :].mean() > 0.5:  # the border is bright: the object is the dark part
+        fg = 1 - fg
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
+    if n <= 1:
+        return np.ones(gray.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == largest
+
+
+def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """A YAML preset, by name (a file in masks/) or path: returns (kind, config fields)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+        raise DefectgenError(path, f"mask preset not found (known presets: {', '.join(known) or 'none'})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DefectgenError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    kind = data.pop("kind", None)
+    if kind not in KINDS:
+        raise DefectgenError(path, f"preset needs 'kind: perlin' or 'kind: bbox', got {kind!r}")
+    data.pop("description", None)
+    return kind, data
+
+
+def _config(kind: str, values: dict[str, Any]):
+    cls = PerlinConfig if kind == "perlin" else BoxConfig
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(values) - allowed
+    if unknown:
+        raise DefectgenError(None, f"unknown {kind} mask option(s): {', '.join(sorted(unknown))}")
+    tupled = {k: tuple(v) if isinstance(v, list) and k != "stats" else v for k, v in values.items()}
+    try:
+        return cls(**tupled)
+    except (TypeError, ValueError) as e:
+        raise DefectgenError(None, f"bad {kind} mask option: {e}") from None
+
+
+class MaskGenerator:
+    """Draws mask i for an image of a given size: `gen(i, h, w, foreground=None) -> (mask, boxes)`."""
+
+    def __init__(self, kind: str, seed: int = 0, preset: str | None = None, shapes: str | Path | None = None,
+                 **options: Any):
+        if shapes is None and kind not in KINDS:
+            raise DefectgenError(None, f"unknown mask kind {kind!r}; choose from {', '.join(KINDS)}")
+        values: dict[str, Any] = {}
+        if preset:
+            preset_kind, values = load_preset(preset)
+            if preset_kind != kind:
+                raise DefectgenError(preset, f"preset is for '{preset_kind}' masks, not '{kind}'")
+        values.update({k: v for k, v in options.items() if v is not None})
+        self.kind = "shapes" if shapes is not None else kind
+        self.seed = int(seed)
+        self.bank = ShapeBank(shapes) if shapes is not None else None
+        self.config = None if shapes is not None else _config(kind, values)
+
+    def describe(self) -> dict[str, Any]:
+        if self.config is None:
+            return {"kind": self.kind, "seed": self.seed}
+        cfg = {f.name: getattr(self.config, f.name) for f in fields(self.config) if f.name != "stats"}
+        if isinstance(self.config, BoxConfig) and self.config.stats:
+            cfg["stats_from_labeled_boxes"] = len(self.config.stats)
+        return {"kind": self.kind, "seed": self.seed, **cfg}
+
+    def __call__(self, index: int, height: int, width: int, foreground: np.ndarray | None = None,
+                 label: str | None = None) -> tuple[np.ndarray, list[Box]]:
+        rng = mask_rng(self.seed, index)
+        if self.bank is not None:
+            mask = self.bank.sample(height, width, rng, foreground=foreground)
+        elif self.kind == "perlin":
+            mask = perlin_mask(height, width, rng, self.config, foreground)
+        else:
+            return box_mask(height, width, rng, self.config, foreground, label)
+        box = Box.from_mask(mask, label)
+        return mask, [box] if box else []

@@ -1,0 +1,1 @@
+"""Synthesis: normals x masks x generator -> a dataset with exact annotations."""
