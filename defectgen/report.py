@@ -69,7 +69,7 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:
     """Counts and distributions over the samples that were read (see `defectgen inspect`)."""
-    sizes = Counter(f"{s.width}x{s.height}" for s in samples)
+    sizes = Counter(f"{s.height}x{s.width}" for s in samples)  # HxW, as --size takes it
     channels = Counter(s.channels for s in samples)
     dtypes = Counter(str(s.image.dtype) for s in samples)
     classes = Counter(s.class_name or "good" for s in samples)

@@ -36,14 +36,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                       resumable: bool = True) -> Path:
     """Create `path`, refusing a non-empty folder unless the user said --overwrite (clear it) or --resume (keep it)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DefectgenError(path, "output path exists and is not a folder")
     non_empty = path.is_dir() and any(path.iterdir())
     if non_empty and not (overwrite or resume):
-        raise DefectgenError(path, "output folder is not empty; pass --overwrite to replace it or --resume to continue")
+        hint = "pass --overwrite to replace it" + (" or --resume to continue" if resumable else "")
+        raise DefectgenError(path, f"output folder is not empty; {hint}")
     if non_empty and overwrite and not resume:
         resolved = path.resolve()
         if resolved in (Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)):

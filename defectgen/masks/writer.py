@@ -1,0 +1,69 @@
+"""`defectgen masks`: a folder of mask PNGs plus their COCO file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from defectgen.errors import DefectgenError
+from defectgen.io.coco import CocoBuilder
+from defectgen.io.datasets import open_dataset
+from defectgen.io.images import write_mask
+from defectgen.io.output import prepare_output_dir
+from defectgen.masks import MaskGenerator, estimate_foreground
+
+
+def _reference_shapes(like: Path, fmt: str, n: int, object_only: bool, on_bad: str):
+    """(H, W, foreground or None, source path) for the first min(n, len) readable images of `like`."""
+    dataset = open_dataset(like, fmt, on_bad=on_bad)
+    refs, skipped = [], 0
+    for entry in dataset.entries:
+        if len(refs) >= n:
+            break
+        try:
+            image = dataset.load(entry).image
+        except DefectgenError:
+            if on_bad != "skip":
+                raise
+            skipped += 1
+            continue
+        fg = estimate_foreground(image) if object_only else None
+        refs.append((image.shape[0], image.shape[1], fg, str(entry.image_path)))
+    if not refs:
+        raise DefectgenError(like, "no readable images to take mask sizes from")
+    return refs, skipped
+
+
+def write_mask_set(
+    out_dir: str | Path, generator: MaskGenerator, n: int, *, size: tuple[int, int] | None = None,
+    like: str | Path | None = None, like_format: str = "auto", object_only: bool = False, category: str = "defect",
+    params: dict[str, Any] | None = None, overwrite: bool = False, on_bad: str = "error",
+) -> dict[str, Any]:
+    """Write n masks (mask i sized like reference image i mod len, or `size`) and annotations.json."""
+    if (size is None) == (like is None):
+        raise ValueError("give exactly one of size or like")
+    if like is not None:
+        refs, skipped = _reference_shapes(Path(like), like_format, n, object_only, on_bad)
+    else:
+        refs, skipped = [(size[0], size[1], None, None)], 0
+    out_dir = prepare_output_dir(out_dir, overwrite=overwrite, resumable=False)
+    coco = CocoBuilder([category])
+    areas = []
+    for i in tqdm(range(n), desc="masks", unit="mask", disable=not sys.stderr.isatty()):
+        h, w, fg, source = refs[i % len(refs)]
+        mask, _ = generator(i, h, w, foreground=fg, label=category)
+        name = f"masks/{i:06d}.png"
+        write_mask(out_dir / name, mask)
+        extra = {"source_image": source} if source else {}
+        image_id = coco.add_image(name, h, w, image_id=i, **extra)
+        coco.add_mask(image_id, mask, category)
+        areas.append(float(mask.mean()))
+    coco.save(out_dir / "annotations.json", {"defectgen": {
+        "command": "masks", "params": params or {}, "generator": generator.describe(),
+    }})
+    return {"masks": n, "skipped": skipped, "area_median": float(np.median(areas)),
+            "area_min": float(np.min(areas)), "area_max": float(np.max(areas))}
