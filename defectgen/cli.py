@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -112,17 +111,18 @@ def masks(
     out_dir: Path = typer.Option(..., "--out", help="Output folder: masks/*.png and annotations.json."),
     kind: str = typer.Option("perlin", "--kind", help="perlin or bbox."),
     n: int = typer.Option(16, "--n", min=1, help="How many masks."),
-    size: Optional[str] = typer.Option(None, "--size", help="Mask size HxW, e.g. 256x256."),
-    like: Optional[Path] = typer.Option(None, "--like", help="Take mask sizes (and foregrounds) from these images."),
-    fmt: str = typer.Option("auto", "--format", help="Layout of --like/--like-labeled: auto, folder, mvtec, pairs, voc, coco."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A preset name from masks/ (perlin, perlin-small, "
+    size: str | None = typer.Option(None, "--size", help="Mask size HxW, e.g. 256x256."),
+    like: Path | None = typer.Option(None, "--like", help="Take mask sizes (and foregrounds) from these images."),
+    fmt: str = typer.Option("auto", "--format", help="Layout of --like/--like-labeled: auto, folder, "
+                            "mvtec, pairs, voc, coco."),
+    preset: str | None = typer.Option(None, "--preset", help="A preset name from masks/ (perlin, perlin-small, "
                                          "perlin-large, bbox, scratches) or a YAML path."),
-    like_labeled: Optional[Path] = typer.Option(None, "--like-labeled", help="bbox: draw box sizes from the boxes "
+    like_labeled: Path | None = typer.Option(None, "--like-labeled", help="bbox: draw box sizes from the boxes "
                                                 "(or mask extents) of this labeled set."),
-    shape: Optional[str] = typer.Option(None, "--shape", help="bbox: rect, ellipse or mixed."),
-    min_area: Optional[float] = typer.Option(None, "--min-area", help="perlin: smallest mask area (fraction)."),
-    max_area: Optional[float] = typer.Option(None, "--max-area", help="perlin: largest mask area (fraction)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="perlin: threshold on noise in [-1, 1]."),
+    shape: str | None = typer.Option(None, "--shape", help="bbox: rect, ellipse or mixed."),
+    min_area: float | None = typer.Option(None, "--min-area", help="perlin: smallest mask area (fraction)."),
+    max_area: float | None = typer.Option(None, "--max-area", help="perlin: largest mask area (fraction)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="perlin: threshold on noise in [-1, 1]."),
     object_only: bool = typer.Option(False, "--object-only", help="Keep masks on the object's foreground "
                                      "(Otsu on each --like image)."),
     category: str = typer.Option("defect", "--category", help="COCO category name for the masks."),
@@ -189,7 +189,7 @@ def inspect(
     path: Path = typer.Argument(..., help="A dataset or output folder (any layout), or a COCO .json file."),
     fmt: str = typer.Option("auto", "--format", help="auto, folder, mvtec, pairs, voc, coco."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
-    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Where to write the contact sheet PNG "
+    sheet: Path | None = typer.Option(None, "--sheet", help="Where to write the contact sheet PNG "
                                          "(default: inspect_<name>.png in the current folder)."),
     n_sheet: int = typer.Option(32, "--sheet-n", min=0, help="How many samples on the contact sheet (0: none)."),
     on_bad: str = typer.Option("error", "--on-bad", help="error: stop at an unreadable image; skip: count it."),
@@ -228,7 +228,8 @@ def inspect(
         value = summary.get(key)
         if isinstance(value, dict):
             items = list(value.items())
-            value = ", ".join(f"{k}: {v}" for k, v in items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            more = f", ... ({len(items)} in all)" if len(items) > 8 else ""
+            value = ", ".join(f"{k}: {v}" for k, v in items[:8]) + more
         label = "sizes (HxW)" if key == "sizes" else key.replace("_", " ")
         table.add_row(label, str(value if value not in ("", None) else "-"))
     out.print(table)

@@ -43,7 +43,9 @@ def _tile(sample: Sample, size: int) -> np.ndarray:
     return tile
 
 
-def contact_sheet(samples: list[Sample], path: str | Path | None = None, tile: int = 128, columns: int = 8) -> np.ndarray:
+def contact_sheet(
+    samples: list[Sample], path: str | Path | None = None, tile: int = 128, columns: int = 8,
+) -> np.ndarray:
     """A grid of the samples (RGB uint8) with defect outlines in red and class names; written if `path` is given."""
     if not samples:
         raise ValueError("contact_sheet needs at least one sample")
@@ -53,8 +55,8 @@ def contact_sheet(samples: list[Sample], path: str | Path | None = None, tile: i
     sheet = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap, 3), 255, np.uint8)
     for i, s in enumerate(samples):
         r, c = divmod(i, columns)
-        sheet[gap + r * (tile + gap):gap + r * (tile + gap) + tile, gap + c * (tile + gap):gap + c * (tile + gap) + tile] = \
-            _tile(s, tile)
+        y0, x0 = gap + r * (tile + gap), gap + c * (tile + gap)
+        sheet[y0:y0 + tile, x0:x0 + tile] = _tile(s, tile)
     if path is not None:
         write_image(path, sheet)
     return sheet
@@ -64,7 +66,7 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     q = np.quantile(np.asarray(values, float), [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {k: round(float(v), 6) for k, v in zip(("min", "p25", "median", "p75", "max"), q)}
+    return {k: round(float(v), 6) for k, v in zip(("min", "p25", "median", "p75", "max"), q, strict=True)}
 
 
 def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:

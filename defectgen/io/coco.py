@@ -56,7 +56,8 @@ class CocoBuilder:
 
     def add_image(self, file_name: str, height: int, width: int, image_id: int | None = None, **extra: Any) -> int:
         image_id = len(self.images) + 1 if image_id is None else int(image_id)
-        self.images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width), **extra})
+        record = {"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)}
+        self.images.append({**record, **extra})
         return image_id
 
     def add_mask(self, image_id: int, mask: np.ndarray, category: str, **extra: Any) -> int | None:

@@ -89,7 +89,9 @@ class Dataset:
     def class_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(e.class_name or NORMAL_CLASS for e in self.entries).items()))
 
-    def select(self, *, split: str | None = None, normal: bool | None = None, classes: list[str] | None = None) -> Dataset:
+    def select(
+        self, *, split: str | None = None, normal: bool | None = None, classes: list[str] | None = None,
+    ) -> Dataset:
         """A view with the entries that match: a split, only normals (True) or only defects (False), some classes."""
         chosen = []
         for e in self.entries:
@@ -124,7 +126,8 @@ class Dataset:
             if b.x0 < 0 or b.y0 < 0 or b.x1 > w + 0.5 or b.y1 > h + 0.5 or b.x1 <= b.x0 or b.y1 <= b.y0:
                 raise DefectgenError(
                     entry.annotation_file or entry.image_path,
-                    f"box [{b.x0:g}, {b.y0:g}, {b.x1:g}, {b.y1:g}] lies outside the {w}x{h} image {entry.image_path.name}",
+                    f"box [{b.x0:g}, {b.y0:g}, {b.x1:g}, {b.y1:g}] lies outside the {w}x{h} image "
+                    f"{entry.image_path.name}",
                 )
         boxes = list(entry.boxes)
         if not boxes and mask is not None and mask.any():
@@ -247,9 +250,9 @@ def _read_voc(root: Path) -> list[Entry]:
     if not parts:
         raise DefectgenError(root, "not a Pascal VOC layout: expected images/ and annotations/*.xml")
     entries = []
-    for images, annotations, split in parts:
+    for images, xml_dir, split in parts:
         by_stem = {p.stem: p for p in _images_under(images)}
-        for xml_path in sorted(annotations.glob("*.xml")):
+        for xml_path in sorted(xml_dir.glob("*.xml")):
             try:
                 tree = ET.parse(xml_path).getroot()
             except ET.ParseError as e:

@@ -60,7 +60,9 @@ def binarize_mask(array: np.ndarray) -> np.ndarray:
     return array > max(peak / 2.0, 0.5) if peak > 1 else array > 0
 
 
-def read_mask(path: str | Path, shape: tuple[int, int] | None = None, image_path: str | Path | None = None) -> np.ndarray:
+def read_mask(
+    path: str | Path, shape: tuple[int, int] | None = None, image_path: str | Path | None = None,
+) -> np.ndarray:
     """Read a defect mask as an H x W bool array; with `shape`, insist that it matches the image's (H, W)."""
     path = Path(path)
     mask = binarize_mask(_decode(path))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from defectgen.io.sample import Box
@@ -71,8 +70,11 @@ def box_mask(
         if shape == "rect" or bw < 3 or bh < 3:
             one[y0:y0 + bh, x0:x0 + bw] = 1
         else:
-            centre = (x0 + (bw - 1) / 2, y0 + (bh - 1) / 2)
-            cv2.ellipse(one, (centre, (bw, bh), 0.0), 1, thickness=-1)
+            # Pixel centres inside the ellipse inscribed in the box: the extent is exactly bw x bh
+            # (cv2.ellipse spills a pixel past the box).
+            yy, xx = np.ogrid[0:bh, 0:bw]
+            inside = ((xx - (bw - 1) / 2) / (bw / 2)) ** 2 + ((yy - (bh - 1) / 2) / (bh / 2)) ** 2 <= 1.0
+            one[y0:y0 + bh, x0:x0 + bw] = inside
         extent = Box.from_mask(one, label)
         if extent is not None:
             boxes.append(extent)
