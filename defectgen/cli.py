@@ -61,49 +61,252 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 @app.command("train-ddpm")
-def train_ddpm() -> None:
+def train_ddpm(
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: the diffusers model, defectgen.json, checkpoints/."),
+    normals: Path | None = typer.Option(None, "--normals", help="Normal images (a folder, or MVTec: train/good)."),
+    labeled: Path | None = typer.Option(None, "--labeled", help="Labeled defects (pairs, MVTec, VOC or COCO): "
+                                        "trains the class- and mask-conditional model."),
+    preset: str = typer.Option("small", "--preset", help="UNet size: tiny (CPU tests), small, base (~35M)."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Training side in pixels (default: the "
+                                          "shortest image side, at most 256)."),
+    steps: int = typer.Option(20000, "--steps", min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per device per micro-step."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (cosine schedule after warm-up)."),
+    warmup: int = typer.Option(500, "--warmup", min=0, help="Learning-rate warm-up steps."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Gradient accumulation micro-steps."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Keep and save an EMA of the weights."),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
+    class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
+                                        "(for classifier-free guidance)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Log to --out/logs for TensorBoard."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, noise."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+) -> None:
     """Train a DDPM on normal images, or a class- and mask-conditional DDPM on labeled defects.
 
     Examples:
 
         defectgen train-ddpm --normals good/ --out runs/ddpm
 
-        defectgen train-ddpm --labeled labeled/ --normals good/ --out runs/cddpm
+        defectgen train-ddpm --labeled labeled/ --normals good/ --out runs/cddpm --preset base --mixed-precision bf16
+
+        defectgen train-ddpm --normals good/ --out runs/ddpm --resume
+
+        accelerate launch -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
-    _not_implemented("train-ddpm", 3)
+    from defectgen.diffusion.ddpm import train_ddpm as train
+    from defectgen.diffusion.training import TrainConfig
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                      mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                      checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
+    model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
+                  class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
+    out.print(f"saved {model.kind} model ({model.resolution}x{model.resolution}, {model.channels} channel(s)"
+              + (f", classes: {', '.join(model.class_names)}" if model.class_names else "") + f") to {out_dir}")
 
 
 @app.command("train-ldm")
-def train_ldm() -> None:
-    """Fine-tune a text-guided inpainting latent diffusion model on labeled defects.
+def train_ldm(
+    labeled: Path = typer.Option(..., "--labeled", help="Labeled defects with masks (pairs, MVTec labeled/, COCO, "
+                                 "VOC boxes)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: a diffusers inpainting pipeline + defectgen.json."),
+    base: str = typer.Option("tiny", "--base", help="'tiny' (built from scratch, offline), or a diffusers inpainting "
+                             "folder or hub id such as a Stable Diffusion inpainting model."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (prompts/*.yaml): captions from the "
+                                        "class names."),
+    lora_rank: int = typer.Option(0, "--lora-rank", min=0, help="LoRA rank through peft (0: full fine-tuning)."),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
+                                            "(frozen by default)."),
+    preset: str = typer.Option("tiny", "--preset", help="Size of a --base tiny model: tiny or small."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Training resolution (multiple of 8; default "
+                                          "64 for tiny, the base model's own otherwise)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder for --base tiny, e.g. "
+                                          "../shared/weights/clip-tokenizer (default: a byte-level one)."),
+    vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),
+    steps: int = typer.Option(5000, "--steps", min=1, help="UNet optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(1e-4, "--lr"),
+    warmup: int = typer.Option(100, "--warmup", min=0),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
+    ema: bool = typer.Option(True, "--ema/--no-ema"),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1),
+    tensorboard: bool = typer.Option(False, "--tensorboard"),
+    fmt: str = typer.Option("auto", "--format", help="Layout of --labeled."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Fine-tune a text-guided inpainting latent diffusion model on labeled defects with their real masks.
 
-    Example:
+    Examples:
 
-        defectgen train-ldm --labeled labeled/ --prompts prompts/metal.yaml --out runs/ldm
+        defectgen train-ldm --labeled labeled/ --prompts prompts/tile.yaml --out runs/ldm
+
+        defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
-    _not_implemented("train-ldm", 4)
+    from defectgen.diffusion.ldm import train_ldm as train
+    from defectgen.diffusion.training import TrainConfig
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, mixed_precision=mixed_precision,
+                      grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
+                      seed=seed)
+    meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
+                 resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
+                 train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
+                 log=console.print)
+    out.print(f"saved inpainting LDM ({meta['resolution']}x{meta['resolution']}, classes: "
+              f"{', '.join(meta['classes'])}, final loss {meta.get('final_loss') or float('nan'):.4f}) to {out_dir}")
+
+
+@app.command("filter")
+def filter_set(
+    out_dir: Path = typer.Argument(..., help="A synthesize output folder."),
+    filters: str = typer.Option("change", "--filter", help="Comma-separated: change, clip."),
+    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id for the clip filter."),
+    tau0: float = typer.Option(0.5, "--tau0", help="clip: starting threshold on P(defect text)."),
+    lam: float = typer.Option(1.0, "--lambda", help="clip: decay of the threshold over the set, "
+                              "tau_t = tau0 * exp(-lambda * t / T)."),
+    min_change: float = typer.Option(0.02, "--min-change", help="change: least mean absolute change inside the "
+                                     "mask (0-1 intensity)."),
+    material: str | None = typer.Option(None, "--material", help="clip: the material named in the normal text."),
+) -> None:
+    """Remove generated samples that a filter rejects; they move to OUT/rejected/ with their scores.
+
+    Examples:
+
+        defectgen filter synth/ --filter change
+
+        defectgen filter synth/ --filter clip,change --clip-model openai/clip-vit-base-patch32 --tau0 0.6
+    """
+    from defectgen.synth.filters import filter_output, make_filters
+
+    names = [f.strip() for f in filters.split(",") if f.strip()]
+    chosen = make_filters(names, clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
+                          material=material)
+    filter_output(out_dir, chosen, log=out.print)
 
 
 @app.command("synthesize")
-def synthesize() -> None:
+def synthesize(
+    model: str = typer.Option(..., "--model", help="A trained model folder (train-ddpm, train-ldm) or a "
+                              "generator name."),
+    normals: Path = typer.Option(..., "--normals", help="Normal images to paint defects on."),
+    n: int = typer.Option(..., "--n", min=1, help="How many samples."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder: images/, masks/, annotations.json."),
+    masks: str = typer.Option("perlin", "--masks", help="perlin, bbox, or a folder of masks (used in name "
+                              "order; each must match its normal image's size)."),
+    mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset from masks/ or a YAML path."),
+    class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
+                                          "drawn from the training classes). COCO category otherwise."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (text-guided models)."),
+    strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
+                                          "image is diffused (default 0.5)."),
+    sigma: float | None = typer.Option(None, "--sigma", help="Unconditional DDPM: std of the extra noise inside "
+                                       "the mask (default 1.0)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Conditional: classifier-free guidance "
+                                          "scale (default 3.0)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="ddpm, ddim or dpm (default ddim)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default ddpm 1000, ddim 50, "
+                                     "dpm 20)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per generator call."),
+    device: str | None = typer.Option(None, "--device", help="cuda, cpu, ... (default: a GPU if there is one)."),
+    seed: int = typer.Option(0, "--seed", help="Sample i depends only on (seed, i)."),
+    resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+) -> None:
     """Generate defects inside masks on normal images and write images, masks and COCO annotations.
 
-    Example:
+    Examples:
 
         defectgen synthesize --model runs/ddpm --normals good/ --n 100 --out synth/
+
+        defectgen synthesize --model runs/ddpm --normals good/ --n 100 --strength 0.6 --sigma 1.5 --out synth/
+
+        defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks bbox --class scratch --guidance 3 \\
+            --sampler dpm --steps 20 --out synth/
     """
-    _not_implemented("synthesize", 3)
+    from defectgen.synth.pipeline import load_generator
+    from defectgen.synth.pipeline import synthesize as run
+
+    generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
+                               guidance=guidance, prompt=prompt, device=device)
+    result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
+                 seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
+                 progress=sys.stderr.isatty())
+    out.print(f"wrote {result.written} sample(s) to {out_dir}"
+              + (f" ({result.skipped_existing} already there)" if result.skipped_existing else "")
+              + f": {result.annotations} annotation(s) in {out_dir / 'annotations.json'}, "
+              f"contact sheet {out_dir / 'contact_sheet.png'}")
 
 
 @app.command("validate")
-def validate() -> None:
-    """Train an anomaly detector (AST or ExDD) with a synthetic set and measure it on real defects.
+def validate(
+    detector: str = typer.Option(..., "--detector", help="ast or exdd."),
+    train: Path = typer.Option(..., "--train", help="Normal training images: a folder, or an MVTec root (train/good)."),
+    test: Path = typer.Option(..., "--test", help="Real test set with masks: MVTec layout (test/, ground_truth/) "
+                              "or COCO with masks."),
+    out_dir: Path = typer.Option(..., "--out", help="Report folder: report.json, report.md, roc.png, overlays/."),
+    synthetic: Path | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
+                                             "images/, masks/); leave out to run the baselines only."),
+    baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated: none, draem (or '' for none)."),
+    backbone: str = typer.Option("tiny", "--backbone", help="transformers model folder or hub id, or tiny "
+                                 "(random weights, for tests), e.g. ../shared/weights/mobilenet_v2_1.0_224."),
+    resolution: int = typer.Option(256, "--resolution", help="Images are resized to this square side."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="AST: training steps per run."),
+    batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST: images per step (half synthetic)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AST: Adam learning rate."),
+    coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
+                                        "the negative bank (greedy k-center)."),
+    n_draem: int | None = typer.Option(None, "--n-draem", help="draem baseline: how many defects (default: "
+                                          "as many as --synthetic has, else 100)."),
+    max_train: int | None = typer.Option(None, "--max-train", help="Use a random subset of this many normals."),
+    max_test: int | None = typer.Option(None, "--max-test", help="Use a random subset of this many test images."),
+    overlays: int = typer.Option(8, "--overlays", min=0, help="How many test images get anomaly-map overlays."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
+    save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty report folder."),
+) -> None:
+    """Train an anomaly detector (AST or ExDD) with a synthetic set and with each baseline (none: no synthetic
+    defects; draem: classic DRAEM-style defects, same count) in one run, and measure all on real defects.
 
-    Example:
+    Examples:
 
         defectgen validate --detector ast --train good/ --synthetic synth/ --test test-set/ --out report/
+
+        defectgen validate --detector exdd --train ../shared/datasets/magnetic-tile --synthetic synth/
+        --test ../shared/datasets/magnetic-tile --backbone ../shared/weights/mobilenet_v2_1.0_224 --out report/
+
+        defectgen validate --detector exdd --train good/ --test test-set/ --baselines none,draem --out report/
     """
-    _not_implemented("validate", 5)
+    from defectgen.detect.validate import METRICS, run_validation
+
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    results = run_validation(
+        detector, train, test, out_dir, synthetic=synthetic, baselines=names, backbone=backbone,
+        resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
+        n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
+        overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
+    )
+    table = Table(title=f"{detector} on {test} ({results['test']['normal']} normal, "
+                  f"{results['test']['defect']} defect images)")
+    table.add_column("run", style="bold")
+    for key in METRICS:
+        table.add_column(key.replace("_", " "), justify="right")
+    for name, run in results["runs"].items():
+        table.add_row(name, *("-" if run["metrics"].get(k) is None else f"{run['metrics'][k]:.3f}" for k in METRICS))
+    out.print(table)
+    out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
 
 
 @app.command("masks")

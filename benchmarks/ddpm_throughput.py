@@ -1,0 +1,219 @@
+"""DDPM throughput: our training loop against a plain reference loop, and sampling speed per scheduler.
+
+The reference is written the way diffusers' example `train_unconditional.py` trains (fp32, eager, AdamW,
+EMA, DataLoader batches moved to the device each step). Ours is `defectgen.diffusion.training.train_loop` with
+its speed-ups on (bf16, channels_last, torch.compile, fused AdamW where there is a GPU). Both train the same
+UNet config on the same data, at each resolution, in one run; then sampling images/s for DDPM-1000, DDIM-50 and
+DPM-Solver-20 (a full reverse trajectory, batch of --sample-batch).
+
+    python benchmarks/ddpm_throughput.py --preset tiny --steps 20            # CPU smoke run
+    python benchmarks/ddpm_throughput.py --preset base --steps 200           # GPU: the issue's configuration
+
+Results go to benchmarks/results/ddpm_throughput_<device>_<preset>.json with the hardware named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from defectgen.diffusion.ddpm import build_model, unconditional_loss  # noqa: E402
+from defectgen.diffusion.samplers import perturb_and_denoise  # noqa: E402
+from defectgen.diffusion.training import TrainConfig, train_loop  # noqa: E402
+
+
+def hardware(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    import accelerate
+    import diffusers
+
+    info.update(diffusers=diffusers.__version__, accelerate=accelerate.__version__)
+    return info
+
+
+def make_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random textures in [-1, 1]: the same data for both loops."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 8, 8, generator=g)
+    x = F.interpolate(low, size=(resolution, resolution), mode="bicubic", align_corners=False)
+    return (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1) * 2 - 1
+
+
+class TensorExamples:
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def example(self, index, rng):
+        return {"image": self.images[index]}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def reference_loop(preset: str, resolution: int, images: torch.Tensor, steps: int, warmup: int, batch: int,
+                   device: torch.device) -> dict:
+    """train_unconditional.py's inner loop: fp32, eager, AdamW, EMA, a DataLoader, loss.backward()."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    model = build_model("ddpm", resolution, 3, preset)
+    unet, noise_scheduler = model.unet.to(device).train(), model.scheduler
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=steps + warmup)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    ema.to(device)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=batch, shuffle=True,
+                                         drop_last=True)
+    losses, t0, done = [], None, 0
+    reset_peak(device)
+    while done < steps + warmup:
+        for (x0,) in loader:
+            if done == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            x0 = x0.to(device)
+            noise = torch.randn(x0.shape, device=device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=device)
+            loss = F.mse_loss(unet(noise_scheduler.add_noise(x0, noise, t), t).sample, noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            ema.step(unet.parameters())
+            losses.append(loss.item())
+            done += 1
+            if done >= steps + warmup:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": steps * batch / seconds, "seconds": seconds, "peak_memory_mb": peak_memory_mb(device),
+            "final_loss": float(np.mean(losses[-max(1, steps // 5):]))}
+
+
+def our_loop(preset: str, resolution: int, images: torch.Tensor, steps: int, warmup: int, batch: int,
+             device: torch.device, fast: bool) -> dict:
+    torch.manual_seed(0)
+    model = build_model("ddpm", resolution, 3, preset)
+    cfg = TrainConfig(steps=steps + warmup, batch_size=batch, lr=1e-4, warmup_steps=0, checkpoint_every=0,
+                      progress=False, mixed_precision="bf16" if fast else "no", channels_last=fast, compile=fast,
+                      fused_optimizer=fast, log_every=10**9)
+    times, losses = [], []
+
+    def callback(step, loss):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter())
+        losses.append(loss)
+
+    reset_peak(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_loop(model.unet, unconditional_loss(model.scheduler), TensorExamples(images), tmp, cfg,
+                   save_fn=lambda m, p: None, callback=callback, log=lambda m: None)
+    seconds = times[-1] - times[warmup - 1]
+    return {"images_per_s": steps * batch / seconds, "seconds": seconds, "peak_memory_mb": peak_memory_mb(device),
+            "final_loss": float(np.mean(losses[-max(1, steps // 5):])),
+            "settings": {"mixed_precision": cfg.mixed_precision, "channels_last": cfg.channels_last,
+                         "compile": cfg.compile, "fused_optimizer": fast}}
+
+
+def sampling(preset: str, resolution: int, batch: int, device: torch.device, plans) -> dict:
+    torch.manual_seed(0)
+    model = build_model("ddpm", resolution, 3, preset)
+    unet = model.unet.to(device).eval()
+    x0 = torch.zeros(batch, 3, resolution, resolution, device=device)
+    mask = torch.ones(batch, 1, resolution, resolution, device=device)  # strength 1 + full mask: a full trajectory
+    results = {}
+    for sampler, steps in plans:
+        perturb_and_denoise(unet, model.scheduler, x0, mask, list(range(batch)), 1.0, 0.0, sampler, 2)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        perturb_and_denoise(unet, model.scheduler, x0, mask, list(range(batch)), 1.0, 0.0, sampler, steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        results[f"{sampler}-{steps}"] = {"images_per_s": batch / seconds, "seconds": seconds, "batch": batch}
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--steps", type=int, default=100, help="timed training steps per loop")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--images", type=int, default=256, help="size of the synthetic training set")
+    ap.add_argument("--sample-batch", type=int, default=8)
+    ap.add_argument("--samplers", nargs="+", default=["ddpm:1000", "ddim:50", "dpm:20"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    fast = device.type == "cuda"  # bf16/compile/fused are GPU features; on a CPU both loops run fp32 eager
+    plans = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers]
+    report = {"benchmark": "ddpm_throughput", "preset": args.preset, "hardware": hardware(device),
+              "batch_size": args.batch_size, "timed_steps": args.steps, "warmup_steps": args.warmup,
+              "date": time.strftime("%Y-%m-%d"), "results": {}}
+    out = args.out or Path(__file__).parent / "results" / f"ddpm_throughput_{device.type}_{args.preset}.json"
+    if out.is_file():  # keep results of other resolutions from earlier runs of the same preset and device
+        previous = json.loads(out.read_text())
+        report["results"] = {k: v for k, v in previous.get("results", {}).items()
+                             if k not in {str(r) for r in args.resolutions}}
+    for r in args.resolutions:
+        images = make_images(args.images, r)
+        ref = reference_loop(args.preset, r, images, args.steps, args.warmup, args.batch_size, device)
+        ours = our_loop(args.preset, r, images, args.steps, args.warmup, args.batch_size, device, fast)
+        samp = sampling(args.preset, r, args.sample_batch, device, plans)
+        report["results"][str(r)] = {"train_reference": ref, "train_defectgen": ours,
+                                     "speedup": ours["images_per_s"] / ref["images_per_s"], "sampling": samp,
+                                     "batch_size": args.batch_size, "timed_steps": args.steps}
+        print(json.dumps({r: report["results"][str(r)]}, indent=1), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")  # after every resolution: partial runs still count
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""AST: asymmetric student-teacher with a segmentation head (close to DeSTSeg, CVPR 2023).
+
+Teacher: the frozen backbone. Student: a small encoder-decoder with no skip connections (a skip would let the
+defect pass straight through) that sees the synthetic-defect image and learns, with a cosine loss, to give the
+teacher's features of the clean normal image: it denoises. Segmentation head: on the products of the
+normalised teacher and student features, trained with focal + L1 loss against the synthetic masks.
+
+Without synthetic defects (the `none` baseline) the head has nothing to learn from: the student is trained on
+normals only and the map is the teacher-student cosine distance (STPM-style).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from defectgen.detect.backbone import Backbone, load_backbone
+from defectgen.detect.features import batches, smooth_maps, to_tensor, upsample
+from defectgen.errors import DefectgenError
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class Student(nn.Module):
+    """Encoder to stride 32, decoder back up to the teacher's finest stride; one 1x1 head per teacher level."""
+
+    def __init__(self, out_channels: Sequence[int], strides: Sequence[int], width: int = 32):
+        super().__init__()
+        self.strides = [int(s) for s in strides]
+        w = width
+        self.encoder = nn.Sequential(
+            _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2),
+            _block(8 * w, 8 * w, 2),
+        )
+        # decoder stages: stride 32 -> 16 -> 8 -> 4 (-> 2 ...) as far as the finest teacher stride needs
+        levels = []
+        s, c = 32, 8 * w
+        while s > min(self.strides):
+            s //= 2
+            nxt = max(w, c // 2)
+            levels.append((s, _block(c, nxt)))
+            c = nxt
+        self.up_strides = [s for s, _ in levels]
+        self.decoder = nn.ModuleList([b for _, b in levels])
+        chans = {s: blk[3].out_channels for s, blk in levels}
+        chans[32] = 8 * w
+        self.heads = nn.ModuleList([nn.Conv2d(chans[s], c, 1) for s, c in zip(self.strides, out_channels,
+                                                                               strict=True)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.encoder(x)
+        at = {32: h}
+        for s, blk in zip(self.up_strides, self.decoder, strict=True):
+            h = blk(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
+            at[s] = h
+        out = []
+        for s, head in zip(self.strides, self.heads, strict=True):
+            size = (x.shape[-2] // s, x.shape[-1] // s)
+            f = at[s] if at[s].shape[-2:] == size else F.interpolate(at[s], size=size, mode="bilinear",
+                                                                      align_corners=False)
+            out.append(head(f))
+        return out
+
+
+class SegHead(nn.Module):
+    def __init__(self, in_channels: int, width: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def cosine_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over levels and positions of 1 - cos(student, teacher)."""
+    return torch.stack([(1 - F.cosine_similarity(s, t, dim=1)).mean() for s, t in zip(student, teacher,
+                                                                                      strict=True)]).mean()
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+    """Binary focal loss: hard pixels (rare defects, their borders) weigh more than easy background."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return (weight * (1 - pt) ** gamma * ce).mean()
+
+
+class AST(nn.Module):
+    """teacher: the frozen backbone; strides: teacher levels (4, 8, 16 as in DeSTSeg); width: student width;
+    top_k: fraction of the map's pixels averaged into the image score; sigma: blur of the map in pixels."""
+
+    def __init__(self, backbone: Backbone, strides: Sequence[int] = (4, 8, 16), width: int = 32,
+                 head_width: int = 64, top_k: float = 0.002, sigma: float = 4.0):
+        super().__init__()
+        self.teacher = backbone
+        self.strides = tuple(int(s) for s in strides)
+        self.width, self.head_width = int(width), int(head_width)
+        self.top_k, self.sigma = float(top_k), float(sigma)
+        chans = backbone.channels(self.strides)
+        self.student = Student(chans, self.strides, width)
+        self.head = SegHead(sum(chans), head_width)
+        self.use_head = False  # becomes True once the head has seen synthetic defects
+        self.to(backbone.mean.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.teacher.mean.device
+
+    def _pair(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        with torch.no_grad():
+            t = self.teacher(x, self.strides)
+        return t, self.student(self.teacher._prepare(x))
+
+    def _head_input(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
+        size = t[0].shape[-2:]
+        parts = []
+        for ti, si in zip(t, s, strict=True):
+            p = F.normalize(ti, dim=1) * F.normalize(si, dim=1)
+            parts.append(p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear",
+                                                                      align_corners=False))
+        return torch.cat(parts, dim=1)
+
+    def losses(self, images: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor,
+               with_head: bool) -> dict[str, torch.Tensor]:
+        """images: defect (or normal) images, clean: the normals they came from, masks: B x H x W in {0, 1}."""
+        with torch.no_grad():
+            t_clean = self.teacher(clean, self.strides)
+            t_img = self.teacher(images, self.strides)
+        s = self.student(self.teacher._prepare(images))
+        out = {"cosine": cosine_loss(s, t_clean)}
+        if with_head:
+            # the head learns from the student's current output without pushing gradients into it
+            logits = self.head(self._head_input(t_img, [x.detach() for x in s]))
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            out["focal"] = focal_loss(logits, masks)
+            out["l1"] = (torch.sigmoid(logits) - masks).abs().mean()
+        out["total"] = sum(out.values())
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 16
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(maps N x H x W float32, image scores N = mean of the top `top_k` fraction of each map)."""
+        self.eval()
+        maps = []
+        for sl in batches(len(images), batch_size):
+            x = to_tensor(images[sl], self.device)
+            t, s = self._pair(x)
+            if self.use_head:
+                m = torch.sigmoid(upsample(self.head(self._head_input(t, s)), tuple(x.shape[-2:])))
+                maps.append(m.cpu().numpy())
+            else:
+                d = sum(upsample(1 - F.cosine_similarity(ti, si, dim=1), tuple(x.shape[-2:]))
+                        for ti, si in zip(t, s, strict=True))
+                maps.append(smooth_maps(d.cpu().numpy(), self.sigma))
+        out = np.concatenate(maps).astype(np.float32)
+        flat = out.reshape(len(out), -1)
+        k = max(1, int(round(self.top_k * flat.shape[1])))
+        scores = np.partition(flat, -k, axis=1)[:, -k:].mean(1)
+        return out, scores
+
+    def config(self) -> dict:
+        return {"detector": "ast", "backbone": self.teacher.name, "strides": list(self.strides),
+                "width": self.width, "head_width": self.head_width, "top_k": self.top_k, "sigma": self.sigma,
+                "use_head": self.use_head}
+
+    def save(self, path: str | Path) -> None:
+        """Student and head weights (the teacher is named, not stored) in one safetensors file."""
+        state = {f"student.{k}": v for k, v in self.student.state_dict().items()}
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"defectgen": json.dumps(self.config())})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None) -> AST:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("defectgen", "{}"))
+            state = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as e:
+            raise DefectgenError(path, f"not an AST weights file ({e})") from None
+        if meta.get("detector") != "ast":
+            raise DefectgenError(path, "not an AST weights file (no 'ast' metadata)")
+        model = cls(backbone or load_backbone(meta["backbone"]), meta["strides"], meta["width"],
+                    meta["head_width"], meta["top_k"], meta["sigma"])
+        model.student.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("student.")})
+        model.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        model.use_head = bool(meta.get("use_head"))
+        model.to(model.device)
+        return model

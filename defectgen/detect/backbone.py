@@ -1,0 +1,164 @@
+"""Frozen multi-scale feature extractors from transformers models (a folder or a hub id), or `tiny` for tests.
+
+Models that AutoBackbone supports (ResNet, ConvNeXt, DINOv2, Swin, ...) give their stage outputs; others
+(MobileNetV2, ...) are opened with AutoModel and their 4-D `hidden_states` are used. Either way the maps are
+indexed by stride (input side / map side), and a request for stride s returns the last map at that stride,
+the usual PatchCore/DeSTSeg choice (for the shared MobileNetV2 at 256: stride 4 -> hidden_states[1],
+8 -> [4], 16 -> [11], 32 -> [15]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from defectgen.errors import DefectgenError
+
+TINY = "tiny"
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers prints a load report for the classifier head we drop; it is noise to our users."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+class Backbone(nn.Module):
+    """images (B x C x H x W float in [0, 1], C = 1 or 3) -> feature maps at the requested strides.
+
+    Always frozen and in eval mode: BatchNorm statistics must not move (the shared MobileNetV2 carries folded
+    BatchNorm), and teachers and patch extractors are fixed by definition.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], name: str,
+                 use_backbone_api: bool):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.use_backbone_api = use_backbone_api
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.in_channels = int(getattr(model.config, "num_channels", 3) or 3)
+        self._index_cache: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:  # noqa: ARG002 - frozen whatever the caller asks
+        return super().train(False)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != self.in_channels:
+            if images.shape[1] == 1:
+                images = images.expand(-1, self.in_channels, -1, -1)  # gray fed as three equal channels
+            elif self.in_channels == 1:
+                images = images.mean(dim=1, keepdim=True)
+        return (images - self.mean[:, : images.shape[1]]) / self.std[:, : images.shape[1]]
+
+    def all_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every 4-D feature map the model exposes, shallow to deep."""
+        x = self._prepare(images)
+        if self.use_backbone_api:
+            return list(self.model(pixel_values=x).feature_maps)
+        out = self.model(pixel_values=x, output_hidden_states=True)
+        return [h for h in out.hidden_states if h.dim() == 4]
+
+    def layer_indices(self, size: tuple[int, int], strides: Sequence[int]) -> list[int]:
+        """Indices into `all_maps` of the last map at each stride, found with one dummy pass per size."""
+        key = (int(size[0]), int(size[1]), tuple(int(s) for s in strides))
+        if key not in self._index_cache:
+            with torch.no_grad():
+                maps = self.all_maps(torch.zeros(1, self.in_channels, *size, device=self.mean.device))
+            if not maps:
+                raise DefectgenError(self.name, "backbone gives no spatial feature maps; use a convolutional "
+                                     "model or one that transformers' AutoBackbone supports")
+            found = {}
+            for i, m in enumerate(maps):
+                found[round(size[0] / m.shape[-2])] = i
+            chosen = []
+            for s in strides:
+                # a model without that exact stride (ViTs: 14 everywhere) gets its nearest one
+                nearest = min(found, key=lambda have, s=s: (abs(have - s), -have))
+                chosen.append(found[nearest])
+            self._index_cache[key] = chosen
+        return self._index_cache[key]
+
+    def forward(self, images: torch.Tensor, strides: Sequence[int] = (8, 16)) -> list[torch.Tensor]:
+        maps = self.all_maps(images)
+        return [maps[i] for i in self.layer_indices(tuple(images.shape[-2:]), strides)]
+
+    def channels(self, strides: Sequence[int], size: int = 64) -> list[int]:
+        with torch.no_grad():
+            maps = self.forward(torch.zeros(1, self.in_channels, size, size, device=self.mean.device), strides)
+        return [int(m.shape[1]) for m in maps]
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """A small random-weight MobileNetV2 (~0.4M parameters), built in code: the backbone of the tests."""
+    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MobileNetV2Model(MobileNetV2Config(depth_multiplier=0.35, image_size=64))
+        # the library's init (std 0.02) shrinks activations ~1e-13 after 16 blocks; He init keeps them O(1)
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        return model
+
+
+def _normalisation(spec: str) -> tuple[Sequence[float], Sequence[float]]:
+    """The model's own mean and std from its preprocessor config; ImageNet's when it has none."""
+    try:
+        from transformers import AutoImageProcessor
+
+        with _quiet_transformers():
+            proc = AutoImageProcessor.from_pretrained(spec)
+        mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+        if mean is not None and std is not None:
+            return list(mean), list(std)
+    except (OSError, ValueError, ImportError):
+        pass
+    return _IMAGENET
+
+
+def load_backbone(spec: str = TINY, device: str | torch.device = "cpu") -> Backbone:
+    """A frozen backbone from a local folder or hub id (transformers `from_pretrained`), or `tiny`."""
+    if spec == TINY:
+        return Backbone(tiny_model(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), TINY, False).to(device)
+    from transformers import AutoBackbone, AutoConfig, AutoModel
+
+    where = Path(spec) if Path(spec).exists() else spec
+    if not Path(spec).exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec):
+        raise DefectgenError(spec, "backbone folder not found (give a transformers model folder, a hub id, or tiny)")
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(spec)
+            try:
+                stages = getattr(config, "stage_names", None) or []
+                model = AutoBackbone.from_pretrained(spec, out_indices=list(range(1, len(stages))) or None)
+                backbone_api = True
+            except ValueError:  # not an AutoBackbone architecture: its hidden states serve
+                model = AutoModel.from_pretrained(spec)
+                backbone_api = False
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DefectgenError(where, f"cannot load a transformers backbone ({first})") from None
+    mean, std = _normalisation(spec)
+    return Backbone(model, mean, std, str(spec), backbone_api).to(device)

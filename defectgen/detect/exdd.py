@@ -1,0 +1,154 @@
+"""ExDD: a PatchCore negative bank of normal patches plus a positive bank of synthetic-defect patches.
+
+Patch score d_neg / (d_pos + eps): far from every normal patch and close to a known defect patch. Without a
+positive bank the score is d_neg alone (plain PatchCore), which is the `none` baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from defectgen.detect.backbone import Backbone, load_backbone
+from defectgen.detect.features import (
+    batches,
+    greedy_coreset,
+    nearest_distance,
+    patch_features,
+    smooth_maps,
+    to_tensor,
+    upsample,
+)
+from defectgen.errors import DefectgenError
+
+
+class ExDD:
+    """strides: backbone maps to use (8 and 16 as in PatchCore); coreset_ratio: fraction of the normal patches
+    kept in the negative bank; positive_ratio: the same for the positive bank; eps: keeps the ratio finite on
+    patches that equal a positive patch; sigma: Gaussian blur of the upsampled map, in pixels."""
+
+    def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16), coreset_ratio: float = 0.1,
+                 positive_ratio: float = 1.0, eps: float = 1e-3, sigma: float = 4.0, seed: int = 0,
+                 batch_size: int = 16):
+        if not 0 < coreset_ratio <= 1 or not 0 < positive_ratio <= 1:
+            raise ValueError("coreset ratios must lie in (0, 1]")
+        self.backbone = backbone
+        self.strides = tuple(int(s) for s in strides)
+        self.coreset_ratio = float(coreset_ratio)
+        self.positive_ratio = float(positive_ratio)
+        self.eps = float(eps)
+        self.sigma = float(sigma)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.negative: torch.Tensor | None = None
+        self.positive: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    @torch.no_grad()
+    def features(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """N x D x h x w patch features of H x W x C images (uint8 or float in [0, 1])."""
+        out = []
+        for sl in batches(len(images), self.batch_size):
+            x = to_tensor(images[sl], self.device)
+            out.append(patch_features(self.backbone(x, self.strides)))
+        return torch.cat(out)
+
+    def fit(self, normals: Sequence[np.ndarray] | np.ndarray, defects: Sequence[np.ndarray] | None = None,
+            masks: Sequence[np.ndarray] | None = None, progress: bool = False) -> ExDD:
+        """Build the negative bank from `normals` and, if given, the positive bank from the patches of
+        `defects` that lie inside `masks` (a patch counts when half of it is defect; an image whose defect
+        covers no patch that much gives its most-covered patch, so tiny defects are not lost)."""
+        feats = self.features(normals)
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        keep = greedy_coreset(flat, max(1, int(round(self.coreset_ratio * flat.shape[0]))), self.seed,
+                              progress=progress)
+        self.negative = flat[keep].contiguous()
+        self.positive = None
+        if defects is not None and len(defects):
+            if masks is None or len(masks) != len(defects):
+                raise ValueError("one mask per defect image is needed")
+            feats = self.features(defects)
+            h, w = feats.shape[-2:]
+            m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(self.device)
+            cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
+            inside = cover >= 0.5
+            best = cover.flatten(1).argmax(1)
+            for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
+                if cover[i].max() > 0:
+                    inside[i].view(-1)[best[i]] = True
+            pos = feats.permute(0, 2, 3, 1)[inside]
+            if pos.shape[0]:
+                n = max(1, int(round(self.positive_ratio * pos.shape[0])))
+                pos = pos[greedy_coreset(pos, n, self.seed + 1)]
+                self.positive = pos.contiguous()
+        return self
+
+    @torch.no_grad()
+    def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """N x D x h x w features -> N x h x w patch scores."""
+        if self.negative is None:
+            raise RuntimeError("fit or load the detector first")
+        n, d, h, w = feats.shape
+        q = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        score = nearest_distance(q, self.negative)
+        if self.positive is not None:
+            score = score / (nearest_distance(q, self.positive) + self.eps)
+        return score.view(n, h, w)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(anomaly maps N x H x W float32 at the images' size, image scores N: each map's maximum)."""
+        maps = []
+        for sl in batches(len(images), self.batch_size):
+            chunk = images[sl]
+            size = np.asarray(chunk[0]).shape[:2]
+            patch = self.patch_scores(self.features(chunk))
+            maps.append(smooth_maps(upsample(patch, size).cpu().numpy(), self.sigma))
+        out = np.concatenate(maps)
+        return out, out.reshape(len(out), -1).max(1)
+
+    def config(self) -> dict:
+        return {"detector": "exdd", "backbone": self.backbone.name, "strides": list(self.strides),
+                "coreset_ratio": self.coreset_ratio, "positive_ratio": self.positive_ratio, "eps": self.eps,
+                "sigma": self.sigma, "seed": self.seed}
+
+    def save(self, path: str | Path) -> None:
+        """Both banks and the configuration in one safetensors file (written atomically)."""
+        if self.negative is None:
+            raise RuntimeError("nothing to save: fit the detector first")
+        tensors = {"negative": self.negative.cpu().contiguous()}
+        if self.positive is not None:
+            tensors["positive"] = self.positive.cpu().contiguous()
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"defectgen": json.dumps(self.config())})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None) -> ExDD:
+        """Read banks saved by `save`; the backbone is loaded from the name recorded there unless given."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("defectgen", "{}"))
+            tensors = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as e:
+            raise DefectgenError(path, f"not an ExDD bank file ({e})") from None
+        if meta.get("detector") != "exdd" or "negative" not in tensors:
+            raise DefectgenError(path, "not an ExDD bank file (no 'exdd' metadata or negative bank)")
+        backbone = backbone or load_backbone(meta["backbone"])
+        det = cls(backbone, meta["strides"], meta["coreset_ratio"], meta["positive_ratio"], meta["eps"],
+                  meta["sigma"], meta["seed"])
+        det.negative = tensors["negative"].to(det.device)
+        det.positive = tensors["positive"].to(det.device) if "positive" in tensors else None
+        return det

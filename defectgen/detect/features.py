@@ -1,0 +1,111 @@
+"""Shared tensor helpers for the detectors: batching images, patch features, nearest neighbours, smoothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Distance blocks hold at most this many float32 entries (64 MiB); with the matmul's temporaries the peak
+# extra memory of a nearest-neighbour search is about three blocks (~192 MiB), whatever the bank size.
+NN_BLOCK_ELEMENTS = 1 << 24
+
+
+def to_tensor(images: Sequence[np.ndarray] | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """H x W x C uint8 (or float in [0, 1]) arrays of one size -> B x C x H x W float32 in [0, 1]."""
+    arr = np.stack([np.asarray(i) for i in images]) if not isinstance(images, np.ndarray) else images
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    t = t.float() / 255.0 if arr.dtype == np.uint8 else t.float()
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """PatchCore-style local features: each map 3x3 average-pooled (a patch sees its neighbourhood), the
+    deeper ones upsampled to the first map's size, concatenated along channels -> B x D x h x w."""
+    size = maps[0].shape[-2:]
+    out = []
+    for m in maps:
+        m = F.avg_pool2d(m, 3, stride=1, padding=1)
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        out.append(m)
+    return torch.cat(out, dim=1)
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Euclidean distance from each query row to its nearest bank row, in blocks of at most `block` entries."""
+    if bank.shape[0] == 0:
+        return torch.full((queries.shape[0],), float("inf"), device=queries.device)
+    kb = min(bank.shape[0], block)
+    mq = max(1, block // kb)
+    bank_sq = (bank * bank).sum(1)
+    result = torch.empty(queries.shape[0], device=queries.device)
+    for qs in range(0, queries.shape[0], mq):
+        q = queries[qs: qs + mq]
+        q_sq = (q * q).sum(1, keepdim=True)
+        best = torch.full((q.shape[0],), float("inf"), device=queries.device)
+        for bs in range(0, bank.shape[0], kb):
+            d2 = q_sq - 2.0 * (q @ bank[bs: bs + kb].T) + bank_sq[bs: bs + kb]
+            best = torch.minimum(best, d2.min(dim=1).values)
+        result[qs: qs + mq] = best.clamp_min(0).sqrt()
+    return result
+
+
+def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0, project_to: int = 128,
+                   progress: bool = False) -> torch.Tensor:
+    """Indices of `n` rows chosen by greedy k-center (each pick is the row farthest from those picked so far),
+    on a random projection to `project_to` dimensions as PatchCore does, to keep each step cheap."""
+    total = features.shape[0]
+    if n >= total:
+        return torch.arange(total, device=features.device)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    x = features
+    if features.shape[1] > project_to:
+        proj = torch.randn(features.shape[1], project_to, generator=gen) / project_to ** 0.5
+        x = features @ proj.to(features.device)
+    chosen = torch.empty(n, dtype=torch.long, device=features.device)
+    chosen[0] = int(torch.randint(total, (1,), generator=gen))
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one mat-vec per pick, no N x D temporary
+    x_sq = (x * x).sum(1)
+    min_d = x_sq - 2.0 * (x @ x[chosen[0]]) + x_sq[chosen[0]]
+    steps = range(1, n)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="coreset", unit="pt", leave=False, mininterval=1.0)
+    for i in steps:
+        idx = torch.argmax(min_d)
+        chosen[i] = idx
+        min_d = torch.minimum(min_d, x_sq - 2.0 * (x @ x[idx]) + x_sq[idx])
+    return chosen
+
+
+def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each N x H x W map (float32)."""
+    if sigma <= 0:
+        return maps.astype(np.float32)
+    return np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                      borderType=cv2.BORDER_REFLECT) for m in maps])
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B x h x w (or B x 1 x h x w) -> B x H x W, bilinear."""
+    if maps.dim() == 3:
+        maps = maps[:, None]
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,417 @@
+"""`defectgen validate`: train a detector with a synthetic set and with each baseline in one run, score all on
+the real test set, and write report.json, report.md, roc.png and anomaly-map overlays.
+
+Runs: `synthetic` (the normals plus the given synthetic set), `none` (normals only) and `draem` (the classic
+DRAEM-style generator applied in memory to as many normals as the synthetic set has images, Perlin masks).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from defectgen.detect.ast import AST
+from defectgen.detect.backbone import load_backbone
+from defectgen.detect.exdd import ExDD
+from defectgen.detect.features import pick_device
+from defectgen.detect.training import train_ast
+from defectgen.errors import DefectgenError
+from defectgen.io.datasets import Dataset, open_dataset
+from defectgen.io.images import from_float, to_float
+from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
+from defectgen.metrics import evaluate, roc_curve
+
+DETECTORS = ("ast", "exdd")
+BASELINES = ("none", "draem")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "pixel_f1_max")
+_SOURCE_KEYS = ("source", "source_image", "source_path", "normal", "normal_path")
+
+
+def _resize_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Any stored image -> size x size x channels uint8 (detectors work in 8 bits)."""
+    img = to_float(image)
+    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
+    img = cv2.resize(img, (size, size), interpolation=interp).reshape(size, size, -1)
+    if img.shape[2] != channels:
+        img = np.repeat(img, 3, axis=2) if channels == 3 else img.mean(axis=2, keepdims=True)
+    return from_float(img, np.uint8)
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Area-resampled and cut at one half; a defect smaller than a pixel keeps its strongest pixel."""
+    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    out = m >= 0.5
+    if mask.any() and not out.any():
+        out = m >= m.max()
+    return out
+
+
+def _read_all(dataset: Dataset, what: str, progress: bool) -> list:
+    from tqdm import tqdm
+
+    return list(tqdm(dataset, total=len(dataset), desc=f"reading {what}", unit="img", disable=not progress,
+                     leave=False))
+
+
+def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
+
+
+def load_normals(train: Path, size: int, max_train: int | None, seed: int, progress: bool
+                 ) -> tuple[np.ndarray, list[Path], int]:
+    """Normal training images as N x size x size x C uint8, their paths, and C (3 if any source is RGB)."""
+    ds = open_dataset(train)
+    ds = ds.select(split="train", normal=True) if ds.format == "mvtec" else ds.select(normal=True)
+    if len(ds) == 0:
+        raise DefectgenError(train, "no normal images found to train on (expected train/good/ or a folder of "
+                             "normal images)")
+    ds.entries = [ds.entries[i] for i in _subset(len(ds), max_train, seed)]
+    samples = _read_all(ds, "normals", progress)
+    channels = 3 if any(s.channels == 3 for s in samples) else 1
+    return np.stack([_resize_image(s.image, size, channels) for s in samples]), [s.path for s in samples], channels
+
+
+def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: int, progress: bool
+              ) -> dict[str, Any]:
+    """The real test set: images, bool masks (all-False for normals), labels, class names, paths."""
+    ds = open_dataset(test)
+    if ds.format == "mvtec":
+        ds = ds.select(split="test")
+    if len(ds) == 0:
+        raise DefectgenError(test, "no test images found (expected test/<class>/ in MVTec layout, or COCO)")
+    ds.entries = [ds.entries[i] for i in _subset(len(ds), max_test, seed)]
+    samples = _read_all(ds, "test set", progress)
+    normal = [s.is_normal for s in samples]
+    if all(normal):
+        raise DefectgenError(test, "the test set has no defect images: nothing to detect")
+    if not any(normal):
+        raise DefectgenError(test, "the test set has no normal images: image AUROC needs both kinds")
+    for s in samples:
+        if not s.is_normal and s.mask is None:
+            raise DefectgenError(test, f"defect image {s.path.name if s.path else '?'} has no mask; pixel metrics "
+                                 "need ground-truth masks (ground_truth/<class>/<stem>_mask.png or COCO masks)")
+    return {
+        "images": np.stack([_resize_image(s.image, size, channels) for s in samples]),
+        "masks": np.stack([_resize_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool)
+                           for s in samples]),
+        "labels": np.array([not n for n in normal]),
+        "classes": ["good" if n else (s.class_name or "defect") for s, n in zip(samples, normal, strict=True)],
+        "paths": [s.path for s in samples],
+    }
+
+
+def _declared_sources(synthetic: Path) -> dict[Path, Path]:
+    """image path -> source normal path, where the synthetic set's annotations.json names one."""
+    ann = synthetic / "annotations.json" if synthetic.is_dir() else synthetic
+    try:
+        data = json.loads(ann.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    base, found = ann.parent, {}
+    for im in data.get("images", []):
+        src = next((im[k] for k in _SOURCE_KEYS if isinstance(im.get(k), str)), None)
+        name = im.get("file_name")
+        if not src or not name:
+            continue
+        img = next((p for p in (base / name, base / "images" / name) if p.is_file()), None)
+        cand = [Path(src), base / src]
+        srcp = next((p for p in cand if p.is_file()), None)
+        if img is not None and srcp is not None:
+            found[img.resolve()] = srcp.resolve()
+    return found
+
+
+def _clean_of(image: np.ndarray, mask: np.ndarray, normals_small: np.ndarray, normals: np.ndarray
+              ) -> tuple[np.ndarray, str]:
+    """The clean normal a synthetic image was made from: the pipeline keeps the outside of the mask
+    bit-exact, so the training normal that matches outside the mask is it; failing that, the masked region
+    is inpainted from its surroundings (an approximation the report counts)."""
+    small = cv2.resize(image.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA).reshape(32, 32, -1)
+    outside = ~cv2.resize(cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)), (32, 32),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+    if outside.sum() > 32:
+        diff = np.abs(normals_small - small[None]).mean(axis=3)[:, outside].mean(axis=1)
+        best = int(np.argmin(diff))
+        if diff[best] < 2.0:
+            return normals[best], "matched"
+    inpainted = cv2.inpaint(image if image.shape[2] == 3 else image[:, :, 0], mask.astype(np.uint8), 5,
+                            cv2.INPAINT_TELEA)
+    return inpainted.reshape(image.shape), "inpainted"
+
+
+def load_synthetic(synthetic: Path, size: int, channels: int, normals: np.ndarray, progress: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Synthetic defect images, masks and their clean normals at `size`, plus how the cleans were found."""
+    ds = open_dataset(synthetic)
+    samples = [s for s in _read_all(ds, "synthetic set", progress) if s.mask is not None and s.mask.any()]
+    if not samples:
+        raise DefectgenError(synthetic, "the synthetic set has no defect masks (expected annotations.json with "
+                             "segmentations, or images with <stem>_mask.png)")
+    declared = _declared_sources(synthetic)
+    normals_small = np.stack([cv2.resize(n.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+                              .reshape(32, 32, -1) for n in normals])
+    images, masks, cleans, how = [], [], [], {"declared": 0, "matched": 0, "inpainted": 0}
+    for s in samples:
+        img, m = _resize_image(s.image, size, channels), _resize_mask(s.mask, size)
+        src = declared.get(s.path.resolve()) if s.path is not None else None
+        if src is not None:
+            from defectgen.io.images import read_image
+
+            clean, kind = _resize_image(read_image(src), size, channels), "declared"
+        else:
+            clean, kind = _clean_of(img, m, normals_small, normals)
+        how[kind] += 1
+        images.append(img)
+        masks.append(m)
+        cleans.append(clean)
+    return np.stack(images), np.stack(masks), np.stack(cleans), how
+
+
+def draem_set(normals: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n DRAEM-style defects on randomly chosen normals with Perlin masks (textures: the normals)."""
+    from defectgen.masks import MaskGenerator
+    from defectgen.synth.draem import DraemGenerator
+
+    rng = np.random.default_rng([seed, 7])
+    pick = rng.integers(len(normals), size=n)
+    size = normals.shape[1]
+    masks = [MaskGenerator("perlin", seed=seed)(i, size, size)[0] for i in range(n)]
+    gen = DraemGenerator(textures=list(normals))
+    floats = [normals[i].astype(np.float32) / 255.0 for i in pick]
+    out = gen.generate(floats, masks, [int(seed) * 100003 + i for i in range(n)], [None] * n)
+    return (np.stack([from_float(o, np.uint8) for o in out]), np.stack(masks), normals[pick])
+
+
+def hardware() -> dict[str, Any]:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
+            "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _per_class(test: dict[str, Any], maps: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, float]]:
+    classes = sorted({c for c, lab in zip(test["classes"], test["labels"], strict=True) if lab})
+    good = ~test["labels"]
+    result = {}
+    for c in classes:
+        keep = good | np.array([x == c for x in test["classes"]])
+        result[c] = evaluate(test["labels"][keep], scores[keep], test["masks"][keep], maps[keep])
+    return result
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, amap: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image.copy()
+    if amap is not None:
+        norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
+        heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        rgb = cv2.addWeighted(rgb, 0.5, heat, 0.5, 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (255, 255, 255) if amap is not None else (255, 0, 0), 1)
+    return rgb
+
+
+def _write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.ndarray]]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
+    for ax, (kind, title) in zip(fig.subplots(1, 2), (("image", "image ROC"), ("pixel", "pixel ROC")),
+                                 strict=True):
+        for name, c in curves.items():
+            fpr, tpr, _ = roc_curve(test["labels"] if kind == "image" else test["masks"],
+                                    c["scores"] if kind == "image" else c["maps"])
+            if fpr.size > 5000:  # millions of pixel thresholds draw the same line as a few thousand
+                keep = np.unique(np.linspace(0, fpr.size - 1, 5000).astype(int))
+                fpr, tpr = fpr[keep], tpr[keep]
+            ax.plot(fpr, tpr, label=f"{name} ({c['metrics'][kind + '_auroc']:.3f})")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The headline table plus per-class image AUROC and AUPRO."""
+    runs = results["runs"]
+    lines = [f"# defectgen validate: {results['config']['detector']}", "",
+             f"test set `{results['config']['test']}`: {results['test']['normal']} normal, "
+             f"{results['test']['defect']} defect images at {results['config']['resolution']}x"
+             f"{results['config']['resolution']}; backbone `{results['config']['backbone']}`; seed "
+             f"{results['config']['seed']}; wall time {results['wall_time_s']:.0f} s.", "",
+             "| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        m = r["metrics"]
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in METRICS) + f" | {r['train_s']:.0f} |")
+    classes = sorted({c for r in runs.values() for c in r["per_class"]})
+    if classes:
+        lines += ["", "Per class (I-AUROC / AUPRO):", "",
+                  "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for name, r in runs.items():
+            cells = [f"{_fmt(r['per_class'][c]['image_auroc'])} / {_fmt(r['per_class'][c]['aupro'])}"
+                     for c in classes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_validation(
+    detector: str, train: str | Path, test: str | Path, out: str | Path, synthetic: str | Path | None = None,
+    baselines: Sequence[str] = BASELINES, backbone: str = "tiny", resolution: int = 256, seed: int = 0,
+    steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
+    n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
+    device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
+    student_width: int | None = None,
+) -> dict[str, Any]:
+    """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
+    write the report to `out`, and return the results dict (also written as report.json)."""
+    start = time.perf_counter()
+    if detector not in DETECTORS:
+        raise DefectgenError(None, f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise DefectgenError(None, f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if synthetic is None and not baselines:
+        raise DefectgenError(None, "nothing to run: give --synthetic or at least one baseline")
+    if resolution < 32 or resolution % 32:
+        raise DefectgenError(None, f"--resolution must be a multiple of 32 and at least 32, got {resolution}")
+    train, test, out = Path(train), Path(test), Path(out)
+    synthetic = Path(synthetic) if synthetic is not None else None
+    torch.manual_seed(seed)
+    dev = pick_device(device)
+
+    normals, _, channels = load_normals(train, resolution, max_train, seed, progress)
+    test_set = load_test(test, resolution, channels, max_test, seed, progress)
+    runs_data: dict[str, tuple] = {}
+    clean_sources = None
+    if synthetic is not None:
+        images, masks, cleans, clean_sources = load_synthetic(synthetic, resolution, channels, normals, progress)
+        runs_data["synthetic"] = (images, masks, cleans)
+    n_syn = n_draem or (len(runs_data["synthetic"][0]) if synthetic is not None else 100)
+    for b in baselines:
+        runs_data[b] = (None, None, None) if b == "none" else draem_set(normals, n_syn, seed)
+    out = prepare_output_dir(out, overwrite=overwrite, resumable=False)
+
+    bb = load_backbone(backbone, dev)
+    sigma = 4.0 * resolution / 256
+    rng = np.random.default_rng(seed)
+    show = _overlay_picks(test_set, n_overlays, rng)
+    results: dict[str, Any] = {"runs": {}}
+    curves: dict[str, dict[str, Any]] = {}
+    overlay_maps: dict[str, np.ndarray] = {}
+    for name, (images, masks, cleans) in runs_data.items():
+        t0 = time.perf_counter()
+        if detector == "exdd":
+            model = ExDD(bb, coreset_ratio=coreset_ratio, sigma=sigma, seed=seed)
+            if progress:
+                print(f"[{name}] exdd: building banks from {len(normals)} normals"
+                      + (f" and {len(images)} defects" if images is not None else ""), flush=True)
+            model.fit(normals, images, masks, progress=progress)
+            extra = {"negative_bank": int(model.negative.shape[0]),
+                     "positive_bank": int(model.positive.shape[0]) if model.positive is not None else 0}
+        else:
+            torch.manual_seed(seed)
+            # the tiny test backbone gets a student to match; real backbones DeSTSeg-like width
+            width = student_width or (8 if backbone == "tiny" else 32)
+            model = AST(bb, width=width, head_width=2 * width if backbone == "tiny" else 64, sigma=sigma)
+            history = train_ast(model, normals, images, masks, cleans, steps=steps, batch_size=batch_size, lr=lr,
+                                seed=seed, progress=progress, desc=f"[{name}] ast")
+            extra = {"loss_first": float(np.mean(history[: max(1, len(history) // 20)])),
+                     "loss_last": float(np.mean(history[-max(1, len(history) // 20):])), "steps": steps}
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        maps, scores = model.predict(test_set["images"])
+        metrics = evaluate(test_set["labels"], scores, test_set["masks"], maps)
+        per_class = _per_class(test_set, maps, scores)
+        results["runs"][name] = {"metrics": metrics, "per_class": per_class, "train_s": train_s,
+                                 "test_s": time.perf_counter() - t1,
+                                 "synthetic_images": 0 if images is None else int(len(images)), **extra}
+        curves[name] = {"scores": scores, "maps": maps, "metrics": metrics}
+        overlay_maps[name] = (maps[show], float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
+        if save_models:
+            model.save(out / f"{detector}_{name}.safetensors")
+        if progress:
+            print(f"[{name}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()), flush=True)
+        del maps
+
+    _write_roc(out / "roc.png", test_set, curves)
+    curves.clear()
+    overlay_files = _write_overlays(out / "overlays", test_set, show, overlay_maps)
+    results["config"] = {
+        "detector": detector, "train": str(train), "synthetic": str(synthetic) if synthetic else None,
+        "test": str(test), "baselines": list(baselines), "backbone": backbone, "resolution": resolution,
+        "seed": seed, "steps": steps if detector == "ast" else None, "student_width": student_width,
+        "batch_size": batch_size, "lr": lr,
+        "coreset_ratio": coreset_ratio if detector == "exdd" else None, "n_draem": n_syn if "draem" in baselines
+        else None, "max_train": max_train, "max_test": max_test, "device": str(dev),
+    }
+    results["train"] = {"normals": int(len(normals)), "channels": channels}
+    results["test"] = {"images": int(len(test_set["labels"])), "normal": int((~test_set["labels"]).sum()),
+                       "defect": int(test_set["labels"].sum()),
+                       "classes": {c: test_set["classes"].count(c) for c in sorted(set(test_set["classes"]))}}
+    if clean_sources is not None:
+        results["synthetic_clean_sources"] = clean_sources
+    results["hardware"] = hardware()
+    results["wall_time_s"] = time.perf_counter() - start
+    results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
+    results["runs"] = {k: {**v, "metrics": _nan_to_none(v["metrics"]),
+                           "per_class": {c: _nan_to_none(m) for c, m in v["per_class"].items()}}
+                       for k, v in results["runs"].items()}
+    atomic_write_text(out / "report.md", markdown_table(results))
+    atomic_write_json(out / "report.json", results)
+    return results
+
+
+def _nan_to_none(d: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: undefined metrics are written as null."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
+
+
+def _overlay_picks(test: dict[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mostly defects (that is what one looks at), one in four normal."""
+    defects, normals = np.flatnonzero(test["labels"]), np.flatnonzero(~test["labels"])
+    nd = min(len(defects), n - n // 4)
+    nn = min(len(normals), n - nd)
+    return np.sort(np.r_[rng.choice(defects, nd, replace=False), rng.choice(normals, nn, replace=False)]
+                   ).astype(int)
+
+
+def _write_overlays(folder: Path, test: dict[str, Any], show: np.ndarray,
+                    maps: dict[str, tuple[np.ndarray, float, float]]) -> list[str]:
+    """One PNG per test image: the image with its ground truth, then each run's map (white: ground truth)."""
+    from defectgen.io.images import write_image
+
+    files = []
+    for j, i in enumerate(show):
+        tiles = [_overlay(test["images"][i], test["masks"][i], None, 0, 1)]
+        tiles += [_overlay(test["images"][i], test["masks"][i], m[j], lo, hi) for m, lo, hi in maps.values()]
+        strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
+        stem = test["paths"][i].stem if test["paths"][i] is not None else f"{i:04d}"
+        name = f"{j:02d}_{test['classes'][i]}_{stem}.png"
+        write_image(folder / name, strip)
+        files.append(f"overlays/{name}")
+    if files:
+        atomic_write_text(folder / "README.txt", "columns: input with ground truth (red), then " + ", ".join(maps)
+           + " (anomaly map, blue low to red high; white: ground truth)\n")
+    return files

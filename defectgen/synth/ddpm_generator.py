@@ -1,0 +1,118 @@
+"""The `DefectGenerator` for both DDPM kinds: perturb-and-denoise (ddpm) and guided inpainting (cddpm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from defectgen.diffusion.ddpm import box_geometry, load_model
+from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, guided_inpaint, perturb_and_denoise
+from defectgen.errors import DefectgenError
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+class DdpmGenerator:
+    """Defects from a trained DDPM folder.
+
+    ddpm:  strength = t0 / T (how far the normal image is diffused), sigma = std of the extra noise inside the
+           mask (in units of the unit-variance diffusion noise). Larger = stronger, less normal-looking defects.
+    cddpm: guidance = classifier-free guidance scale; the class comes from the pipeline (--class, or drawn from
+           the training distribution in `class_distribution`).
+    """
+
+    def __init__(self, model: str | Path, sampler: str = "ddim", steps: int | None = None, strength: float = 0.5,
+                 sigma: float = 1.0, guidance: float = 3.0, device: str | None = None, **_: Any):
+        if sampler not in SAMPLERS:
+            raise DefectgenError(None, f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if not 0 < strength <= 1:
+            raise DefectgenError(None, f"--strength must lie in (0, 1], got {strength}")
+        if sigma < 0:
+            raise DefectgenError(None, f"--sigma must be >= 0, got {sigma}")
+        if steps is not None and steps < 1:
+            raise DefectgenError(None, f"--steps must be at least 1, got {steps}")
+        self.device = device or default_device()
+        self.model = load_model(model, self.device)
+        self.path = Path(model)
+        self.name = self.model.kind
+        self.resolution = self.model.resolution
+        self.channels = self.model.channels
+        self.sampler, self.steps = sampler, steps or DEFAULT_STEPS[sampler]
+        self.strength, self.sigma, self.guidance = strength, sigma, guidance
+        counts = self.model.meta.get("class_counts") or {}
+        names = self.model.class_names
+        total = sum(counts.get(c, 0) for c in names)
+        self.class_distribution: dict[str, float] | None = (
+            {c: counts.get(c, 0) / total for c in names} if total else
+            ({c: 1 / len(names) for c in names} if names else None)
+        )
+        self.denoiser = self.model.module().eval() if self.model.conditional else None
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "model": str(self.path), "kind": self.name, "sampler": self.sampler, "steps": self.steps,
+            "resolution": self.resolution, "channels": self.channels,
+            "model_version": self.model.meta.get("version"),
+            "data_fingerprint": (self.model.meta.get("data") or {}).get("fingerprint"),
+        }
+        if self.model.conditional:
+            info.update(guidance=self.guidance, classes=self.model.class_names)
+        else:
+            info.update(strength=self.strength, sigma=self.sigma)
+        return info
+
+    def check_class(self, class_name: str | None) -> None:
+        if class_name is not None and self.model.conditional and class_name not in self.model.class_names:
+            raise DefectgenError(self.path, f"the model knows no class {class_name!r}; it knows: "
+                                 f"{', '.join(self.model.class_names)}")
+
+    def _prepare(self, normals: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.resolution
+        xs, ms = [], []
+        for image, mask in zip(normals, masks, strict=True):
+            if image.shape[2] != self.channels:
+                raise ValueError(f"expected {self.channels}-channel images, got {image.shape[2]}")
+            if image.shape[:2] != (r, r):  # the pipeline sends model-sized windows; be lenient for direct calls
+                image = cv2.resize(image, (r, r), interpolation=cv2.INTER_AREA).reshape(r, r, -1)
+                mask = cv2.resize(mask.astype(np.uint8), (r, r), interpolation=cv2.INTER_NEAREST) > 0
+            xs.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+            ms.append(torch.from_numpy(np.ascontiguousarray(mask[None].astype(np.float32))))
+        x0 = torch.stack(xs).to(self.device, torch.float32) * 2 - 1
+        return x0, torch.stack(ms).to(self.device, torch.float32)
+
+    def generate(self, normals: list[np.ndarray], masks: list[np.ndarray], seeds: list[int],
+                 class_names: list[str | None]) -> list[np.ndarray]:
+        if not normals:
+            return []
+        shapes = [im.shape for im in normals]
+        x0, mask = self._prepare(normals, masks)
+        if self.model.conditional:
+            names = self.model.class_names
+            for c in class_names:
+                self.check_class(c)
+            # No class given and no distribution: the first class (the pipeline normally draws one).
+            idx = [names.index(c) if c is not None else 0 for c in class_names]
+            classes = torch.tensor(idx, device=self.device, dtype=torch.long)
+            boxes = None
+            if self.model.meta.get("conditioning", {}).get("box_geometry"):
+                geo = [box_geometry(m[0].cpu().numpy() > 0.5) for m in mask]
+                boxes = torch.from_numpy(np.stack(geo)).to(self.device)
+            out = guided_inpaint(self.denoiser, self.model.scheduler, x0, mask, classes,
+                                 self.model.condition.null_class, seeds, self.guidance, boxes,
+                                 self.sampler, self.steps)
+        else:
+            out = perturb_and_denoise(self.model.unet, self.model.scheduler, x0, mask, seeds, self.strength,
+                                      self.sigma, self.sampler, self.steps)
+        out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
+        results = []
+        for arr, shape in zip(out, shapes, strict=True):
+            if arr.shape != shape:
+                arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).reshape(shape)
+            results.append(np.ascontiguousarray(arr, dtype=np.float32))
+        return results

@@ -1,0 +1,163 @@
+"""Backbones, ExDD and AST on toy data: tiny random backbone, 32x32 / 64x64 images, CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectgen.detect import AST, ExDD, load_backbone, train_ast
+from defectgen.detect.features import greedy_coreset, nearest_distance
+from defectgen.errors import DefectgenError
+from defectgen.metrics import image_auroc
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.set_num_threads(1)  # the toy models are too small to gain from threads on a shared 2-core box
+    return load_backbone("tiny")
+
+
+def normals(rng, n, channels=1):
+    return (np.clip(rng.normal(0.45, 0.05, (n, SIZE, SIZE, channels)), 0, 1) * 255).astype(np.uint8)
+
+
+def bright_squares(rng, n, channels=1):
+    clean = normals(rng, n, channels)
+    images, masks = clean.copy(), np.zeros((n, SIZE, SIZE), bool)
+    for i in range(n):
+        y, x = rng.integers(4, SIZE - 20, 2)
+        images[i, y:y + 14, x:x + 14] = 255
+        masks[i, y:y + 14, x:x + 14] = True
+    return images, masks, clean
+
+
+def test_backbone_maps_strides_and_gray(backbone):
+    gray = backbone(torch.rand(2, 1, SIZE, SIZE), (4, 8, 16))
+    assert [tuple(m.shape[-2:]) for m in gray] == [(16, 16), (8, 8), (4, 4)]
+    x = torch.rand(2, 1, SIZE, SIZE)
+    same = backbone(x.expand(-1, 3, -1, -1), (8,))[0]
+    assert torch.allclose(backbone(x, (8,))[0], same)  # gray is fed as three equal channels
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.train()
+    assert not backbone.training  # frozen whatever the caller asks
+    assert all(m.abs().mean() > 1e-3 for m in gray)  # random weights must not collapse to zero
+
+
+def test_backbone_bad_folder(tmp_path):
+    with pytest.raises(DefectgenError) as e:
+        load_backbone(str(tmp_path / "missing"))
+    assert "missing" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_backbone_from_saved_folder(tmp_path):
+    from transformers import MobileNetV2ImageProcessor
+
+    from defectgen.detect.backbone import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "bb")
+    MobileNetV2ImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "bb")
+    loaded = load_backbone(str(tmp_path / "bb"))
+    assert not loaded.use_backbone_api
+    assert torch.allclose(loaded.mean.flatten(), torch.tensor([0.5] * 3))  # read from the preprocessor config
+    x = torch.rand(1, 3, SIZE, SIZE)
+    assert torch.allclose(loaded(x, (8,))[0], load_backbone("tiny")(x, (8,))[0], atol=1e-5)
+
+
+def test_nearest_distance_in_blocks_matches_cdist():
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(37, 5, generator=g), torch.randn(53, 5, generator=g)
+    ref = torch.cdist(q, bank).min(1).values
+    assert torch.allclose(nearest_distance(q, bank, block=64), ref, atol=1e-4)  # many small blocks
+    assert torch.allclose(nearest_distance(q, bank), ref, atol=1e-4)
+
+
+def test_coreset_covers_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0], [10, 0], [0, 10], [10, 10]])
+    pts = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
+    chosen = greedy_coreset(pts, 4)
+    assert len({int(i) // 50 for i in chosen}) == 4  # k-center picks one point from each cluster
+
+
+def test_exdd_scores_bright_squares_above_normals(backbone, tmp_path):
+    rng = np.random.default_rng(0)
+    train = normals(rng, 16)
+    syn, syn_masks, _ = bright_squares(rng, 8)
+    test_def, test_masks, _ = bright_squares(rng, 8)
+    test_norm = normals(rng, 8)
+    # strides 4 and 8: at 64x64 the deeper maps of a random network are too coarse to separate anything
+    det = ExDD(backbone, strides=(4, 8), coreset_ratio=0.25, sigma=2).fit(train, syn, syn_masks)
+    assert det.negative.shape[0] == round(0.25 * 16 * 16 * 16) and det.positive.shape[0] > 0
+    maps, scores = det.predict(np.concatenate([test_norm, test_def]))
+    assert maps.shape == (16, SIZE, SIZE)
+    assert image_auroc([0] * 8 + [1] * 8, scores) == 1.0
+    # the defect pixels score above the rest of their own images
+    inside = maps[8:][test_masks].mean()
+    assert inside > maps[8:][~test_masks].mean()
+    det.save(tmp_path / "exdd.safetensors")
+    again = ExDD.load(tmp_path / "exdd.safetensors", backbone)
+    assert np.allclose(again.predict(test_def)[1], scores[8:], rtol=1e-5)
+
+
+def test_positive_bank_moves_scores_as_the_ratio_says(backbone):
+    rng = np.random.default_rng(1)
+    train = normals(rng, 12)
+    syn, syn_masks, _ = bright_squares(rng, 6)
+    query, _, _ = bright_squares(rng, 4)
+    plain = ExDD(backbone, strides=(4, 8), coreset_ratio=0.5).fit(train)
+    with_pos = ExDD(backbone, strides=(4, 8), coreset_ratio=0.5).fit(train, syn, syn_masks)
+    feats = plain.features(query)
+    d_neg = plain.patch_scores(feats)
+    ratio = with_pos.patch_scores(feats)
+    q = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    d_pos = nearest_distance(q, with_pos.positive).view_as(ratio)
+    assert torch.allclose(ratio, d_neg / (d_pos + with_pos.eps), rtol=1e-4)
+    # patches nearer the positive bank gain more: the ratio to plain PatchCore falls as d_pos grows
+    gain = (ratio / d_neg).flatten()
+    order = torch.argsort(d_pos.flatten())
+    assert gain[order[: len(order) // 4]].mean() > gain[order[-len(order) // 4:]].mean()
+    # a positive bank made of the query's own patches raises every query patch's score
+    own = ExDD(backbone, coreset_ratio=0.5)
+    own.negative, own.positive = with_pos.negative, q.clone()
+    far = ExDD(backbone, coreset_ratio=0.5)
+    far.negative, far.positive = with_pos.negative, q.clone() + 100.0
+    assert bool((own.patch_scores(feats) > far.patch_scores(feats)).all())
+
+
+def test_ast_loss_falls_and_round_trips(backbone, tmp_path):
+    rng = np.random.default_rng(2)
+    train = normals(rng, 12)
+    syn, masks, clean = bright_squares(rng, 8)
+    torch.manual_seed(0)
+    model = AST(backbone, width=8, head_width=16)
+    history = train_ast(model, train, syn, masks, clean, steps=40, batch_size=8, lr=3e-3, progress=False)
+    assert np.mean(history[-5:]) < 0.8 * np.mean(history[:5])
+    assert model.use_head
+    test_def, _, _ = bright_squares(rng, 4)
+    maps, scores = model.predict(np.concatenate([normals(rng, 4), test_def]))
+    assert maps.shape == (8, SIZE, SIZE) and np.isfinite(scores).all()
+    assert 0 <= maps.min() and maps.max() <= 1  # the head's sigmoid
+    model.save(tmp_path / "ast.safetensors")
+    again = AST.load(tmp_path / "ast.safetensors", backbone)
+    assert np.allclose(again.predict(test_def)[1], scores[4:], atol=1e-5)
+
+
+def test_ast_without_defects_uses_student_teacher_distance(backbone):
+    rng = np.random.default_rng(3)
+    model = AST(backbone, width=8, head_width=16)
+    history = train_ast(model, normals(rng, 8, channels=3), steps=15, batch_size=4, progress=False)
+    assert not model.use_head and np.mean(history[-3:]) < np.mean(history[:3])
+    maps, scores = model.predict(normals(rng, 2, channels=3))
+    assert maps.shape == (2, SIZE, SIZE) and (scores >= 0).all()
+
+
+def test_load_rejects_other_files(tmp_path, backbone):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(DefectgenError):
+        ExDD.load(bad, backbone)
+    with pytest.raises(DefectgenError):
+        AST.load(bad, backbone)

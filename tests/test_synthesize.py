@@ -1,0 +1,228 @@
+"""The synthesize pipeline and verb: output contract, bit-exact outside, COCO round trip, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from defectgen.diffusion.ddpm import build_model, save_model, train_ddpm
+from defectgen.diffusion.training import TrainConfig
+from defectgen.errors import DefectgenError
+from defectgen.io.images import read_image, read_mask
+from defectgen.synth.pipeline import NAMED_GENERATORS, load_generator, register_generator, synthesize
+from tests.conftest import square_mask, texture, write_png
+
+R = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Untrained tiny models are enough to test the plumbing: ddpm (1 channel), cddpm (1 channel, 2 classes)."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_model(build_model("ddpm", R, 1, "tiny"), root / "ddpm")
+    model = build_model("cddpm", R, 1, "tiny", ["crack", "spot"], box_geometry=True)
+    save_model(model, root / "cddpm", class_counts={"crack": 3, "spot": 1})
+    return {"ddpm": root / "ddpm", "cddpm": root / "cddpm"}
+
+
+@pytest.fixture
+def normals(tmp_path, rng) -> Path:
+    """Mixed normals: 8-bit gray larger than the model, 16-bit RGB, and one smaller than the model."""
+    folder = tmp_path / "good"
+    write_png(folder / "a.png", texture(rng, 40, 48))
+    write_png(folder / "b.png", (texture(rng, 24, 24, 3).astype(np.uint16) * 257))
+    write_png(folder / "c.png", texture(rng, 12, 14))
+    return folder
+
+
+def gen(models, kind="ddpm", **kw):
+    return load_generator(models[kind], sampler="ddim", steps=3, device="cpu", **kw)
+
+
+def outputs(out: Path, normals: Path):
+    coco = json.loads((out / "annotations.json").read_text())
+    for im in coco["images"]:
+        image = read_image(out / im["file_name"])
+        mask = read_mask(out / im["mask_file"])
+        yield im, image, mask, read_image(im["source"])
+
+
+def test_outside_the_mask_is_bit_exact_and_inside_changes(tmp_path, models, normals):
+    result = synthesize(gen(models), normals, tmp_path / "out", 9, batch_size=4, seed=3, progress=False)
+    assert result.written == 9
+    out = tmp_path / "out"
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == ["annotations.json", "contact_sheet.png", "images", "masks"]
+    assert len(list((out / "images").glob("*.png"))) == 9 and len(list((out / "masks").glob("*.png"))) == 9
+    sources = set()
+    for _, image, mask, normal in outputs(out, normals):
+        sources.add(Path(_["source"]).name)
+        assert image.shape == normal.shape and image.dtype == normal.dtype
+        assert mask.shape == image.shape[:2] and mask.any()
+        assert np.array_equal(image[~mask], normal[~mask])
+        assert np.any(image[mask] != normal[mask])
+    assert sources == {"a.png", "b.png", "c.png"}  # every size, channel count and bit depth was exercised
+
+
+def test_coco_round_trips_through_pycocotools(tmp_path, models, normals):
+    synthesize(gen(models), normals, tmp_path / "out", 4, masks="bbox", seed=1, progress=False)
+    coco = COCO(str(tmp_path / "out" / "annotations.json"))
+    info = coco.dataset["info"]["defectgen"]
+    assert info["sampler"] == "ddim" and info["steps"] == 3 and info["seed"] == 1 and info["version"]
+    assert info["model"] == str(models["ddpm"])
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["defect"]
+    for image_id in coco.getImgIds():
+        im = coco.loadImgs(image_id)[0]
+        mask = read_mask(tmp_path / "out" / im["mask_file"])
+        union = np.zeros_like(mask)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            part = coco.annToMask(ann).astype(bool)
+            ys, xs = np.nonzero(part)
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert ann["area"] == part.sum() and ann["iscrowd"] == 0
+            union |= part
+        assert np.array_equal(union, mask)
+
+
+def test_same_seed_same_samples_whatever_the_batch_size(tmp_path, models, normals):
+    synthesize(gen(models), normals, tmp_path / "a", 4, batch_size=1, seed=5, progress=False)
+    synthesize(gen(models), normals, tmp_path / "b", 4, batch_size=4, seed=5, progress=False)
+    for i in range(4):
+        a = read_image(tmp_path / "a" / "images" / f"{i:06d}.png").astype(int)
+        b = read_image(tmp_path / "b" / "images" / f"{i:06d}.png").astype(int)
+        assert np.abs(a - b).max() <= 1  # float rounding may differ by batch; the sample does not
+
+
+def test_resume_completes_an_interrupted_run(tmp_path, models, normals):
+    out = tmp_path / "out"
+    synthesize(gen(models), normals, out, 5, seed=2, progress=False)
+    before = {i: (out / "images" / f"{i:06d}.png").read_bytes() for i in range(5)}
+    coco_before = json.loads((out / "annotations.json").read_text())
+    (out / "images" / "000003.png").unlink()  # as if killed while writing sample 3 ...
+    (out / "images" / ".000004.png.x.tmp").write_bytes(b"half")  # ... leaving a temporary behind
+    with pytest.raises(DefectgenError, match="not empty"):
+        synthesize(gen(models), normals, out, 5, seed=2, progress=False)
+    with pytest.raises(DefectgenError, match="different settings"):
+        synthesize(gen(models), normals, out, 5, seed=99, resume=True, progress=False)
+    result = synthesize(gen(models), normals, out, 5, seed=2, resume=True, progress=False)
+    assert result.written == 1 and result.skipped_existing == 4
+    assert not list(out.rglob(".*.tmp"))
+    for i in range(5):
+        assert (out / "images" / f"{i:06d}.png").read_bytes() == before[i]
+    assert json.loads((out / "annotations.json").read_text())["annotations"] == coco_before["annotations"]
+    result = synthesize(gen(models), normals, out, 2, seed=2, overwrite=True, progress=False)
+    assert len(list((out / "images").glob("*.png"))) == 2
+
+
+def test_conditional_model_paints_the_chosen_or_drawn_classes(tmp_path, models, normals):
+    synthesize(gen(models, "cddpm", guidance=2.0), normals, tmp_path / "one", 3, class_name="spot",
+               progress=False)
+    coco = json.loads((tmp_path / "one" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["spot"]
+    assert coco["info"]["defectgen"]["settings"]["generator"]["guidance"] == 2.0
+    for _, image, mask, normal in outputs(tmp_path / "one", normals):
+        assert np.array_equal(image[~mask], normal[~mask]) and np.any(image[mask] != normal[mask])
+    synthesize(gen(models, "cddpm"), normals, tmp_path / "drawn", 12, progress=False)
+    names = {c["name"] for c in json.loads((tmp_path / "drawn" / "annotations.json").read_text())["categories"]}
+    assert names == {"crack", "spot"}
+    with pytest.raises(DefectgenError, match="knows no class"):
+        synthesize(gen(models, "cddpm"), normals, tmp_path / "bad", 1, class_name="hole", progress=False)
+
+
+def test_trained_conditional_model_follows_the_class(tmp_path, rng):
+    """Bright and dark defects on a flat surface: after a short training, guided samples of each class come out
+    brighter / darker inside the mask."""
+    for cls, value in (("bright", 250), ("dark", 5)):
+        for i in range(6):
+            img = np.full((R, R), 128, np.uint8)
+            mask = square_mask(R, R, *rng.integers(2, 8, size=2), 6)
+            img[mask > 0] = value
+            write_png(tmp_path / "labeled" / cls / f"{i}.png", img)
+            write_png(tmp_path / "labeled" / cls / f"{i}_mask.png", mask)
+        write_png(tmp_path / "good" / f"{cls}.png", np.full((R, R), 128, np.uint8))
+    cfg = TrainConfig(steps=120, batch_size=8, lr=3e-3, warmup_steps=0, lr_schedule="constant", ema=False,
+                      checkpoint_every=0, progress=False)
+    train_ddpm(tmp_path / "run", None, tmp_path / "labeled", preset="tiny", resolution=R, config=cfg,
+               class_dropout=0.2, log=lambda m: None)
+    means = {}
+    for cls in ("bright", "dark"):
+        g = load_generator(tmp_path / "run", sampler="ddim", steps=10, guidance=3.0, device="cpu")
+        synthesize(g, tmp_path / "good", tmp_path / cls, 4, masks="bbox", class_name=cls, progress=False)
+        means[cls] = np.mean([image[mask].mean() for _, image, mask, _ in outputs(tmp_path / cls, None)])
+    assert means["bright"] > means["dark"] + 40, means
+
+
+def test_pipeline_is_generic_over_generators(tmp_path, normals):
+    """Any DefectGenerator plugs in through the registry: here one without a model folder or fixed size."""
+
+    class Invert:
+        name, resolution, channels = "invert", None, None
+
+        def __init__(self, model, **options):
+            self.options = options
+
+        def info(self):
+            return {"model": "invert"}
+
+        def generate(self, normals, masks, seeds, class_names):
+            return [1.0 - x for x in normals]
+
+    register_generator("invert", Invert, named=True)
+    try:
+        g = load_generator("invert", strength=None, prompt="p")
+        assert g.options == {"prompt": "p"}
+        synthesize(g, normals, tmp_path / "out", 3, prompt="p", progress=False)
+    finally:
+        NAMED_GENERATORS.pop("invert")
+    for _, image, mask, normal in outputs(tmp_path / "out", normals):
+        peak = 255 if normal.dtype == np.uint8 else 65535
+        assert np.array_equal(image[mask], peak - normal[mask])
+        assert np.array_equal(image[~mask], normal[~mask])
+
+
+def test_cli_synthesize_writes_the_set(tmp_path, models, normals, run_cli):
+    code, out, err = run_cli("synthesize", "--model", models["ddpm"], "--normals", normals, "--n", "3",
+                             "--sampler", "dpm", "--steps", "3", "--strength", "0.6", "--sigma", "1.5",
+                             "--device", "cpu", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "wrote 3 sample(s)" in out
+    info = json.loads((tmp_path / "out" / "annotations.json").read_text())["info"]["defectgen"]
+    assert info["sampler"] == "dpm" and info["settings"]["generator"]["strength"] == 0.6
+
+
+def one_line_error(code: int, err: str, path: Path) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) <= 2 and lines[0].startswith("error:") and str(path.name) in err  # rich may wrap once
+
+
+def test_cli_bad_input_fails_with_one_line_naming_the_file(tmp_path, models, normals, run_cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ("--n", "2", "--steps", "2", "--device", "cpu")
+    one_line_error(*run_cli("synthesize", "--model", models["ddpm"], "--normals", empty, "--out", tmp_path / "o1",
+                            *args)[:3:2], empty)
+    not_model = tmp_path / "not-a-model"
+    (not_model / "unet").mkdir(parents=True)
+    one_line_error(*run_cli("synthesize", "--model", not_model, "--normals", normals, "--out", tmp_path / "o2",
+                            *args)[:3:2], not_model)
+    masks = tmp_path / "masks"
+    write_png(masks / "m0.png", square_mask(10, 10, 2, 2, 4))  # no normal image is 10x10
+    one_line_error(*run_cli("synthesize", "--model", models["ddpm"], "--normals", normals, "--masks", masks,
+                            "--out", tmp_path / "o3", *args)[:3:2], masks / "m0.png")
+    one_line_error(*run_cli("train-ddpm", "--normals", empty, "--out", tmp_path / "o4", "--preset", "tiny",
+                            "--steps", "1")[:3:2], empty)
