@@ -208,7 +208,21 @@ def synthesize(
     mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset from masks/ or a YAML path."),
     class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
                                           "drawn from the training classes). COCO category otherwise."),
-    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (text-guided models)."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Text-guided models: free text, or material/defect "
+                                      "from the prompt library (prompts/), e.g. tile/crack."),
+    negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Text-guided models (default: the "
+                                               "prompt library's negative prompt)."),
+    mask_crop: int | None = typer.Option(None, "--mask-crop", min=0, help="Text-guided models: generate in the "
+                                         "mask's extent padded by PAD pixels at model resolution (diffusers' "
+                                         "padding_mask_crop) instead of a model-sized window."),
+    textures: Path | None = typer.Option(None, "--textures", help="--model draem: texture images (default: the "
+                                         "normals themselves)."),
+    filters: str | None = typer.Option(None, "--filter", help="Filters to apply after generating: change, clip "
+                                       "(comma-separated; see `defectgen filter --help`)."),
+    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id for --filter clip."),
+    tau0: float = typer.Option(0.5, "--tau0", help="--filter clip: starting threshold."),
+    lam: float = typer.Option(1.0, "--lambda", help="--filter clip: threshold decay over the set."),
+    min_change: float = typer.Option(0.02, "--min-change", help="--filter change: least mean change in the mask."),
     strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
                                           "image is diffused (default 0.5)."),
     sigma: float | None = typer.Option(None, "--sigma", help="Unconditional DDPM: std of the extra noise inside "
@@ -234,12 +248,29 @@ def synthesize(
 
         defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks bbox --class scratch --guidance 3 \\
             --sampler dpm --steps 20 --out synth/
+
+        defectgen synthesize --model runs/ldm --normals good/ --n 100 --prompt "copper scratches" --out synth/
+
+        defectgen synthesize --model draem --normals good/ --n 100 --out synth-draem/
     """
+    from defectgen.synth.filters import filter_output, make_filters
     from defectgen.synth.pipeline import load_generator
     from defectgen.synth.pipeline import synthesize as run
 
+    chosen = []
+    if filters:  # build the filters first: a bad --clip-model fails before any generation
+        material = None
+        if prompt:
+            from defectgen.prompts import resolve_prompt
+
+            resolved = resolve_prompt(prompt)
+            material = resolved.material.name if resolved.material else None
+        chosen = make_filters([f.strip() for f in filters.split(",") if f.strip()], clip_model=clip_model, tau0=tau0,
+                              lam=lam, min_change=min_change, material=material)
     generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
-                               guidance=guidance, prompt=prompt, device=device)
+                               guidance=guidance, prompt=prompt, negative_prompt=negative_prompt,
+                               mask_crop=mask_crop, textures=textures, device=device)
+    class_name = class_name or getattr(generator, "default_class", None)
     result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
                  seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
                  progress=sys.stderr.isatty())
@@ -247,6 +278,8 @@ def synthesize(
               + (f" ({result.skipped_existing} already there)" if result.skipped_existing else "")
               + f": {result.annotations} annotation(s) in {out_dir / 'annotations.json'}, "
               f"contact sheet {out_dir / 'contact_sheet.png'}")
+    if chosen:
+        filter_output(out_dir, chosen, log=out.print)
 
 
 @app.command("validate")
@@ -443,6 +476,10 @@ def inspect(
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 unless --debug."""
     debug = "--debug" in sys.argv[1:]
+    if not debug:  # library chatter (e.g. "requires torchvision, falling back") is not for users
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=False)
     except DefectgenError as e:

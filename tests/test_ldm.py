@@ -213,3 +213,35 @@ def test_clip_filter_keeps_and_rejects_by_adaptive_threshold(tmp_path, rng):
         assert summary.kept == len(expected) and 0 < len(expected) < 8, (case, scores, tau0)
         kept = json.loads((out / "annotations.json").read_text())["images"]
         assert [im["filter_scores"]["clip"] for im in kept] == pytest.approx([scores[i] for i in expected], abs=1e-5)
+
+
+def test_cli_bad_inputs_fail_with_one_line(tiny_ldm, normals_dir, labeled_dir, tmp_path, run_cli):
+    empty_prompts = tmp_path / "empty.yaml"
+    empty_prompts.write_text("material: tile\ndefects: {}\n")
+    not_inpaint = tmp_path / "not-inpaint"
+    not_inpaint.mkdir()
+    (not_inpaint / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
+    cases = [
+        (("synthesize", "--model", tiny_ldm, "--normals", normals_dir, "--n", "1", "--prompt", "tile/nope",
+          "--out", tmp_path / "o1"), "unknown defect 'nope'"),
+        (("synthesize", "--model", not_inpaint, "--normals", normals_dir, "--n", "1", "--prompt", "a crack",
+          "--out", tmp_path / "o2"), "not-inpaint"),
+        (("train-ldm", "--labeled", labeled_dir, "--prompts", empty_prompts, "--out", tmp_path / "o3"),
+         "empty.yaml"),
+        (("filter", tmp_path / "o4", "--filter", "clip"), "--clip-model"),
+    ]
+    for args, expected in cases:
+        code, _, err = run_cli(*args)
+        lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, err)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()  # nothing half-made
+
+
+def test_cli_synthesize_with_prompt_and_change_filter(tiny_ldm, normals_dir, tmp_path, run_cli):
+    code, out, err = run_cli("synthesize", "--model", tiny_ldm, "--normals", normals_dir, "--n", "2", "--prompt",
+                             "copper scratches", "--steps", "2", "--filter", "change", "--min-change", "0.0",
+                             "--out", tmp_path / "s")
+    assert code == 0, err
+    coco = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["scratches"]
+    assert coco["info"]["defectgen"]["filters"]["change"]["removed"] == 0 and "kept 2 of 2" in out

@@ -126,7 +126,10 @@ def load_inpaint_pipeline(model: str | Path, device: str | torch.device = "cpu",
     from diffusers import StableDiffusionInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
 
+    from transformers.utils import logging as transformers_logging
+
     diffusers_logging.disable_progress_bar()  # loading bars are noise next to the synthesis bar
+    transformers_logging.disable_progress_bar()
     path = Path(model)
     local = path.exists()
     if local and not (path / "model_index.json").is_file():
@@ -134,7 +137,7 @@ def load_inpaint_pipeline(model: str | Path, device: str | torch.device = "cpu",
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             str(model), safety_checker=None, requires_safety_checker=False, local_files_only=local,
-            torch_dtype=dtype or torch.float32,
+            dtype=dtype or torch.float32,
         )
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise DefectgenError(model, f"cannot load an inpainting pipeline ({str(e).splitlines()[0][:200]})") from None

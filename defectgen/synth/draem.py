@@ -103,3 +103,8 @@ class DraemGenerator:
         """normals: H x W x C float32 in [0, 1]; each result depends only on its own seed."""
         del class_names  # one kind of defect: texture paste
         return [self._one(np.asarray(n, np.float32), m, s) for n, m, s in zip(normals, masks, seeds, strict=True)]
+
+
+def from_options(name: str = "draem", textures: str | Path | None = None, **_: object) -> DraemGenerator:
+    """Factory for `defectgen synthesize --model draem [--textures DIR]`; other options do not apply."""
+    return DraemGenerator(textures)

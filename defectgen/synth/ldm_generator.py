@@ -34,6 +34,8 @@ class LdmGenerator:
     def __init__(self, model: str | Path, *, prompt: str | None = None, negative_prompt: str | None = None,
                  guidance: float = 7.5, steps: int = 30, strength: float = 1.0, sampler: str = "dpm",
                  mask_crop: int | None = None, device: str | None = None, dtype: torch.dtype | None = None, **_: Any):
+        # Resolve the prompt first: an unknown library name fails before minutes of model loading.
+        self.resolved: ResolvedPrompt | None = resolve_prompt(prompt) if prompt else None
         self.model = str(model)
         self.meta = read_metadata(model) if Path(model).exists() else {}
         dev = device or _device()
@@ -50,7 +52,6 @@ class LdmGenerator:
         self.resolution = None if mask_crop is not None else self.model_resolution
         self.prompt_text = prompt
         self.negative_prompt = negative_prompt
-        self.resolved: ResolvedPrompt | None = resolve_prompt(prompt) if prompt else None
         classes = self.meta.get("classes") or []
         self.class_distribution = None if self.resolved else ({c: 1 / len(classes) for c in classes} or None)
 

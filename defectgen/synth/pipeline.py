@@ -44,8 +44,11 @@ DEFAULT_CATEGORY = "defect"
 GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
     "ddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
     "cddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
+    "ldm": "defectgen.synth.ldm_generator:LdmGenerator",
 }
-NAMED_GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {}
+NAMED_GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
+    "draem": "defectgen.synth.draem:from_options",
+}
 
 
 def register_generator(kind: str, factory: str | Callable[..., DefectGenerator], named: bool = False) -> None:
@@ -69,6 +72,8 @@ def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
         return _resolve(NAMED_GENERATORS[name])(name, **options)
     path = Path(model)
     meta_path = path / "defectgen.json"
+    if _is_foreign_inpainting_model(path):  # a diffusers inpainting folder or hub id not trained here
+        return _resolve(GENERATORS["ldm"])(name, **options)
     if not path.exists():
         known = ", ".join(sorted(NAMED_GENERATORS))
         raise DefectgenError(path, "no such model folder" + (f" (or generator name: {known})" if known else ""))
@@ -81,6 +86,21 @@ def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
     if kind not in GENERATORS:
         raise DefectgenError(meta_path, f"unknown model kind {kind!r}; known: {', '.join(sorted(GENERATORS))}")
     return _resolve(GENERATORS[kind])(path, **options)
+
+
+def _is_foreign_inpainting_model(path: Path) -> bool:
+    """A local diffusers pipeline folder without defectgen.json, or something shaped like a hub id (owner/name)
+    that is not a local path: both go to the text-guided generator, which loads them with from_pretrained."""
+    if path.exists():
+        index = path / "model_index.json"
+        if (path / "defectgen.json").exists() or not index.is_file():
+            return False
+        try:
+            return "Inpaint" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        except (json.JSONDecodeError, AttributeError):
+            return False
+    parts = str(path).split("/")
+    return len(parts) == 2 and all(parts) and not str(path).startswith((".", "~"))
 
 
 # ---- masks ----------------------------------------------------------------------------------------------------
