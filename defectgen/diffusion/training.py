@@ -148,6 +148,12 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters being trained: frozen parts (a VAE, a text encoder, LoRA's base weights) get no optimizer
+    state and no EMA copy."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def train_loop(
     module: nn.Module,
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
@@ -181,7 +187,7 @@ def train_loop(
         module = module.to(memory_format=torch.channels_last)
     fused = cfg.fused_optimizer and accelerator.device.type == "cuda"
     module.to(accelerator.device)  # fused AdamW needs the parameters on the GPU when it is built
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW(_trainable(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if fused else {}))
     lr_scheduler = get_scheduler(
         cfg.lr_schedule, optimizer, num_warmup_steps=min(cfg.warmup_steps, cfg.steps), num_training_steps=cfg.steps,
@@ -193,7 +199,7 @@ def train_loop(
     accelerator.register_for_checkpointing(lr_scheduler)
     ema = None
     if cfg.ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
+        ema = EMAModel(_trainable(accelerator.unwrap_model(model)), decay=cfg.ema_max_decay, use_ema_warmup=True,
                        inv_gamma=1.0, power=3 / 4)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -237,13 +243,13 @@ def train_loop(
             total += loss.detach().float().item() / cfg.grad_accum
             images += next(iter(batch.values())).shape[0] * accelerator.num_processes
         if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            accelerator.clip_grad_norm_(_trainable(model), cfg.max_grad_norm)
         optimizer.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule where it was
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step(accelerator.unwrap_model(model).parameters())
+            ema.step(_trainable(accelerator.unwrap_model(model)))
         loss_value = total
         now = time.perf_counter()
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -268,11 +274,11 @@ def train_loop(
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
+            ema.store(_trainable(unwrapped))
+            ema.copy_to(_trainable(unwrapped))
         save_fn(unwrapped, out_dir)
         if ema is not None:
-            ema.restore(unwrapped.parameters())
+            ema.restore(_trainable(unwrapped))
     accelerator.wait_for_everyone()
     if cfg.tensorboard:
         accelerator.end_training()
