@@ -45,9 +45,34 @@ def _main(
     _state["debug"] = debug
 
 
-def _not_implemented(verb: str, issue: int) -> None:
-    console.print(f"defectgen {verb}: not implemented yet (planned in issue {issue}); nothing was done.")
-    raise typer.Exit(3)
+def _workspace():
+    from defectgen.workspace import Workspace
+
+    return Workspace()
+
+
+def _took(what: str, value: object, why: str) -> None:
+    """Every default taken from the workspace is said in one line."""
+    console.print(f"using {what} {value} ({why})", highlight=False, soft_wrap=True)
+
+
+def _record(kind: str, path: Path, **fields) -> None:
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one record per run, also under `accelerate launch`
+        _workspace().record(kind, path, **fields)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, total = (int(v) for v in text.split("/"))
+        if not 0 <= k < total:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected K/N with 0 <= K < N, such as 0/2, got {text!r}") from None
+    return k, total
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -62,7 +87,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 @app.command("train-ddpm")
 def train_ddpm(
-    out_dir: Path = typer.Option(..., "--out", help="Run folder: the diffusers model, defectgen.json, checkpoints/."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder: the diffusers model, defectgen.json, "
+                                        "checkpoints/ (default: runs/ddpm-N or runs/cddpm-N)."),
     normals: Path | None = typer.Option(None, "--normals", help="Normal images (a folder, or MVTec: train/good)."),
     labeled: Path | None = typer.Option(None, "--labeled", help="Labeled defects (pairs, MVTec, VOC or COCO): "
                                         "trains the class- and mask-conditional model."),
@@ -106,8 +132,18 @@ def train_ddpm(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                       mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
                       checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
+    if out_dir is None:
+        if resume:
+            raise typer.BadParameter("--resume needs --out (the run folder to continue)")
+        out_dir = _workspace().new_output("model", "cddpm" if labeled else "ddpm")
+        _took("output folder", out_dir, "no --out given")
     model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
                   class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
+    result = model.meta.get("result", {})
+    _record("model", out_dir, type=model.kind, inputs={"normals": normals, "labeled": labeled},
+            params={"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size,
+                    "seed": seed},
+            figures={"steps": steps, "final_loss": result.get("final_loss"), "classes": model.class_names})
     out.print(f"saved {model.kind} model ({model.resolution}x{model.resolution}, {model.channels} channel(s)"
               + (f", classes: {', '.join(model.class_names)}" if model.class_names else "") + f") to {out_dir}")
 
@@ -116,7 +152,8 @@ def train_ddpm(
 def train_ldm(
     labeled: Path = typer.Option(..., "--labeled", help="Labeled defects with masks (pairs, MVTec labeled/, COCO, "
                                  "VOC boxes)."),
-    out_dir: Path = typer.Option(..., "--out", help="Run folder: a diffusers inpainting pipeline + defectgen.json."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder: a diffusers inpainting pipeline + "
+                                        "defectgen.json (default: runs/ldm-N)."),
     base: str = typer.Option("tiny", "--base", help="'tiny' (built from scratch, offline), or a diffusers inpainting "
                              "folder or hub id such as a Stable Diffusion inpainting model."),
     prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (prompts/*.yaml): captions from the "
@@ -160,10 +197,19 @@ def train_ldm(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, mixed_precision=mixed_precision,
                       grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
                       seed=seed)
+    if out_dir is None:
+        if resume:
+            raise typer.BadParameter("--resume needs --out (the run folder to continue)")
+        out_dir = _workspace().new_output("model", "ldm")
+        _took("output folder", out_dir, "no --out given")
     meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
                  resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
                  train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
                  log=console.print)
+    _record("model", out_dir, type="ldm", inputs={"labeled": labeled, "base": base, "prompts": prompts},
+            params={"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank,
+                    "seed": seed},
+            figures={"steps": steps, "final_loss": meta.get("final_loss"), "classes": meta["classes"]})
     out.print(f"saved inpainting LDM ({meta['resolution']}x{meta['resolution']}, classes: "
               f"{', '.join(meta['classes'])}, final loss {meta.get('final_loss') or float('nan'):.4f}) to {out_dir}")
 
@@ -198,11 +244,14 @@ def filter_set(
 
 @app.command("synthesize")
 def synthesize(
-    model: str = typer.Option(..., "--model", help="A trained model folder (train-ddpm, train-ldm) or a "
-                              "generator name."),
-    normals: Path = typer.Option(..., "--normals", help="Normal images to paint defects on."),
-    n: int = typer.Option(..., "--n", min=1, help="How many samples."),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder: images/, masks/, annotations.json."),
+    model: str | None = typer.Option(None, "--model", help="A trained model folder (train-ddpm, train-ldm), a "
+                                     "diffusers inpainting folder or hub id, or draem (default: the workspace's "
+                                     "most recent model that fits)."),
+    normals: Path | None = typer.Option(None, "--normals", help="Normal images to paint defects on (default: "
+                                        "those the model was trained with)."),
+    n: int = typer.Option(100, "--n", min=1, help="How many samples."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output folder: images/, masks/, annotations.json "
+                                        "(default: synth/<model>-N)."),
     masks: str = typer.Option("perlin", "--masks", help="perlin, bbox, or a folder of masks (used in name "
                               "order; each must match its normal image's size)."),
     mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset from masks/ or a YAML path."),
@@ -235,6 +284,9 @@ def synthesize(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per generator call."),
     device: str | None = typer.Option(None, "--device", help="cuda, cpu, ... (default: a GPU if there is one)."),
     seed: int = typer.Option(0, "--seed", help="Sample i depends only on (seed, i)."),
+    shard: str | None = typer.Option(None, "--shard", help="K/N: write only samples i with i % N == K into --out "
+                                     "(set automatically under `accelerate launch`); the shard that completes "
+                                     "the set writes annotations.json."),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
 ) -> None:
@@ -267,28 +319,79 @@ def synthesize(
             material = resolved.material.name if resolved.material else None
         chosen = make_filters([f.strip() for f in filters.split(",") if f.strip()], clip_model=clip_model, tau0=tau0,
                               lam=lam, min_change=min_change, material=material)
+    model, normals, out_dir = _synthesize_defaults(model, normals, out_dir, prompt, resume)
     generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
                                guidance=guidance, prompt=prompt, negative_prompt=negative_prompt,
                                mask_crop=mask_crop, textures=textures, device=device)
+    if out_dir is None:
+        out_dir = _workspace().new_output("set", getattr(generator, "name", "synth"))
+        _took("output folder", out_dir, "no --out given")
     class_name = class_name or getattr(generator, "default_class", None)
+    if class_name is None and prompt and getattr(generator, "name", "") == "ddpm":
+        from defectgen.prompts import resolve_prompt  # a DDPM cannot read text: the prompt names the class only
+
+        class_name = resolve_prompt(prompt).class_name
+        _took("class", class_name, f"from --prompt; {model} is an unconditional DDPM and does not read text")
     result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
                  seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
-                 progress=sys.stderr.isatty())
+                 progress=sys.stderr.isatty(), shard=_parse_shard(shard))
+    if not result.annotations and shard:
+        out.print(f"shard {shard}: wrote {result.written} sample(s) to {out_dir}")
+        return
     out.print(f"wrote {result.written} sample(s) to {out_dir}"
               + (f" ({result.skipped_existing} already there)" if result.skipped_existing else "")
               + f": {result.annotations} annotation(s) in {out_dir / 'annotations.json'}, "
               f"contact sheet {out_dir / 'contact_sheet.png'}")
+    figures = {"n": n, "annotations": result.annotations}
     if chosen:
-        filter_output(out_dir, chosen, log=out.print)
+        summary = filter_output(out_dir, chosen, log=out.print)
+        figures.update(kept=summary.kept, removed=summary.removed)
+    _record("set", out_dir, type=getattr(generator, "name", "?"), inputs={"model": model, "normals": normals},
+            params={"prompt": prompt, "class": class_name, "masks": masks, "seed": seed, "sampler": sampler,
+                    "steps": steps, "filters": filters}, figures=figures)
+
+
+def _synthesize_defaults(model, normals, out_dir, prompt, resume):
+    """Fill --model, --normals and --out from the workspace, saying what was taken."""
+    ws = _workspace()
+    if model is None:
+        entry = ws.latest("model", ("ldm",)) if prompt else None
+        why = "most recent text-guided model in the workspace"
+        if entry is None:
+            entry = ws.latest("model", ("ddpm", "cddpm"))
+            why = "most recent DDPM in the workspace" + ("; there is no text-guided model" if prompt else "")
+        if entry is None:
+            raise DefectgenError(ws.path, "no --model given and the workspace has no trained model; give --model "
+                                 "(a model folder, a diffusers inpainting model or draem) or run `defectgen "
+                                 "train-ddpm` first")
+        model = str(ws.absolute(entry["path"]))
+        _took("model", entry["path"], why)
+    if normals is None:
+        from defectgen.diffusion.ddpm import read_metadata
+
+        meta_path = Path(model) / "defectgen.json"
+        meta = read_metadata(model) if meta_path.is_file() else {}
+        trained_on = (meta.get("data") or {}).get("normals")
+        if not trained_on:
+            raise DefectgenError(None, f"no --normals given and {model} records no normal images it was trained "
+                                 "with; give --normals")
+        normals = Path(trained_on)
+        _took("normals", normals, f"what {Path(model).name} was trained with")
+    if out_dir is None and resume:
+        raise typer.BadParameter("--resume needs --out (the folder to complete)")
+    return model, normals, out_dir
 
 
 @app.command("validate")
 def validate(
     detector: str = typer.Option(..., "--detector", help="ast or exdd."),
-    train: Path = typer.Option(..., "--train", help="Normal training images: a folder, or an MVTec root (train/good)."),
-    test: Path = typer.Option(..., "--test", help="Real test set with masks: MVTec layout (test/, ground_truth/) "
-                              "or COCO with masks."),
-    out_dir: Path = typer.Option(..., "--out", help="Report folder: report.json, report.md, roc.png, overlays/."),
+    train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
+                                      "(train/good) (default: the synthetic set's normals)."),
+    test: Path | None = typer.Option(None, "--test", help="Real test set with masks: MVTec layout (test/, "
+                                     "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
+                                     "normals' train/good)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Report folder: report.json, report.md, roc.png, "
+                                        "overlays/ (default: reports/<detector>-N)."),
     synthetic: Path | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
                                              "images/, masks/); leave out to run the baselines only."),
     baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated: none, draem (or '' for none)."),
@@ -324,6 +427,7 @@ def validate(
     """
     from defectgen.detect.validate import METRICS, run_validation
 
+    synthetic, train, test, out_dir = _validate_defaults(detector, synthetic, train, test, out_dir)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     results = run_validation(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names, backbone=backbone,
@@ -340,6 +444,44 @@ def validate(
         table.add_row(name, *("-" if run["metrics"].get(k) is None else f"{run['metrics'][k]:.3f}" for k in METRICS))
     out.print(table)
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
+    figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+               for name, run in results["runs"].items()}
+    _record("report", out_dir, type=detector, inputs={"train": train, "test": test, "synthetic": synthetic},
+            params={"backbone": backbone, "resolution": resolution, "baselines": names, "seed": seed},
+            figures=figures)
+
+
+def _validate_defaults(detector, synthetic, train, test, out_dir):
+    ws = _workspace()
+    set_entry = None
+    if synthetic is None:
+        set_entry = ws.latest("set")
+        if set_entry is not None:
+            synthetic = ws.absolute(set_entry["path"])
+            _took("synthetic set", set_entry["path"], "most recent synthesized set in the workspace")
+    else:
+        resolved = Path(synthetic).resolve()
+        set_entry = next((e for e in reversed(ws.entries()) if e["kind"] == "set"
+                          and ws.absolute(e["path"]).resolve() == resolved), None)
+    if train is None:
+        normals = (set_entry or {}).get("inputs", {}).get("normals")
+        if not normals:
+            raise DefectgenError(None, "no --train given and no synthesized set in the workspace records its "
+                                 "normals; give --train")
+        train = ws.absolute(normals)
+        _took("normals", normals, "those the synthetic set was painted on")
+    if test is None:
+        train_path = Path(train).resolve()
+        candidate = train_path.parent.parent if train_path.parts[-2:] == ("train", "good") else train_path
+        if not ((candidate / "test").is_dir() and (candidate / "ground_truth").is_dir()):
+            raise DefectgenError(None, f"no --test given and {train} is not train/good of an MVTec folder with "
+                                 "test/ and ground_truth/; give --test")
+        test = candidate
+        _took("test set", test / "test", "MVTec test/ beside the normals' train/good")
+    if out_dir is None:
+        out_dir = ws.new_output("report", detector)
+        _took("report folder", out_dir, "no --out given")
+    return synthetic, train, test, out_dir
 
 
 @app.command("masks")
@@ -473,6 +615,53 @@ def inspect(
         out.print(f"skipped {len(summary['skipped'])} unreadable file(s); first: {summary['skipped'][0]}")
 
 
+@app.command("runs")
+def runs(
+    as_json: bool = typer.Option(False, "--json", help="Print the workspace index as JSON."),
+) -> None:
+    """List this folder's workspace: trained models, synthesized sets and validation reports, newest last.
+
+    Examples:
+
+        defectgen runs
+
+        defectgen runs --json
+    """
+    ws = _workspace()
+    entries = ws.entries()
+    if as_json:
+        print(json.dumps({"workspace": str(ws.path), "entries": entries}, indent=2))
+        return
+    if not entries:
+        out.print(f"no runs recorded in {ws.root} yet (train-ddpm, train-ldm, synthesize and validate record theirs)")
+        return
+    table = Table(title=f"workspace {ws.root}")
+    for col in ("kind", "type", "path", "created", "key figures"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["kind"], e["type"], e["path"] + ("" if ws.absolute(e["path"]).exists() else " (deleted)"),
+                      e["created"].replace("T", " ")[:16], _figures_text(e))
+    out.print(table)
+
+
+def _figures_text(entry: dict) -> str:
+    f = entry.get("figures", {})
+    if entry["kind"] == "model":
+        loss = f.get("final_loss")
+        return f"{f.get('steps')} steps, loss {loss:.4f}" if loss is not None else f"{f.get('steps')} steps"
+    if entry["kind"] == "set":
+        text = f"{f.get('n')} samples, {f.get('annotations')} annotations"
+        if "kept" in f:
+            text += f", kept {f['kept']} (removed {', '.join(f'{k} {v}' for k, v in f['removed'].items())})"
+        return text
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    return "; ".join(f"{name}: I {fmt(m.get('image_auroc'))} / P {fmt(m.get('pixel_auroc'))} / "
+                     f"PRO {fmt(m.get('aupro'))}" for name, m in f.items())
+
+
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 unless --debug."""
     debug = "--debug" in sys.argv[1:]
@@ -481,7 +670,9 @@ def main() -> None:
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app(standalone_mode=False)
+        from defectgen.workspace import load_config
+
+        app(standalone_mode=False, default_map=load_config())  # defectgen.yaml: per-verb option defaults
     except DefectgenError as e:
         if debug:
             raise
@@ -495,12 +686,10 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted; files already written are complete (writes are atomic)")
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors (bad option values) carry their own exit code and message
+        if isinstance(e, typer.TyperException) and hasattr(e, "show"):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(getattr(e, "exit_code", 2))
         if debug:
             raise
         console.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for the traceback)",

@@ -109,9 +109,11 @@ class Workspace:
         return None
 
     def new_output(self, kind: str, stem: str) -> Path:
-        """A fresh folder name under the default folder of `kind`: runs/ddpm-1, runs/ddpm-2, ..."""
+        """A fresh folder name under the default folder of `kind`: runs/ddpm-1, runs/ddpm-2, ... (relative to the
+        workspace when it is the current folder, as people type paths)."""
         base = self.root / DEFAULT_DIRS[kind]
         i = 1
         while (base / f"{stem}-{i}").exists():
             i += 1
-        return base / f"{stem}-{i}"
+        path = base / f"{stem}-{i}"
+        return path.relative_to(Path.cwd().resolve()) if self.root == Path.cwd().resolve() else path

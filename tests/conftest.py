@@ -29,6 +29,13 @@ def square_mask(h: int, w: int, y0: int, x0: int, size: int) -> np.ndarray:
     return m
 
 
+@pytest.fixture(autouse=True)
+def _isolated_workspace(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so the workspace index and default outputs never land in the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DEFECTGEN_CONFIG", raising=False)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

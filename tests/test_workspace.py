@@ -28,7 +28,7 @@ def test_record_and_latest(tmp_path):
     assert ws.latest("set") is None
     (tmp_path / "runs" / "ddpm-2").rmdir()  # a deleted folder is no longer a default
     assert ws.latest("model", ("ddpm",))["path"] == "runs/ddpm-1"
-    assert ws.new_output("model", "ddpm") == tmp_path / "runs" / "ddpm-2"
+    assert (tmp_path / ws.new_output("model", "ddpm")) == tmp_path / "runs" / "ddpm-2"
     ws.record("model", tmp_path / "runs" / "ddpm-1", type="ddpm", figures={"loss": 0.1})  # same path: replaced
     assert [e["path"] for e in ws.entries()].count("runs/ddpm-1") == 1
 

@@ -476,6 +476,14 @@ def train_ddpm(
     def save_fn(module: nn.Module, folder: Path) -> None:
         save_model(model, folder, **meta)  # `module` shares its parameters with `model`
 
-    train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
-               resume=resume, callback=callback, log=log)
+    result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
+                        resume=resume, callback=callback, log=log)
+    from accelerate import PartialState
+
+    meta_path = Path(out) / METADATA_FILE
+    if PartialState().is_main_process and result.loss is not None and meta_path.is_file():  # for `defectgen runs`
+        recorded = json.loads(meta_path.read_text(encoding="utf-8"))
+        recorded["result"] = {"final_loss": result.loss, "images_per_second": result.images_per_second,
+                              "seconds": round(result.seconds, 1)}
+        atomic_write_json(meta_path, recorded)
     return load_model(out)

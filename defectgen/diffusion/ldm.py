@@ -125,7 +125,6 @@ def load_inpaint_pipeline(model: str | Path, device: str | torch.device = "cpu",
     """Any diffusers inpainting pipeline (folder or hub id). Local folders never touch the network."""
     from diffusers import StableDiffusionInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
-
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # loading bars are noise next to the synthesis bar

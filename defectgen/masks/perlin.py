@@ -21,7 +21,7 @@ class PerlinConfig:
     image (or of its foreground) the mask must cover; draws are retried, and the last one is cut to the
     target area by quantile, so a mask is never empty. rotate: draw a random rotation of the noise field."""
 
-    scale_range: tuple[int, int] = (2, 16)
+    scale_range: tuple[int, int] = (2, 8)
     octaves: int = 1
     threshold: float = 0.5
     min_area: float = 0.005

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -237,9 +238,14 @@ def synthesize(
     sheet_size: int = 32,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    shard: tuple[int, int] | None = None,
 ) -> SynthesisResult:
     """Write `n` samples to `out`. `masks` is "perlin", "bbox", a folder of masks, or any callable
-    (index, h, w, foreground=None, label=None) -> (mask, boxes)."""
+    (index, h, w, foreground=None, label=None) -> (mask, boxes).
+
+    shard=(k, K) writes only samples i with i % K == k, into the same folder as the other shards; the COCO file
+    and contact sheet are written once every sample is on disk. Under `accelerate launch` the shard is taken from
+    the process index, and the main process writes them after all processes are done."""
     import time
 
     from tqdm.auto import tqdm
@@ -262,8 +268,23 @@ def synthesize(
         "class": class_name, "prompt": prompt, "seed": int(seed),
     }
     settings = json.loads(json.dumps(settings, default=str))
+    state = None
+    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate / torchrun
+        from accelerate import PartialState
+
+        state = PartialState()
+        shard = (state.process_index, state.num_processes)
+    rank, world = shard or (0, 1)
+    if not 0 <= rank < world:
+        raise DefectgenError(None, f"shard {rank}/{world} does not exist; shards are 0/K .. K-1/K")
+    if world > 1 and state is None and overwrite:
+        raise DefectgenError(out, "--overwrite cannot be combined with --shard: the shards share this folder")
+    if world > 1:
+        resume = resume or state is None or not state.is_main_process  # shards fill one folder together
     out = Path(out)
     settings_path = out / SETTINGS_FILE
+    if state is not None and not state.is_main_process:
+        state.wait_for_everyone()  # the main process prepares the folder first
     if resume and settings_path.is_file():
         previous = json.loads(settings_path.read_text(encoding="utf-8"))
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
@@ -278,6 +299,8 @@ def synthesize(
     atomic_write_json(settings_path, settings)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
+    if state is not None and state.is_main_process:
+        state.wait_for_everyone()
 
     def names(i: int) -> tuple[Path, Path]:
         return out / "images" / f"{i:06d}.png", out / "masks" / f"{i:06d}.png"
@@ -296,7 +319,7 @@ def synthesize(
         return cache[j]
 
     resolution, channels = generator.resolution, generator.channels
-    todo = [i for i in range(n) if i not in done]
+    todo = [i for i in range(n) if i not in done and i % world == rank]
     bar = tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True, disable=not progress)
     for b in range(0, len(todo), batch_size):
         jobs = []
@@ -331,6 +354,14 @@ def synthesize(
             write_image(image_path, image)  # written last: an image on disk means the sample is complete
             bar.update(1)
     bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
+    elif world > 1 and not all(p.is_file() for i in range(n) for p in names(i)):
+        log(f"shard {rank}/{world}: wrote {len(todo)} sample(s); annotations.json is written by the shard that "
+            "completes the set (or by `synthesize --resume` with the same settings)")
+        return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
 
     info = {
         "defectgen": {
