@@ -571,14 +571,27 @@ def inspect(
                                          "(default: inspect_<name>.png in the current folder)."),
     n_sheet: int = typer.Option(32, "--sheet-n", min=0, help="How many samples on the contact sheet (0: none)."),
     on_bad: str = typer.Option("error", "--on-bad", help="error: stop at an unreadable image; skip: count it."),
+    against: Path | None = typer.Option(None, "--against", help="Real defects (an MVTec folder: its test split; "
+                                        "or any set with masks): add KID, diversity and realism of PATH's "
+                                        "generated defects against them."),
+    backbone: str = typer.Option("tiny", "--backbone", help="--against: feature extractor (a transformers folder "
+                                 "or hub id, e.g. ../shared/weights/mobilenet_v2_1.0_224)."),
+    resolution: int = typer.Option(256, "--resolution", help="--against: side the realism score works at."),
 ) -> None:
     """Summarise a dataset or output folder: images, sizes, channels, classes, masks, mask areas; contact sheet.
+
+    With --against REAL, also measure the generated defects: KID against real defect crops (lower: closer to
+    real), diversity (mean pairwise feature distance; higher: more varied) and realism (I-AUROC / P-AUROC of the
+    real test set scored by closeness to the generated defects' patches; above 0.5: real defects resemble them).
 
     Examples:
 
         defectgen inspect synth/
 
         defectgen inspect ../shared/datasets/magnetic-tile --json
+
+        defectgen inspect synth/ --against ../shared/datasets/magnetic-tile --backbone \\
+            ../shared/weights/mobilenet_v2_1.0_224
     """
     from defectgen.io import open_dataset
     from defectgen.report import contact_sheet, dataset_summary
@@ -595,6 +608,10 @@ def inspect(
         sheet = sheet or Path(f"inspect_{path.resolve().name or 'dataset'}.png")
         contact_sheet(picked, sheet)
         summary["contact_sheet"] = str(sheet)
+    if against is not None:
+        from defectgen.quality import quality_report
+
+        summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -610,6 +627,15 @@ def inspect(
             value = ", ".join(f"{k}: {v}" for k, v in items[:8]) + more
         label = "sizes (HxW)" if key == "sizes" else key.replace("_", " ")
         table.add_row(label, str(value if value not in ("", None) else "-"))
+    if "quality" in summary:
+        q = summary["quality"]
+        table.add_row("KID vs real", f"{q['kid']:.4f} +- {q['kid_std']:.4f} ({q['generated_samples']} generated, "
+                      f"{q['real_defects']} real defect crops)")
+        table.add_row("diversity", f"{q['diversity']:.3f} (real defects: {q['diversity_real']:.3f})")
+        if "realism" in q:
+            r = q["realism"]
+            pixel = "-" if r.get("pixel_auroc") is None else f"{r['pixel_auroc']:.3f}"
+            table.add_row("realism", f"I-AUROC {r['image_auroc']:.3f}, P-AUROC {pixel}")
     out.print(table)
     if summary["skipped"]:
         out.print(f"skipped {len(summary['skipped'])} unreadable file(s); first: {summary['skipped'][0]}")

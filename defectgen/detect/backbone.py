@@ -74,9 +74,14 @@ class Backbone(nn.Module):
     def all_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Every 4-D feature map the model exposes, shallow to deep."""
         x = self._prepare(images)
+        kwargs = {"pixel_values": x} if self.use_backbone_api else {"pixel_values": x, "output_hidden_states": True}
+        if x.is_cuda and torch.cuda.device_count() > 1 and x.shape[0] > 1:
+            # Feature extraction uses every visible GPU: the batch is split across them and gathered back.
+            out = nn.parallel.data_parallel(self.model, (), module_kwargs=kwargs)
+        else:
+            out = self.model(**kwargs)
         if self.use_backbone_api:
-            return list(self.model(pixel_values=x).feature_maps)
-        out = self.model(pixel_values=x, output_hidden_states=True)
+            return list(out.feature_maps)
         return [h for h in out.hidden_states if h.dim() == 4]
 
     def layer_indices(self, size: tuple[int, int], strides: Sequence[int]) -> list[int]:

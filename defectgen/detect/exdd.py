@@ -76,21 +76,26 @@ class ExDD:
         if defects is not None and len(defects):
             if masks is None or len(masks) != len(defects):
                 raise ValueError("one mask per defect image is needed")
-            feats = self.features(defects)
-            h, w = feats.shape[-2:]
-            m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(self.device)
-            cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
-            inside = cover >= 0.5
-            best = cover.flatten(1).argmax(1)
-            for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
-                if cover[i].max() > 0:
-                    inside[i].view(-1)[best[i]] = True
-            pos = feats.permute(0, 2, 3, 1)[inside]
+            pos = self.defect_patches(defects, masks)
             if pos.shape[0]:
                 n = max(1, int(round(self.positive_ratio * pos.shape[0])))
                 pos = pos[greedy_coreset(pos, n, self.seed + 1)]
                 self.positive = pos.contiguous()
         return self
+
+    @torch.no_grad()
+    def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> torch.Tensor:
+        """P x D features of the patches of `defects` that lie inside `masks` (see `fit`)."""
+        feats = self.features(defects)
+        h, w = feats.shape[-2:]
+        m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(self.device)
+        cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
+        inside = cover >= 0.5
+        best = cover.flatten(1).argmax(1)
+        for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
+            if cover[i].max() > 0:
+                inside[i].view(-1)[best[i]] = True
+        return feats.permute(0, 2, 3, 1)[inside]
 
     @torch.no_grad()
     def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,71 @@
+"""Generation-quality metrics: KID, diversity, realism, and `inspect --against`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from defectgen.quality import defect_crop, diversity, kid
+from tests.conftest import square_mask, write_png
+
+
+def test_kid_is_near_zero_for_one_distribution_and_large_for_another():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (80, 16)), rng.normal(0, 1, (80, 16))
+    far = rng.normal(2, 1, (80, 16))
+    same, _ = kid(a, b)
+    other, _ = kid(a, far)
+    assert abs(same) < 0.05 and other > 10 * max(abs(same), 1e-3)
+
+
+def test_diversity_zero_for_copies_and_positive_for_variety():
+    rng = np.random.default_rng(1)
+    one = rng.normal(size=(1, 8))
+    assert diversity(np.repeat(one, 5, axis=0)) == pytest.approx(0, abs=1e-6)
+    assert diversity(rng.normal(size=(5, 8))) > 0.5
+
+
+def test_defect_crop_is_centred_on_the_mask():
+    img = np.zeros((100, 100, 1), np.uint8)
+    img[40:50, 60:70] = 255
+    crop = defect_crop(img, img[:, :, 0] > 0, size=32, pad=0.5)
+    assert crop.shape == (32, 32, 1) and crop[12:20, 12:20].mean() > 0.9 and crop[:4, :4].max() == 0
+
+
+def _set(root, rng, n, bright):
+    """Gray textures with a bright square inside each mask, or (bright=False) untouched texture there: the
+    silent no-op inpaint, whose 'defects' look exactly like normal surface."""
+    for i in range(n):
+        img = rng.integers(90, 110, (48, 48), dtype=np.uint8)
+        y, x = rng.integers(4, 30, 2)
+        mask = square_mask(48, 48, y, x, 12)
+        if bright:
+            img[mask > 0] = 250
+        write_png(root / "images" / f"{i}.png", img)
+        write_png(root / "images" / f"{i}_mask.png", mask)
+    return root
+
+
+def test_realism_ranks_lookalike_defects_above_unlike_ones(tmp_path, run_cli):
+    rng = np.random.default_rng(3)
+    real = tmp_path / "real"
+    for i in range(6):  # MVTec test split: normals and bright-square defects with masks
+        write_png(real / "test" / "good" / f"{i}.png", rng.integers(90, 110, (48, 48), dtype=np.uint8))
+        img = rng.integers(90, 110, (48, 48), dtype=np.uint8)
+        mask = square_mask(48, 48, 10 + i, 12, 12)
+        img[mask > 0] = 250
+        write_png(real / "test" / "spot" / f"{i}.png", img)
+        write_png(real / "ground_truth" / "spot" / f"{i}_mask.png", mask)
+    write_png(real / "train" / "good" / "0.png", rng.integers(90, 110, (48, 48), dtype=np.uint8))
+    figures = {}
+    for name, bright in (("alike", True), ("unlike", False)):
+        _set(tmp_path / name, rng, 6, bright)
+        code, out, err = run_cli("inspect", tmp_path / name, "--against", real, "--json", "--resolution", "48",
+                                 "--sheet-n", "0")
+        assert code == 0, err
+        figures[name] = json.loads(out)["quality"]
+    assert figures["alike"]["realism"]["image_auroc"] > 0.8
+    assert figures["unlike"]["realism"]["image_auroc"] < 0.5  # real normals resemble no-op 'defects' more
+    assert figures["alike"]["kid"] < figures["unlike"]["kid"]
