@@ -1,0 +1,215 @@
+"""The proof on real data: every generator against the classic baseline, on real defects, in one run.
+
+On ../shared/datasets/magnetic-tile (DESIGN.md's benchmark protocol): train the unconditional DDPM on train/good,
+the class- and mask-conditional DDPM and the text-guided LDM on labeled/, synthesize the same number of defects
+with each and with the DRAEM-style baseline, then validate ExDD and AST on test/ with every set and with none.
+Also the generation-quality metrics of each set against the real test defects (KID, diversity, realism).
+
+    python benchmarks/proof.py --config cpu     # 2-core CPU, small models at 64 px, detectors at 128 px
+    python benchmarks/proof.py --config gpu     # base presets at 256 px, detectors at 256 px
+
+Results: benchmarks/results/proof_<config>.json (+ .md) with seeds, hardware and wall times; the work folder
+(--work, default out/proof-<config>) keeps models, sets and reports, and a contact sheet of each generator's
+samples beside real defects (proof_<config>_samples.png, also copied to benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {
+    # Kept under an hour on 2 CPU cores: tiny models, short training, detectors at 128 px on a train subset.
+    "cpu": {"ddpm_preset": "tiny", "ddpm_res": 64, "ddpm_steps": 1500, "ddpm_batch": 16, "ldm_res": 64,
+            "ldm_vae_steps": 400, "ldm_steps": 800, "ldm_batch": 8, "n": 60, "sample_steps": 25,
+            "det_res": 128, "max_train": 200, "coreset": 0.05, "ast_steps": 300, "ast_batch": 8},
+    "gpu": {"ddpm_preset": "base", "ddpm_res": 256, "ddpm_steps": 20000, "ddpm_batch": 32, "ldm_res": 256,
+            "ldm_vae_steps": 5000, "ldm_steps": 10000, "ldm_batch": 16, "n": 200, "sample_steps": 50,
+            "det_res": 256, "max_train": None, "coreset": 0.1, "ast_steps": 2000, "ast_batch": 16},
+}
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import os
+
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
+    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224"))
+    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "weights" / "clip-tokenizer"))
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generators", default="ddpm,cddpm,ldm,draem")
+    parser.add_argument("--detectors", default="exdd,ast")
+    args = parser.parse_args()
+    cfg = CONFIGS[args.config]
+    work = args.work or ROOT / "out" / f"proof-{args.config}"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    from defectgen.diffusion.ddpm import train_ddpm
+    from defectgen.diffusion.ldm import train_ldm
+    from defectgen.diffusion.training import TrainConfig
+    from defectgen.synth.pipeline import load_generator, synthesize
+
+    good, labeled = args.data / "train" / "good", args.data / "labeled"
+    generators = [g.strip() for g in args.generators.split(",") if g.strip()]
+    timings: dict[str, dict] = {}
+    models: dict[str, Path] = {}
+
+    def train_cfg(steps, batch, lr):
+        return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(200, steps // 10),
+                           checkpoint_every=max(steps // 2, 1), seed=args.seed,
+                           mixed_precision="bf16" if args.config == "gpu" else "no")
+
+    if "ddpm" in generators:
+        t = time.perf_counter()
+        train_ddpm(work / "ddpm", good, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"], crop="random",
+                   config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
+        models["ddpm"] = work / "ddpm"
+        timings["ddpm"] = {"train_s": time.perf_counter() - t}
+    if "cddpm" in generators:
+        t = time.perf_counter()
+        train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
+                   crop="random", config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
+        models["cddpm"] = work / "cddpm"
+        timings["cddpm"] = {"train_s": time.perf_counter() - t}
+    if "ldm" in generators:
+        t = time.perf_counter()
+        tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
+        train_ldm(labeled, work / "ldm", train_cfg(cfg["ldm_steps"], cfg["ldm_batch"], 2e-4), base="tiny",
+                  preset="tiny" if args.config == "cpu" else "small", prompts=ROOT / "prompts" / "tile.yaml",
+                  resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
+        models["ldm"] = work / "ldm"
+        timings["ldm"] = {"train_s": time.perf_counter() - t}
+    if "draem" in generators:
+        models["draem"] = Path("draem")
+        timings["draem"] = {"train_s": 0.0}
+
+    sets: dict[str, Path] = {}
+    for name, model in models.items():
+        options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name == "ddpm" else "dpm"}
+        if name == "ldm":
+            options = {"steps": cfg["sample_steps"], "sampler": "dpm"}
+        generator = load_generator(str(model), **options)
+        t = time.perf_counter()
+        result = synthesize(generator, good, work / f"synth-{name}", cfg["n"], masks="perlin", seed=args.seed,
+                            batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
+        seconds = time.perf_counter() - t
+        timings[name].update(synth_s=seconds, images_per_s=cfg["n"] / seconds, annotations=result.annotations)
+        sets[name] = work / f"synth-{name}"
+
+    from defectgen.quality import quality_report
+
+    quality = {}
+    for name, folder in sets.items():
+        quality[name] = quality_report(folder, args.data, backbone=args.backbone, resolution=cfg["det_res"],
+                                       seed=args.seed)
+
+    from defectgen.detect.validate import run_validation
+
+    table: dict[str, dict] = {}
+    for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
+        first = True
+        for name, folder in sets.items():
+            if name == "draem":
+                continue  # the draem baseline runs inside run_validation, on the same count
+            res = run_validation(
+                detector, args.data, args.data, work / f"report-{detector}-{name}", synthetic=folder,
+                baselines=("none", "draem") if first else (), backbone=args.backbone, resolution=cfg["det_res"],
+                seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
+                n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
+            )
+            for run, values in res["runs"].items():
+                key = name if run == "synthetic" else run
+                table.setdefault(detector, {})[key] = {m: values["metrics"].get(m) for m in METRICS}
+                table[detector][key]["per_class"] = values.get("per_class")
+            first = False
+
+    samples_png = _figure(sets, args.data, work / f"proof_{args.config}_samples.png")
+    out = {
+        "benchmark": "proof", "config": args.config, "settings": cfg, "seed": args.seed, "data": str(args.data),
+        "backbone": args.backbone, "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
+        "generation": timings, "quality": quality, "detectors": table,
+        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+    }
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"proof_{args.config}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    (results / f"proof_{args.config}.md").write_text(markdown(out))
+    shutil.copy(samples_png, results / samples_png.name)
+    print(markdown(out))
+
+
+def _figure(sets: dict[str, Path], data: Path, path: Path) -> Path:
+    """Rows: real test defects, then each generator's samples, with mask outlines."""
+    from defectgen.io.datasets import open_dataset
+    from defectgen.io.images import write_image
+    from defectgen.report import contact_sheet
+
+    rows = []
+    real = open_dataset(data).select(split="test", normal=False)
+    pick = np.random.default_rng(0).choice(len(real), 8, replace=False)
+    rows.append(contact_sheet([real[int(i)] for i in sorted(pick)], tile=128, columns=8))
+    for name, folder in sets.items():
+        ds = open_dataset(folder)
+        samples = [ds[i] for i in range(min(8, len(ds)))]
+        for s in samples:
+            s.class_name = name
+        rows.append(contact_sheet(samples, tile=128, columns=8))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    write_image(path, sheet)
+    return path
+
+
+def markdown(out: dict) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"Proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
+             f"{', ' + out['hardware']['gpu'] if out['hardware']['gpu'] else ''}; wall time "
+             f"{out['wall_time_s'] / 60:.1f} min)", "",
+             "| generator | detector | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP |", "|---|---|---|---|---|---|"]
+    for detector, runs in out["detectors"].items():
+        for name, m in runs.items():
+            lines.append(f"| {name} | {detector} | " + " | ".join(f(m.get(k)) for k in METRICS) + " |")
+    lines += ["", "| generator | train s | images/s | KID | diversity | realism I-AUROC | realism P-AUROC |",
+              "|---|---|---|---|---|---|---|"]
+    for name, t in out["generation"].items():
+        q = out["quality"].get(name, {})
+        r = q.get("realism", {})
+        lines.append(f"| {name} | {t.get('train_s', 0):.0f} | {f(t.get('images_per_s'))} | {f(q.get('kid'))} | "
+                     f"{f(q.get('diversity'))} | {f(r.get('image_auroc'))} | {f(r.get('pixel_auroc'))} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
