@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -30,29 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import hardware  # noqa: E402
 from defectgen.diffusion.ddpm import build_model, unconditional_loss  # noqa: E402
 from defectgen.diffusion.samplers import perturb_and_denoise  # noqa: E402
 from defectgen.diffusion.training import TrainConfig, train_loop  # noqa: E402
-
-
-def hardware(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
-    import accelerate
-    import diffusers
-
-    info.update(diffusers=diffusers.__version__, accelerate=accelerate.__version__)
-    return info
 
 
 def make_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:

@@ -24,13 +24,6 @@ from tests.conftest import write_png
 R = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when other work shares the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def stripes(rng: np.random.Generator, h: int = 24, w: int = 24, channels: int = 1) -> np.ndarray:
