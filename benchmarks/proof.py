@@ -144,9 +144,16 @@ def main() -> None:
             first = False
 
     samples_png = _figure(sets, args.data, work / f"proof_{args.config}_samples.png")
+    def rel(path) -> str:  # results name paths relative to the repository, never the machine's layout
+        import os
+
+        return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
+
+    for q in quality.values():
+        q.update(generated=rel(q["generated"]), real=rel(q["real"]), backbone=rel(q["backbone"]))
     out = {
-        "benchmark": "proof", "config": args.config, "settings": cfg, "seed": args.seed, "data": str(args.data),
-        "backbone": args.backbone, "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
+        "benchmark": "proof", "config": args.config, "settings": cfg, "seed": args.seed, "data": rel(args.data),
+        "backbone": rel(args.backbone), "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
         "generation": timings, "quality": quality, "detectors": table,
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
     }
