@@ -56,6 +56,25 @@ def _took(what: str, value: object, why: str) -> None:
     console.print(f"using {what} {value} ({why})", highlight=False, soft_wrap=True)
 
 
+def _default_out(out_dir: Path | None, kind: str, stem: str, resume: bool = False) -> Path:
+    """--out as given, or a fresh folder under the workspace's default folder for `kind` (said in one line)."""
+    if out_dir is not None:
+        return out_dir
+    if resume:
+        raise typer.BadParameter("--resume needs --out (the folder to continue)")
+    out_dir = _workspace().new_output(kind, stem)
+    _took("output folder", out_dir, "no --out given")
+    return out_dir
+
+
+def _train_config(mixed_precision: str, **fields):
+    from defectgen.diffusion.training import TrainConfig
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
+    return TrainConfig(mixed_precision=mixed_precision, **fields)
+
+
 def _record(kind: str, path: Path, **fields) -> None:
     from accelerate import PartialState
 
@@ -125,18 +144,11 @@ def train_ddpm(
         accelerate launch -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
     from defectgen.diffusion.ddpm import train_ddpm as train
-    from defectgen.diffusion.training import TrainConfig
 
-    if mixed_precision not in ("no", "fp16", "bf16"):
-        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
-                      mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
-                      checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
-    if out_dir is None:
-        if resume:
-            raise typer.BadParameter("--resume needs --out (the run folder to continue)")
-        out_dir = _workspace().new_output("model", "cddpm" if labeled else "ddpm")
-        _took("output folder", out_dir, "no --out given")
+    cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                        mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
+    out_dir = _default_out(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
     model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
                   class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
     result = model.meta.get("result", {})
@@ -190,18 +202,11 @@ def train_ldm(
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
     from defectgen.diffusion.ldm import train_ldm as train
-    from defectgen.diffusion.training import TrainConfig
 
-    if mixed_precision not in ("no", "fp16", "bf16"):
-        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, mixed_precision=mixed_precision,
-                      grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
-                      seed=seed)
-    if out_dir is None:
-        if resume:
-            raise typer.BadParameter("--resume needs --out (the run folder to continue)")
-        out_dir = _workspace().new_output("model", "ldm")
-        _took("output folder", out_dir, "no --out given")
+    cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                        mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed)
+    out_dir = _default_out(out_dir, "model", "ldm", resume)
     meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
                  resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
                  train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
@@ -323,9 +328,7 @@ def synthesize(
     generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
                                guidance=guidance, prompt=prompt, negative_prompt=negative_prompt,
                                mask_crop=mask_crop, textures=textures, device=device)
-    if out_dir is None:
-        out_dir = _workspace().new_output("set", getattr(generator, "name", "synth"))
-        _took("output folder", out_dir, "no --out given")
+    out_dir = _default_out(out_dir, "set", getattr(generator, "name", "synth"), resume)
     class_name = class_name or getattr(generator, "default_class", None)
     if class_name is None and prompt and getattr(generator, "name", "") == "ddpm":
         from defectgen.prompts import resolve_prompt  # a DDPM cannot read text: the prompt names the class only
@@ -377,8 +380,6 @@ def _synthesize_defaults(model, normals, out_dir, prompt, resume):
                                  "with; give --normals")
         normals = Path(trained_on)
         _took("normals", normals, f"what {Path(model).name} was trained with")
-    if out_dir is None and resume:
-        raise typer.BadParameter("--resume needs --out (the folder to complete)")
     return model, normals, out_dir
 
 
@@ -478,10 +479,7 @@ def _validate_defaults(detector, synthetic, train, test, out_dir):
                                  "test/ and ground_truth/; give --test")
         test = candidate
         _took("test set", test / "test", "MVTec test/ beside the normals' train/good")
-    if out_dir is None:
-        out_dir = ws.new_output("report", detector)
-        _took("report folder", out_dir, "no --out given")
-    return synthetic, train, test, out_dir
+    return synthetic, train, test, _default_out(out_dir, "report", detector)
 
 
 @app.command("masks")
