@@ -46,6 +46,13 @@ CONFIGS = {
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
+def rel(path) -> str:
+    """Results name paths relative to the repository, never the machine's layout."""
+    import os
+
+    return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
+
+
 
 
 def main() -> None:
@@ -58,6 +65,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generators", default="ddpm,cddpm,ldm,draem")
     parser.add_argument("--detectors", default="exdd,ast")
+    parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
+                        help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
+    parser.add_argument("--strength", type=float, default=None, help="unconditional DDPM: t0/T (default 0.5)")
+    parser.add_argument("--positive-quantile", type=float, default=None,
+                        help="ExDD: drop synthetic patches the normal bank explains (see ExDD; default off: "
+                        "ExDD exactly as DESIGN.md defines it; `defectgen validate` uses 0.999)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep models already trained in --work (to vary synthesis or detection only)")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. real-masks")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-{args.config}"
@@ -67,6 +83,7 @@ def main() -> None:
     from defectgen.diffusion.ddpm import train_ddpm
     from defectgen.diffusion.ldm import train_ldm
     from defectgen.diffusion.training import TrainConfig
+    from defectgen.masks.real import RealMasks
     from defectgen.synth.pipeline import load_generator, synthesize
 
     good, labeled = args.data / "train" / "good", args.data / "labeled"
@@ -74,24 +91,31 @@ def main() -> None:
     timings: dict[str, dict] = {}
     models: dict[str, Path] = {}
 
+    def reused(name: str) -> bool:
+        if args.reuse and (work / name / "defectgen.json").is_file():
+            models[name] = work / name
+            timings[name] = {"train_s": None, "reused": rel(work / name)}
+            return True
+        return False
+
     def train_cfg(steps, batch, lr):
         return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(200, steps // 10),
                            checkpoint_every=max(steps // 2, 1), seed=args.seed,
                            mixed_precision="bf16" if args.config == "gpu" else "no")
 
-    if "ddpm" in generators:
+    if "ddpm" in generators and not reused("ddpm"):
         t = time.perf_counter()
         train_ddpm(work / "ddpm", good, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"], crop="random",
                    config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["ddpm"] = work / "ddpm"
         timings["ddpm"] = {"train_s": time.perf_counter() - t}
-    if "cddpm" in generators:
+    if "cddpm" in generators and not reused("cddpm"):
         t = time.perf_counter()
         train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
                    crop="random", config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["cddpm"] = work / "cddpm"
         timings["cddpm"] = {"train_s": time.perf_counter() - t}
-    if "ldm" in generators:
+    if "ldm" in generators and not reused("ldm"):
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
         train_ldm(labeled, work / "ldm", train_cfg(cfg["ldm_steps"], cfg["ldm_batch"], 2e-4), base="tiny",
@@ -104,17 +128,21 @@ def main() -> None:
         timings["draem"] = {"train_s": 0.0}
 
     sets: dict[str, Path] = {}
-    for name, model in models.items():
+    suffix = f"-{args.tag}" if args.tag else ""
+    for name in ("ddpm", "cddpm", "ldm", "draem"):  # a fixed order, whichever were reused
+        if name not in models:
+            continue
         options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name == "ddpm" else "dpm"}
-        if name == "ldm":
-            options = {"steps": cfg["sample_steps"], "sampler": "dpm"}
-        generator = load_generator(str(model), **options)
+        if name == "ddpm" and args.strength is not None:
+            options["strength"] = args.strength
+        generator = load_generator(str(models[name]), **options)
+        masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"
         t = time.perf_counter()
-        result = synthesize(generator, good, work / f"synth-{name}", cfg["n"], masks="perlin", seed=args.seed,
+        result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=masks, seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
         seconds = time.perf_counter() - t
         timings[name].update(synth_s=seconds, images_per_s=cfg["n"] / seconds, annotations=result.annotations)
-        sets[name] = work / f"synth-{name}"
+        sets[name] = work / f"synth-{name}{suffix}"
 
     from defectgen.quality import quality_report
 
@@ -129,38 +157,38 @@ def main() -> None:
     for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
         first = True
         for name, folder in sets.items():
-            if name == "draem":
-                continue  # the draem baseline runs inside run_validation, on the same count
+            if name == "draem" and args.masks == "perlin":
+                continue  # the same as the draem baseline that runs inside run_validation, on the same count
             res = run_validation(
-                detector, args.data, args.data, work / f"report-{detector}-{name}", synthetic=folder,
+                detector, args.data, args.data, work / f"report-{detector}-{name}{suffix}", synthetic=folder,
                 baselines=("none", "draem") if first else (), backbone=args.backbone, resolution=cfg["det_res"],
                 seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
                 n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
+                positive_quantile=args.positive_quantile,
             )
             for run, values in res["runs"].items():
-                key = name if run == "synthetic" else run
+                # draem on the same masks as the diffusion sets vs the built-in draem baseline (Perlin masks)
+                key = (f"{name} ({args.masks} masks)" if name == "draem" else name) if run == "synthetic" else run
                 table.setdefault(detector, {})[key] = {m: values["metrics"].get(m) for m in METRICS}
                 table[detector][key]["per_class"] = values.get("per_class")
             first = False
 
-    samples_png = _figure(sets, args.data, work / f"proof_{args.config}_samples.png")
-    def rel(path) -> str:  # results name paths relative to the repository, never the machine's layout
-        import os
-
-        return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
+    samples_png = _figure(sets, args.data, work / f"proof_{args.config}{suffix}_samples.png")
 
     for q in quality.values():
         q.update(generated=rel(q["generated"]), real=rel(q["real"]), backbone=rel(q["backbone"]))
     out = {
-        "benchmark": "proof", "config": args.config, "settings": cfg, "seed": args.seed, "data": rel(args.data),
+        "benchmark": "proof", "config": args.config, "tag": args.tag, "masks": args.masks,
+        "ddpm_strength": args.strength, "positive_quantile": args.positive_quantile,
+        "settings": cfg, "seed": args.seed, "data": rel(args.data),
         "backbone": rel(args.backbone), "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
         "generation": timings, "quality": quality, "detectors": table,
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"proof_{args.config}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
-    (results / f"proof_{args.config}.md").write_text(markdown(out))
+    (results / f"proof_{args.config}{suffix}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    (results / f"proof_{args.config}{suffix}.md").write_text(markdown(out))
     shutil.copy(samples_png, results / samples_png.name)
     print(markdown(out))
 
@@ -194,6 +222,8 @@ def markdown(out: dict) -> str:
     lines = [f"Proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
              f"{', ' + out['hardware']['gpu'] if out['hardware'].get('gpu') else ''}; wall time "
              f"{out['wall_time_s'] / 60:.1f} min)", "",
+             f"Masks: {out.get('masks', 'perlin')}; DDPM strength: {out.get('ddpm_strength') or 'default'}; "
+             f"ExDD positive quantile: {out.get('positive_quantile')}", "",
              "| generator | detector | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP |", "|---|---|---|---|---|---|"]
     for detector, runs in out["detectors"].items():
         for name, m in runs.items():
@@ -203,7 +233,8 @@ def markdown(out: dict) -> str:
     for name, t in out["generation"].items():
         q = out["quality"].get(name, {})
         r = q.get("realism", {})
-        lines.append(f"| {name} | {t.get('train_s', 0):.0f} | {f(t.get('images_per_s'))} | {f(q.get('kid'))} | "
+        train = "reused" if t.get("train_s") is None else f"{t['train_s']:.0f}"
+        lines.append(f"| {name} | {train} | {f(t.get('images_per_s'))} | {f(q.get('kid'))} | "
                      f"{f(q.get('diversity'))} | {f(r.get('image_auroc'))} | {f(r.get('pixel_auroc'))} |")
     return "\n".join(lines) + "\n"
 

@@ -260,6 +260,9 @@ def synthesize(
     masks: str = typer.Option("perlin", "--masks", help="perlin, bbox, or a folder of masks (used in name "
                               "order; each must match its normal image's size)."),
     mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset from masks/ or a YAML path."),
+    masks_from: Path | None = typer.Option(None, "--masks-from", help="Instead of --masks: reuse the masks (or "
+                                           "boxes) of the real defects in this labeled set, each of the sample's "
+                                           "class, resized to the normal image and randomly flipped."),
     class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
                                           "drawn from the training classes). COCO category otherwise."),
     prompt: str | None = typer.Option(None, "--prompt", help="Text-guided models: free text, or material/defect "
@@ -309,6 +312,8 @@ def synthesize(
         defectgen synthesize --model runs/ldm --normals good/ --n 100 --prompt "copper scratches" --out synth/
 
         defectgen synthesize --model draem --normals good/ --n 100 --out synth-draem/
+
+        defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks-from labeled/ --out synth/
     """
     from defectgen.synth.filters import filter_output, make_filters
     from defectgen.synth.pipeline import load_generator
@@ -335,6 +340,12 @@ def synthesize(
 
         class_name = resolve_prompt(prompt).class_name
         _took("class", class_name, f"from --prompt; {model} is an unconditional DDPM and does not read text")
+    if masks_from is not None:
+        from defectgen.masks.real import RealMasks
+
+        if mask_preset:
+            raise DefectgenError(None, "--mask-preset applies to --masks perlin or bbox, not to --masks-from")
+        masks = RealMasks(masks_from, seed=seed)
     result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
                  seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
                  progress=sys.stderr.isatty(), shard=_parse_shard(shard))
@@ -404,6 +415,9 @@ def validate(
     lr: float = typer.Option(1e-3, "--lr", help="AST: Adam learning rate."),
     coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
                                         "the negative bank (greedy k-center)."),
+    positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
+                                            help="ExDD: drop synthetic-defect patches closer to the normal bank "
+                                            "than this quantile of unseen normal patches are (0 keeps all)."),
     n_draem: int | None = typer.Option(None, "--n-draem", help="draem baseline: how many defects (default: "
                                           "as many as --synthetic has, else 100)."),
     max_train: int | None = typer.Option(None, "--max-train", help="Use a random subset of this many normals."),
@@ -435,6 +449,7 @@ def validate(
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
+        positive_quantile=positive_quantile or None,
     )
     table = Table(title=f"{detector} on {test} ({results['test']['normal']} normal, "
                   f"{results['test']['defect']} defect images)")
@@ -634,6 +649,9 @@ def inspect(
             r = q["realism"]
             pixel = "-" if r.get("pixel_auroc") is None else f"{r['pixel_auroc']:.3f}"
             table.add_row("realism", f"I-AUROC {r['image_auroc']:.3f}, P-AUROC {pixel}")
+        for c, v in q.get("per_class", {}).items():
+            table.add_row(f"KID {c}", f"{v['kid']:.4f} +- {v['kid_std']:.4f} ({v['generated']} generated, "
+                          f"{v['real']} real)")
     out.print(table)
     if summary["skipped"]:
         out.print(f"skipped {len(summary['skipped'])} unreadable file(s); first: {summary['skipped'][0]}")

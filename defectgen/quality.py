@@ -117,6 +117,40 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
     return {"image_auroc": result.get("image_auroc"), "pixel_auroc": result.get("pixel_auroc")}
 
 
+def per_class_kid(gen_feats: np.ndarray, gen_classes: list[str | None], real_feats: np.ndarray,
+                  real_classes: list[str | None], seed: int = 0) -> dict[str, dict[str, float]]:
+    """KID of each class's generated crops against the same class's real crops (classes with two or more on
+    each side; a class-conditional generator should be close to its own class, not only to the pool)."""
+    out = {}
+    for c in sorted({c for c in gen_classes if c is not None} & {c for c in real_classes if c is not None}):
+        g = gen_feats[[i for i, x in enumerate(gen_classes) if x == c]]
+        r = real_feats[[i for i, x in enumerate(real_classes) if x == c]]
+        if len(g) >= 2 and len(r) >= 2:
+            mean, std = kid(g, r, seed=seed)
+            out[c] = {"kid": mean, "kid_std": std, "generated": len(g), "real": len(r)}
+    return out
+
+
+def class_fidelity(ref_feats: np.ndarray, ref_classes: list[str], feats: np.ndarray, classes: list[str],
+                   k: int = 5) -> dict[str, Any]:
+    """Does a generated defect of class c look like real class-c defects? A k-nearest-neighbour vote (cosine, on
+    the reference set: real labeled crops) names each crop's class; returns the accuracy, each class's recall and
+    the predicted-class histogram (the class balance of the set as a classifier trained on real defects sees it)."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    names = sorted(set(ref_classes))
+    ref_idx = np.array([names.index(c) for c in ref_classes])
+    sims = unit(feats) @ unit(ref_feats).T
+    nearest = np.argsort(-sims, axis=1)[:, :k]
+    votes = np.stack([np.bincount(ref_idx[row], minlength=len(names)) for row in nearest])
+    predicted = [names[int(i)] for i in votes.argmax(1)]
+    hits = np.array([p == c for p, c in zip(predicted, classes, strict=True)])
+    recall = {c: float(hits[[i for i, x in enumerate(classes) if x == c]].mean()) for c in sorted(set(classes))}
+    return {"accuracy": float(hits.mean()), "recall": recall,
+            "predicted": {c: predicted.count(c) for c in names}, "requested": {c: classes.count(c) for c in recall}}
+
+
 def _defects(dataset, limit: int | None, seed: int):
     samples = [s for s in dataset if s.mask is not None and s.mask.any() or s.boxes]
     if limit and len(samples) > limit:
@@ -153,6 +187,10 @@ def quality_report(generated: str | Path, real: str | Path, backbone: str = "tin
         "kid": kid_mean, "kid_std": kid_std,
         "diversity": diversity(gen_feats), "diversity_real": diversity(real_feats),
     }
+    by_class = per_class_kid(gen_feats, [s.class_name for s in gen], real_feats,
+                             [s.class_name for s in real_defects], seed)
+    if by_class:
+        report["per_class"] = by_class
     test = list(real_ds)
     labels = np.array([0 if s.is_normal else 1 for s in test])
     if labels.min() != labels.max():

@@ -161,3 +161,20 @@ def test_load_rejects_other_files(tmp_path, backbone):
         ExDD.load(bad, backbone)
     with pytest.raises(DefectgenError):
         AST.load(bad, backbone)
+
+
+def test_positive_quantile_drops_defect_patches_that_look_normal(backbone):
+    rng = np.random.default_rng(2)
+    train = normals(rng, 12)
+    bright, masks, _ = bright_squares(rng, 4)
+    noop = normals(rng, 4)  # 'defects' whose masked region did not change: normal texture in the positive bank
+    kw = dict(strides=(4, 8), coreset_ratio=0.25, positive_quantile=0.99)
+    from_noop = ExDD(backbone, **kw).fit(train, noop, masks)
+    from_bright = ExDD(backbone, **kw).fit(train, bright, masks)
+    unfiltered = ExDD(backbone, strides=(4, 8), coreset_ratio=0.25).fit(train, bright, masks)
+    kept_noop = 0 if from_noop.positive is None else from_noop.positive.shape[0]
+    assert from_noop.positive_dropped > 0 and kept_noop <= 0.2 * (kept_noop + from_noop.positive_dropped)
+    assert from_bright.positive.shape[0] >= 0.8 * unfiltered.positive.shape[0]
+    assert from_bright.positive.shape[0] + from_bright.positive_dropped == unfiltered.positive.shape[0]
+    with pytest.raises(ValueError, match="positive_quantile"):
+        ExDD(backbone, positive_quantile=1.5)

@@ -91,3 +91,51 @@ def test_presets_load_and_bad_ones_fail(tmp_path):
     bad.write_text("kind: perlin\nwiggle: 3\n")
     with pytest.raises(DefectgenError, match="wiggle"):
         MaskGenerator("perlin", preset=str(bad))
+
+
+def _labeled(root, masks: dict[str, list[np.ndarray]]):
+    """A pairs-layout labeled set: root/<class>/<i>.png beside <i>_mask.png."""
+    import cv2
+
+    for cls, ms in masks.items():
+        for i, m in enumerate(ms):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full(m.shape, 128, np.uint8))
+            cv2.imwrite(str(root / cls / f"{i}_mask.png"), m.astype(np.uint8) * 255)
+    return root
+
+
+def test_real_masks_follow_the_class_and_scale_with_the_image(tmp_path):
+    from defectgen.masks.real import RealMasks
+
+    small, large = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
+    small[10:14, 10:14] = True
+    large[0:16, :] = True
+    gen = RealMasks(_labeled(tmp_path / "labeled", {"dot": [small], "band": [large]}), seed=1)
+    assert gen.describe()["masks"] == {"band": 1, "dot": 1}
+    for i in range(6):
+        dot, boxes = gen(i, 64, 64, label="dot")
+        assert dot.sum() == 64 and (boxes[0].width, boxes[0].height) == (8, 8) and boxes[0].label == "dot"
+        band, _ = gen(i, 64, 96, label="band")
+        assert band.sum() == 32 * 96 and (band.all(axis=1).sum() == 32)  # half the rows, flipped up or down
+    drawn = {int(gen(i, 32, 32)[0].sum()) for i in range(20)}  # no class: any labeled mask
+    assert drawn == {16, 512}
+    assert all(np.array_equal(gen(i, 40, 40, label="dot")[0], gen(i, 40, 40, label="dot")[0]) for i in range(3))
+
+
+def test_real_masks_keep_a_tiny_defect_when_shrinking(tmp_path):
+    from defectgen.masks.real import RealMasks
+
+    dot = np.zeros((300, 300), bool)
+    dot[150, 150] = True
+    mask, _ = RealMasks(_labeled(tmp_path / "labeled", {"pin": [dot]}))(0, 30, 30, label="pin")
+    assert 1 <= mask.sum() <= 4 and abs(np.argwhere(mask).mean(0) - 15).max() <= 1.5
+
+
+def test_real_masks_need_defects(tmp_path):
+    from defectgen.errors import DefectgenError
+    from defectgen.masks.real import RealMasks
+
+    empty = np.zeros((16, 16), bool)
+    with pytest.raises(DefectgenError, match="no defect masks"):
+        RealMasks(_labeled(tmp_path / "labeled", {"none": [empty]}))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from defectgen.quality import defect_crop, diversity, kid
+from defectgen.quality import class_fidelity, defect_crop, diversity, kid, per_class_kid
 from tests.conftest import square_mask, write_png
 
 
@@ -25,6 +25,29 @@ def test_diversity_zero_for_copies_and_positive_for_variety():
     one = rng.normal(size=(1, 8))
     assert diversity(np.repeat(one, 5, axis=0)) == pytest.approx(0, abs=1e-6)
     assert diversity(rng.normal(size=(5, 8))) > 0.5
+
+
+def test_per_class_kid_compares_each_class_with_its_own():
+    rng = np.random.default_rng(2)
+    real = np.concatenate([rng.normal(0, 1, (40, 16)), rng.normal(3, 1, (40, 16))])
+    real_cls = ["a"] * 40 + ["b"] * 40
+    right = np.concatenate([rng.normal(0, 1, (30, 16)), rng.normal(3, 1, (30, 16))])
+    swapped = ["b"] * 30 + ["a"] * 30  # the same features under the wrong labels
+    good = per_class_kid(right, ["a"] * 30 + ["b"] * 30 + [], real, real_cls)
+    bad = per_class_kid(right, swapped, real, real_cls)
+    assert set(good) == {"a", "b"} and good["a"]["generated"] == 30 and good["b"]["real"] == 40
+    assert all(bad[c]["kid"] > 10 * max(abs(good[c]["kid"]), 1e-3) for c in "ab")
+    assert per_class_kid(right, [None] * 60, real, real_cls) == {}  # an unlabeled set has no per-class figure
+
+
+def test_class_fidelity_names_the_class_a_real_classifier_sees():
+    rng = np.random.default_rng(3)
+    ref = np.concatenate([np.eye(8)[k] * 5 + rng.normal(0, 0.3, (20, 8)) for k in range(3)])  # three directions
+    ref_cls = [c for c in "abc" for _ in range(20)]
+    gen = ref[[0, 1, 2, 20, 21, 22]] + rng.normal(0, 0.05, (6, 8))  # three a-like, three b-like crops
+    res = class_fidelity(ref, ref_cls, gen, ["a", "a", "a", "a", "b", "b"])  # one b-like crop asked to be an a
+    assert res["recall"] == {"a": 0.75, "b": 1.0} and res["accuracy"] == pytest.approx(5 / 6)
+    assert res["predicted"] == {"a": 3, "b": 3, "c": 0} and res["requested"] == {"a": 4, "b": 2}
 
 
 def test_defect_crop_is_centred_on_the_mask():

@@ -220,3 +220,20 @@ def test_cli_bad_input_fails_with_one_line_naming_the_file(tmp_path, models, nor
                             "--out", tmp_path / "o3", *args)[:3:2], masks / "m0.png")
     one_line_error(*run_cli("train-ddpm", "--normals", empty, "--out", tmp_path / "o4", "--preset", "tiny",
                             "--steps", "1")[:3:2], empty)
+
+
+def test_cli_masks_from_a_labeled_set_reuse_the_real_masks(mvtec_dir, tmp_path, run_cli):
+    import cv2
+
+    code, out, err = run_cli("synthesize", "--model", "draem", "--normals", mvtec_dir / "train" / "good", "--n", "4",
+                             "--masks-from", mvtec_dir / "labeled", "--out", tmp_path / "real")
+    assert code == 0, err
+    info = json.loads((tmp_path / "real" / "annotations.json").read_text())["info"]["defectgen"]
+    assert info["settings"]["masks"]["kind"] == "real" and info["settings"]["masks"]["masks"] == {"scratch": 2}
+    for path in sorted((tmp_path / "real" / "masks").glob("*.png")):
+        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0  # the labeled masks are 4x4 squares on 32x32 images
+        ys, xs = np.nonzero(m)
+        assert m.sum() == 16 and np.ptp(ys) == 3 and np.ptp(xs) == 3
+    code, _, err = run_cli("synthesize", "--model", "draem", "--normals", mvtec_dir / "train" / "good", "--n", "2",
+                           "--masks-from", tmp_path / "missing", "--out", tmp_path / "o2")
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from defectgen.detect.backbone import Backbone, load_backbone
 from defectgen.detect.features import (
+    NN_BLOCK_ELEMENTS,
     batches,
     greedy_coreset,
     nearest_distance,
@@ -31,13 +32,21 @@ from defectgen.errors import DefectgenError
 class ExDD:
     """strides: backbone maps to use (8 and 16 as in PatchCore); coreset_ratio: fraction of the normal patches
     kept in the negative bank; positive_ratio: the same for the positive bank; eps: keeps the ratio finite on
-    patches that equal a positive patch; sigma: Gaussian blur of the upsampled map, in pixels."""
+    patches that equal a positive patch; sigma: Gaussian blur of the upsampled map, in pixels.
+    positive_quantile: drop positive patches that the negative bank already explains, i.e. whose distance to it
+    is below this quantile of normal patches' distances to the bank entries of other images (None keeps every
+    positive patch). A synthetic 'defect' patch that looks normal pulls d_pos down on normal test patches and
+    raises their score, which is how a faint or misplaced generator makes the ratio worse than plain PatchCore."""
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16), coreset_ratio: float = 0.1,
                  positive_ratio: float = 1.0, eps: float = 1e-3, sigma: float = 4.0, seed: int = 0,
-                 batch_size: int = 16):
+                 batch_size: int = 16, positive_quantile: float | None = None):
         if not 0 < coreset_ratio <= 1 or not 0 < positive_ratio <= 1:
             raise ValueError("coreset ratios must lie in (0, 1]")
+        if positive_quantile is not None and not 0 <= positive_quantile < 1:
+            raise ValueError(f"positive_quantile must lie in [0, 1), got {positive_quantile}")
+        self.positive_quantile = None if positive_quantile is None else float(positive_quantile)
+        self.positive_dropped = 0
         self.backbone = backbone
         self.strides = tuple(int(s) for s in strides)
         self.coreset_ratio = float(coreset_ratio)
@@ -77,11 +86,36 @@ class ExDD:
             if masks is None or len(masks) != len(defects):
                 raise ValueError("one mask per defect image is needed")
             pos = self.defect_patches(defects, masks)
+            if pos.shape[0] and self.positive_quantile is not None:
+                limit = self.normal_distance_quantile(flat, keep, feats.shape[-2] * feats.shape[-1])
+                near = nearest_distance(pos, self.negative) <= limit
+                self.positive_dropped = int(near.sum())
+                pos = pos[~near]
             if pos.shape[0]:
                 n = max(1, int(round(self.positive_ratio * pos.shape[0])))
                 pos = pos[greedy_coreset(pos, n, self.seed + 1)]
                 self.positive = pos.contiguous()
         return self
+
+    @torch.no_grad()
+    def normal_distance_quantile(self, normal_patches: torch.Tensor, bank_index: torch.Tensor, per_image: int,
+                                 limit: int = 2000) -> float:
+        """How far from the negative bank a patch may lie and still be normal: the `positive_quantile` quantile
+        of (up to `limit` random) normal patches' distances to the bank entries taken from *other* images. An
+        image's own entries would make its patches look closer than an unseen normal patch ever is."""
+        g = torch.Generator().manual_seed(self.seed + 2)
+        pick = torch.randperm(normal_patches.shape[0], generator=g)[:limit].to(normal_patches.device)
+        bank_image = bank_index.to(normal_patches.device) // per_image
+        bank_sq = (self.negative * self.negative).sum(1)
+        out = []
+        for chunk in pick.split(max(1, NN_BLOCK_ELEMENTS // max(1, self.negative.shape[0]))):
+            q = normal_patches[chunk]
+            d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ self.negative.T + bank_sq
+            d2[(chunk // per_image)[:, None] == bank_image[None, :]] = float("inf")
+            out.append(d2.min(1).values.clamp_min(0).sqrt())
+        d = torch.cat(out)
+        d = d[torch.isfinite(d)]
+        return float(torch.quantile(d.float().cpu(), self.positive_quantile)) if d.numel() else 0.0
 
     @torch.no_grad()
     def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> torch.Tensor:
@@ -124,7 +158,7 @@ class ExDD:
     def config(self) -> dict:
         return {"detector": "exdd", "backbone": self.backbone.name, "strides": list(self.strides),
                 "coreset_ratio": self.coreset_ratio, "positive_ratio": self.positive_ratio, "eps": self.eps,
-                "sigma": self.sigma, "seed": self.seed}
+                "sigma": self.sigma, "seed": self.seed, "positive_quantile": self.positive_quantile}
 
     def save(self, path: str | Path) -> None:
         """Both banks and the configuration in one safetensors file (written atomically)."""
@@ -153,7 +187,7 @@ class ExDD:
             raise DefectgenError(path, "not an ExDD bank file (no 'exdd' metadata or negative bank)")
         backbone = backbone or load_backbone(meta["backbone"])
         det = cls(backbone, meta["strides"], meta["coreset_ratio"], meta["positive_ratio"], meta["eps"],
-                  meta["sigma"], meta["seed"])
+                  meta["sigma"], meta["seed"], positive_quantile=meta.get("positive_quantile"))
         det.negative = tensors["negative"].to(det.device)
         det.positive = tensors["positive"].to(det.device) if "positive" in tensors else None
         return det

@@ -282,7 +282,7 @@ def run_validation(
     steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
     n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
-    student_width: int | None = None,
+    student_width: int | None = None, positive_quantile: float | None = None,
 ) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json)."""
@@ -323,13 +323,14 @@ def run_validation(
     for name, (images, masks, cleans) in runs_data.items():
         t0 = time.perf_counter()
         if detector == "exdd":
-            model = ExDD(bb, coreset_ratio=coreset_ratio, sigma=sigma, seed=seed)
+            model = ExDD(bb, coreset_ratio=coreset_ratio, sigma=sigma, seed=seed, positive_quantile=positive_quantile)
             if progress:
                 print(f"[{name}] exdd: building banks from {len(normals)} normals"
                       + (f" and {len(images)} defects" if images is not None else ""), flush=True)
             model.fit(normals, images, masks, progress=progress)
             extra = {"negative_bank": int(model.negative.shape[0]),
-                     "positive_bank": int(model.positive.shape[0]) if model.positive is not None else 0}
+                     "positive_bank": int(model.positive.shape[0]) if model.positive is not None else 0,
+                     "positive_dropped": model.positive_dropped}
         else:
             torch.manual_seed(seed)
             # the tiny test backbone gets a student to match; real backbones DeSTSeg-like width
@@ -363,7 +364,8 @@ def run_validation(
         "test": str(test), "baselines": list(baselines), "backbone": backbone, "resolution": resolution,
         "seed": seed, "steps": steps if detector == "ast" else None, "student_width": student_width,
         "batch_size": batch_size, "lr": lr,
-        "coreset_ratio": coreset_ratio if detector == "exdd" else None, "n_draem": n_syn if "draem" in baselines
+        "coreset_ratio": coreset_ratio if detector == "exdd" else None,
+        "positive_quantile": positive_quantile if detector == "exdd" else None, "n_draem": n_syn if "draem" in baselines
         else None, "max_train": max_train, "max_test": max_test, "device": str(dev),
     }
     results["train"] = {"normals": int(len(normals)), "channels": channels}
