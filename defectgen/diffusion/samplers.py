@@ -25,7 +25,12 @@ def make_scheduler(name: str, train_scheduler: DDPMScheduler):
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpm":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        # DPM-Solver has no clip_sample; thresholding with a maximum of clip_sample_range clips its x0 estimates
+        # the same way. Without it an undertrained model's estimates run away into saturated noise.
+        clip = bool(config.get("clip_sample", False))
+        return DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", thresholding=clip,
+            sample_max_value=float(config.get("clip_sample_range", 1.0)) if clip else 1.0)
     raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
