@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generators", default="cddpm,ldm,draem")
     parser.add_argument("--reuse", action="store_true", help="keep models already trained in --work")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ddim")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-neu-{args.config}"
@@ -120,12 +122,14 @@ def main() -> None:
     masks = RealMasks(train_dir, seed=args.seed)
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
-        generator = load_generator(str(model), steps=cfg["sample_steps"], sampler="dpm")
+        generator = load_generator(str(model), steps=cfg["sample_steps"], sampler=args.sampler)
         t, written = time.perf_counter(), 0
-        for c in classes:  # one folder per class: the same count of every class, boxes of that class
+        for k, c in enumerate(classes):  # one folder per class: the same count of every class, boxes of that class
             folder = work / f"synth-{name}" / c
-            synthesize(generator, canvases, folder, cfg["per_class"], masks=masks, class_name=c, seed=args.seed,
-                       batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
+            # a seed per class, so that sample i of each class is drawn on a different canvas
+            synthesize(generator, canvases, folder, cfg["per_class"], masks=masks, class_name=c,
+                       seed=args.seed * 1000 + k, batch_size=8, overwrite=True, progress=sys.stderr.isatty(),
+                       log=lambda *_: None)
             sets.setdefault(name, {})[c] = folder
             written += cfg["per_class"]
         seconds = time.perf_counter() - t
@@ -158,17 +162,19 @@ def main() -> None:
             cls += [c] * len(got)
         table[name] = scores(crop_features(net, crops), cls)
 
-    figure = _figure(sets, test_dir, classes, work / f"proof_neu_{args.config}_samples.png")
+    name = f"proof_neu_{args.config}{'-' + args.tag if args.tag else ''}"
+    figure = _figure(sets, test_dir, classes, work / f"{name}_samples.png")
     out = {
-        "benchmark": "proof_neu", "config": args.config, "settings": cfg, "seed": args.seed, "data": rel(args.data),
+        "benchmark": "proof_neu", "config": args.config, "sampler": args.sampler, "settings": cfg, "seed": args.seed,
+        "data": rel(args.data),
         "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"proof_neu_{args.config}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
-    (results / f"proof_neu_{args.config}.md").write_text(markdown(out))
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    (results / f"{name}.md").write_text(markdown(out))
     shutil.copy(figure, results / figure.name)
     print(markdown(out))
 
