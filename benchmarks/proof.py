@@ -16,9 +16,6 @@ samples beside real defects (proof_<config>_samples.png, also copied to benchmar
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +25,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fmt,
+    hardware,
+    proof_parser,
+    proof_train_config,
+    rel,
+    reusable_model,
+    stack_rows,
+    write_results,
+)
 
 CONFIGS = {
     # Minutes: checks that the whole chain runs on the real data; its numbers mean nothing.
@@ -46,24 +52,10 @@ CONFIGS = {
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
-def rel(path) -> str:
-    """Results name paths relative to the repository, never the machine's layout."""
-    import os
-
-    return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
-
-
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224"))
-    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "weights" / "clip-tokenizer"))
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--generators", default="ddpm,cddpm,ldm,draem")
+    parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem")
     parser.add_argument("--detectors", default="exdd,ast")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
@@ -71,9 +63,6 @@ def main() -> None:
     parser.add_argument("--positive-quantile", type=float, default=None,
                         help="ExDD: drop synthetic patches the normal bank explains (see ExDD; default off: "
                         "ExDD exactly as DESIGN.md defines it; `defectgen validate` uses 0.999)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep models already trained in --work (to vary synthesis or detection only)")
-    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. real-masks")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-{args.config}"
@@ -82,7 +71,6 @@ def main() -> None:
 
     from defectgen.diffusion.ddpm import train_ddpm
     from defectgen.diffusion.ldm import train_ldm
-    from defectgen.diffusion.training import TrainConfig
     from defectgen.masks.real import RealMasks
     from defectgen.synth.pipeline import load_generator, synthesize
 
@@ -92,16 +80,13 @@ def main() -> None:
     models: dict[str, Path] = {}
 
     def reused(name: str) -> bool:
-        if args.reuse and (work / name / "defectgen.json").is_file():
-            models[name] = work / name
-            timings[name] = {"train_s": None, "reused": rel(work / name)}
-            return True
-        return False
+        record = reusable_model(work / name, args.reuse)
+        if record:
+            models[name], timings[name] = work / name, record
+        return record is not None
 
     def train_cfg(steps, batch, lr):
-        return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(200, steps // 10),
-                           checkpoint_every=max(steps // 2, 1), seed=args.seed,
-                           mixed_precision="bf16" if args.config == "gpu" else "no")
+        return proof_train_config(steps, batch, lr, args.seed, gpu=args.config == "gpu")
 
     if "ddpm" in generators and not reused("ddpm"):
         t = time.perf_counter()
@@ -129,6 +114,7 @@ def main() -> None:
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
+    masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"  # read the labeled set once
     for name in ("ddpm", "cddpm", "ldm", "draem"):  # a fixed order, whichever were reused
         if name not in models:
             continue
@@ -136,7 +122,6 @@ def main() -> None:
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
         generator = load_generator(str(models[name]), **options)
-        masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"
         t = time.perf_counter()
         result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=masks, seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
@@ -185,12 +170,7 @@ def main() -> None:
         "generation": timings, "quality": quality, "detectors": table,
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
     }
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"proof_{args.config}{suffix}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
-    (results / f"proof_{args.config}{suffix}.md").write_text(markdown(out))
-    shutil.copy(samples_png, results / samples_png.name)
-    print(markdown(out))
+    write_results(f"proof_{args.config}{suffix}", out, markdown(out), samples_png)
 
 
 def _figure(sets: dict[str, Path], data: Path, path: Path) -> Path:
@@ -209,16 +189,12 @@ def _figure(sets: dict[str, Path], data: Path, path: Path) -> Path:
         for s in samples:
             s.class_name = name
         rows.append(contact_sheet(samples, tile=128, columns=8))
-    width = max(r.shape[1] for r in rows)
-    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-    write_image(path, sheet)
+    write_image(path, stack_rows(rows))
     return path
 
 
 def markdown(out: dict) -> str:
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
-
+    f = fmt
     lines = [f"Proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
              f"{', ' + out['hardware']['gpu'] if out['hardware'].get('gpu') else ''}; wall time "
              f"{out['wall_time_s'] / 60:.1f} min)", "",

@@ -20,9 +20,6 @@ Results: benchmarks/results/proof_neu_<config>.json and .md (seeds, hardware, wa
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,8 +29,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware  # noqa: E402
-from benchmarks.proof import rel  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fmt,
+    hardware,
+    proof_parser,
+    proof_train_config,
+    rel,
+    reusable_model,
+    stack_rows,
+    write_results,
+)
 
 CONFIGS = {
     "smoke": {"ddpm_preset": "tiny", "ldm_preset": "tiny", "res": 32, "ddpm_steps": 30, "ldm_vae_steps": 20,
@@ -59,17 +64,8 @@ def crops_by_class(dataset, size: int) -> tuple[list[np.ndarray], list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224"))
-    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "weights" / "clip-tokenizer"))
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--generators", default="cddpm,ldm,draem")
-    parser.add_argument("--reuse", action="store_true", help="keep models already trained in --work")
+    parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
-    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ddim")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-neu-{args.config}"
@@ -79,31 +75,30 @@ def main() -> None:
     from defectgen.detect.backbone import load_backbone
     from defectgen.diffusion.ddpm import train_ddpm
     from defectgen.diffusion.ldm import train_ldm
-    from defectgen.diffusion.training import TrainConfig
     from defectgen.io.datasets import open_dataset
     from defectgen.masks.real import RealMasks
     from defectgen.quality import class_fidelity, crop_features, diversity, kid, per_class_kid
     from defectgen.synth.pipeline import load_generator, synthesize
 
     train_dir, test_dir = args.data / "train", args.data / "test"
-    classes = sorted({s.class_name for s in open_dataset(train_dir).select(normal=False)})
+    masks = RealMasks(train_dir, seed=args.seed)  # each class's real train boxes
+    classes = sorted(masks.by_class)
     canvases = open_dataset(train_dir / "images", "folder")  # NEU has no normal images: train images are canvases
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
     timings: dict[str, dict] = {}
     models: dict[str, Path] = {}
 
     def train_cfg(steps, lr):
-        return TrainConfig(steps=steps, batch_size=cfg["batch"], lr=lr, warmup_steps=min(200, steps // 10),
-                           checkpoint_every=max(steps // 2, 1), seed=args.seed,
-                           mixed_precision="bf16" if args.config == "gpu" else "no")
+        return proof_train_config(steps, cfg["batch"], lr, args.seed, gpu=args.config == "gpu")
 
     for name in generators:
         folder = work / name
         if name == "draem":
             models[name], timings[name] = Path("draem"), {"train_s": 0.0}
             continue
-        if args.reuse and (folder / "defectgen.json").is_file():
-            models[name], timings[name] = folder, {"train_s": None, "reused": rel(folder)}
+        record = reusable_model(folder, args.reuse)
+        if record:
+            models[name], timings[name] = folder, record
             continue
         t = time.perf_counter()
         if name == "cddpm":
@@ -119,7 +114,6 @@ def main() -> None:
             raise SystemExit(f"unknown generator {name!r}: choose from cddpm, ldm, draem")
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t}
 
-    masks = RealMasks(train_dir, seed=args.seed)
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
         generator = load_generator(str(model), steps=cfg["sample_steps"], sampler=args.sampler)
@@ -171,12 +165,7 @@ def main() -> None:
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
     }
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
-    (results / f"{name}.md").write_text(markdown(out))
-    shutil.copy(figure, results / figure.name)
-    print(markdown(out))
+    write_results(name, out, markdown(out), figure)
 
 
 def _figure(sets: dict[str, dict[str, Path]], test_dir: Path, classes: list[str], path: Path) -> Path:
@@ -198,16 +187,12 @@ def _figure(sets: dict[str, dict[str, Path]], test_dir: Path, classes: list[str]
                 s.class_name = f"{name}: {c}"
                 samples.append(s)
             rows.append(contact_sheet(samples, tile=128, columns=len(classes)))
-    width = max(r.shape[1] for r in rows)
-    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-    write_image(path, sheet)
+    write_image(path, stack_rows(rows))
     return path
 
 
 def markdown(out: dict) -> str:
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
-
+    f = fmt
     classes = out["classes"]
     lines = [f"NEU-DET proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
              f"{', ' + out['hardware']['gpu'] if out['hardware'].get('gpu') else ''}; wall time "

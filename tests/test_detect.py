@@ -74,6 +74,17 @@ def test_nearest_distance_in_blocks_matches_cdist():
     assert torch.allclose(nearest_distance(q, bank), ref, atol=1e-4)
 
 
+def test_nearest_distance_can_leave_each_querys_own_group_out():
+    g = torch.Generator().manual_seed(1)
+    q, bank = torch.randn(30, 4, generator=g), torch.randn(40, 4, generator=g)
+    qg, bg = torch.arange(30) % 3, torch.arange(40) % 4  # bank group 3 is never a query's own
+    d = torch.cdist(q, bank)
+    d[qg[:, None] == bg[None, :]] = float("inf")
+    ref = d.min(1).values
+    assert torch.allclose(nearest_distance(q, bank, block=16, query_groups=qg, bank_groups=bg), ref, atol=1e-4)
+    assert bool((ref > torch.cdist(q, bank).min(1).values - 1e-6).all())
+
+
 def test_coreset_covers_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0], [10, 0], [0, 10], [10, 10]])

@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from defectgen.detect.backbone import Backbone, load_backbone
 from defectgen.detect.features import (
-    NN_BLOCK_ELEMENTS,
     batches,
     greedy_coreset,
     nearest_distance,
@@ -105,15 +104,8 @@ class ExDD:
         image's own entries would make its patches look closer than an unseen normal patch ever is."""
         g = torch.Generator().manual_seed(self.seed + 2)
         pick = torch.randperm(normal_patches.shape[0], generator=g)[:limit].to(normal_patches.device)
-        bank_image = bank_index.to(normal_patches.device) // per_image
-        bank_sq = (self.negative * self.negative).sum(1)
-        out = []
-        for chunk in pick.split(max(1, NN_BLOCK_ELEMENTS // max(1, self.negative.shape[0]))):
-            q = normal_patches[chunk]
-            d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ self.negative.T + bank_sq
-            d2[(chunk // per_image)[:, None] == bank_image[None, :]] = float("inf")
-            out.append(d2.min(1).values.clamp_min(0).sqrt())
-        d = torch.cat(out)
+        d = nearest_distance(normal_patches[pick], self.negative, query_groups=pick // per_image,
+                             bank_groups=bank_index.to(normal_patches.device) // per_image)
         d = d[torch.isfinite(d)]
         return float(torch.quantile(d.float().cpu(), self.positive_quantile)) if d.numel() else 0.0
 

@@ -42,8 +42,12 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Euclidean distance from each query row to its nearest bank row, in blocks of at most `block` entries."""
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_BLOCK_ELEMENTS,
+                     query_groups: torch.Tensor | None = None, bank_groups: torch.Tensor | None = None) \
+        -> torch.Tensor:
+    """Euclidean distance from each query row to its nearest bank row, in blocks of at most `block` entries.
+    With `query_groups` and `bank_groups` (one integer per row, e.g. the source image), a query ignores the bank
+    rows of its own group (leave-one-group-out; inf when no other group is left)."""
     if bank.shape[0] == 0:
         return torch.full((queries.shape[0],), float("inf"), device=queries.device)
     kb = min(bank.shape[0], block)
@@ -56,6 +60,8 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_
         best = torch.full((q.shape[0],), float("inf"), device=queries.device)
         for bs in range(0, bank.shape[0], kb):
             d2 = q_sq - 2.0 * (q @ bank[bs: bs + kb].T) + bank_sq[bs: bs + kb]
+            if query_groups is not None:
+                d2[query_groups[qs: qs + mq, None] == bank_groups[None, bs: bs + kb]] = float("inf")
             best = torch.minimum(best, d2.min(dim=1).values)
         result[qs: qs + mq] = best.clamp_min(0).sqrt()
     return result
