@@ -30,10 +30,17 @@ KINDS = ("model", "set", "report")
 DEFAULT_DIRS = {"model": "runs", "set": "synth", "report": "reports"}
 
 
-def load_config(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Option defaults per verb, as click's default_map wants them (option names with '_' for '-')."""
+def config_file(root: str | Path | None = None) -> Path:
+    """The option-defaults file: $DEFECTGEN_CONFIG, else defectgen.yaml in `root` (the current folder)."""
     env = os.environ.get("DEFECTGEN_CONFIG")
-    path = Path(env) if env else Path(root or Path.cwd()) / CONFIG
+    return Path(env) if env else Path(root or Path.cwd()) / CONFIG
+
+
+def load_config(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Option defaults per verb, as click's default_map wants them (option names with '_' for '-'). The keys
+    are checked against the verbs' options by the CLI, which knows them."""
+    env = os.environ.get("DEFECTGEN_CONFIG")
+    path = config_file(root)
     if not path.is_file():
         if env:
             raise DefectgenError(path, "DEFECTGEN_CONFIG names a file that does not exist")
@@ -44,7 +51,7 @@ def load_config(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
         raise DefectgenError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise DefectgenError(path, "expected a mapping of verb -> {option: value}")
-    return {verb: {k.replace("-", "_"): v for k, v in opts.items()} for verb, opts in data.items()}
+    return {str(verb): {str(k).replace("-", "_"): v for k, v in opts.items()} for verb, opts in data.items()}
 
 
 class Workspace:

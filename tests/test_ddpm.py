@@ -130,7 +130,13 @@ def test_save_then_load_gives_identical_outputs(tmp_path, kind):
         assert pipe.unet.config.sample_size == R
 
 
-def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, normals_dir):
+@pytest.mark.parametrize("save_on_interrupt", [True, False])
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, normals_dir,
+                                                                             save_on_interrupt):
+    """Ctrl-C after step 3 saves step 3 (or, like a killed run, leaves step 2); either way --resume ends with
+    the weights of an uninterrupted run."""
+    from defectgen.diffusion.training import Interrupted
+
     cfg = quick(4, checkpoint_every=2, ema=True, lr_schedule="cosine", warmup_steps=1)
     whole = train_ddpm(tmp_path / "whole", normals_dir, preset="tiny", resolution=R, config=cfg, log=lambda m: None)
 
@@ -138,15 +144,19 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
         if step == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        train_ddpm(tmp_path / "cut", normals_dir, preset="tiny", resolution=R, config=cfg, callback=crash,
+    cut_cfg = quick(4, checkpoint_every=2, ema=True, lr_schedule="cosine", warmup_steps=1,
+                    save_on_interrupt=save_on_interrupt)
+    with pytest.raises(Interrupted, match="interrupted at step 3") as info:
+        train_ddpm(tmp_path / "cut", normals_dir, preset="tiny", resolution=R, config=cut_cfg, callback=crash,
                    log=lambda m: None)
-    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
+    assert info.value.exit_code == 130
+    saved = [3] if save_on_interrupt else []
+    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2, *saved]
     seen, messages = [], []
     resumed = train_ddpm(tmp_path / "cut", normals_dir, preset="tiny", resolution=R, config=cfg, resume=True,
                          callback=lambda step, loss: seen.append(step), log=messages.append)
-    assert seen == [3, 4]
-    assert any("step 2" in m for m in messages)
+    assert seen == ([4] if save_on_interrupt else [3, 4])
+    assert any(f"step {3 if save_on_interrupt else 2}" in m for m in messages)
     for p, q in zip(whole.unet.parameters(), resumed.unet.parameters(), strict=True):
         assert torch.equal(p, q)
 

@@ -28,11 +28,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from defectgen.diffusion.training import TrainConfig, mask_window, match_channels, to_tensor, train_loop
+from defectgen.diffusion.training import TrainConfig, checkpoints, mask_window, match_channels, to_tensor, train_loop
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import to_float
-from defectgen.io.output import atomic_write_json, prepare_output_dir
+from defectgen.io.output import OutputFolder, atomic_write_json
 from defectgen.io.sample import Box
 from defectgen.masks import MaskGenerator
 
@@ -438,8 +438,10 @@ def train_ddpm(
     from accelerate import PartialState
 
     state = PartialState()  # under `accelerate launch`, only the main process prepares the folder and logs
+    folder = OutputFolder(out, overwrite=overwrite and not resume, resume=resume, verb="train-ddpm",
+                          protect=[normals, labeled], worth_keeping=lambda d: bool(checkpoints(d)))
     if state.is_main_process:
-        prepare_output_dir(out, overwrite=overwrite and not resume, resume=resume)
+        folder.prepare()
     else:
         log = lambda message: None  # noqa: E731
     state.wait_for_everyone()
@@ -478,8 +480,13 @@ def train_ddpm(
     def save_fn(module: nn.Module, folder: Path) -> None:
         save_model(model, folder, **meta)  # `module` shares its parameters with `model`
 
-    result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
-                        resume=resume, callback=callback, log=log)
+    try:
+        result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
+                            resume=resume, callback=callback, log=log)
+    except BaseException:
+        if state.is_main_process:
+            folder.abandon()  # interrupted before the first checkpoint: no empty run folder stays behind
+        raise
     from accelerate import PartialState
 
     meta_path = Path(out) / METADATA_FILE

@@ -322,71 +322,79 @@ def train_ldm(
     """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written."""
     import tempfile
 
-    from defectgen.diffusion.training import TrainConfig, train_loop
-    from defectgen.io.output import prepare_output_dir
+    from defectgen.diffusion.training import TrainConfig, checkpoints, train_loop
+    from defectgen.io.output import OutputFolder
     from defectgen.prompts import load_material
 
     material = load_material(prompts) if prompts else None
     items, classes = _labeled_defects(labeled, fmt, lambda names: captions_for(names, material, cfg.seed))
-    out_dir = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume, verb="train-ldm",
+                          protect=[labeled, base, prompts, tokenizer],
+                          worth_keeping=lambda d: bool(checkpoints(d)) or (d / "_vae_stage" / "vae").is_dir())
+    out_dir = folder.prepare()
+    try:
+        if base == "tiny":
+            resolution = resolution or 64
+            with tempfile.TemporaryDirectory() as scratch:
+                tok = load_tokenizer(tokenizer, Path(scratch))
+                pipe = build_tiny_pipeline(resolution, tok, preset, cfg.seed)
+                if tokenizer is None:  # keep the generated tokenizer's files inside the saved pipeline
+                    pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
+                    pipe.tokenizer = type(pipe.tokenizer).from_pretrained(str(out_dir / "_tokenizer"))
+            stage = out_dir / "_vae_stage"
+            examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution, caption_dropout=0.0)
+            if resume and (stage / "vae" / "config.json").is_file():
+                from diffusers import AutoencoderKL
 
-    if base == "tiny":
-        resolution = resolution or 64
-        with tempfile.TemporaryDirectory() as scratch:
-            tok = load_tokenizer(tokenizer, Path(scratch))
-            pipe = build_tiny_pipeline(resolution, tok, preset, cfg.seed)
-            if tokenizer is None:  # keep the generated tokenizer's files inside the saved pipeline
-                pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
-                pipe.tokenizer = type(pipe.tokenizer).from_pretrained(str(out_dir / "_tokenizer"))
-        stage = out_dir / "_vae_stage"
-        examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution, caption_dropout=0.0)
-        if resume and (stage / "vae" / "config.json").is_file():
-            from diffusers import AutoencoderKL
-
-            pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
-            log(f"resumed: VAE taken from {stage / 'vae'}")
+                pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
+                log(f"resumed: VAE taken from {stage / 'vae'}")
+            else:
+                log(f"stage 1/2: training the VAE on {len(items)} images for {vae_steps} steps")
+                vae_cfg = TrainConfig(**{**cfg.__dict__, "steps": vae_steps, "ema": False, "warmup_steps": 0,
+                                         "lr": max(cfg.lr, 1e-4) * 4, "lr_schedule": "constant",
+                                         "checkpoint_every": 10**9, "tensorboard": False,
+                                         "save_on_interrupt": False})
+                train_loop(pipe.vae, vae_loss(), examples, stage, vae_cfg,
+                           save_fn=lambda module, folder: module.save_pretrained(str(folder / "vae")), resume=False,
+                           log=log)
+            pipe.vae.register_to_config(scaling_factor=calibrate_latent_scale(pipe.vae, examples, seed=cfg.seed))
         else:
-            log(f"stage 1/2: training the VAE on {len(items)} images for {vae_steps} steps")
-            vae_cfg = TrainConfig(**{**cfg.__dict__, "steps": vae_steps, "ema": False, "warmup_steps": 0,
-                                     "lr": max(cfg.lr, 1e-4) * 4, "lr_schedule": "constant",
-                                     "checkpoint_every": 10**9, "tensorboard": False})
-            train_loop(pipe.vae, vae_loss(), examples, stage, vae_cfg,
-                       save_fn=lambda module, folder: module.save_pretrained(str(folder / "vae")), resume=False,
-                       log=log)
-        pipe.vae.register_to_config(scaling_factor=calibrate_latent_scale(pipe.vae, examples, seed=cfg.seed))
-    else:
-        pipe = load_inpaint_pipeline(base)
-        resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if resolution % 8:
-        raise DefectgenError(None, f"resolution {resolution} must be a multiple of 8")
+            pipe = load_inpaint_pipeline(base)
+            resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if resolution % 8:
+            raise DefectgenError(None, f"resolution {resolution} must be a multiple of 8")
 
-    if lora_rank > 0:
-        add_lora(pipe.unet, lora_rank)
-    module = InpaintTrainer(pipe.unet, pipe.vae, pipe.text_encoder, train_text_encoder)
-    examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution)
-    log(f"{'stage 2/2: ' if base == 'tiny' else ''}fine-tuning the inpainting UNet"
-        f"{f' with LoRA rank {lora_rank}' if lora_rank else ''} on {len(items)} labeled defects, {cfg.steps} steps")
+        if lora_rank > 0:
+            add_lora(pipe.unet, lora_rank)
+        module = InpaintTrainer(pipe.unet, pipe.vae, pipe.text_encoder, train_text_encoder)
+        examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution)
+        log(f"{'stage 2/2: ' if base == 'tiny' else ''}fine-tuning the inpainting UNet"
+            f"{f' with LoRA rank {lora_rank}' if lora_rank else ''} on {len(items)} labeled defects, {cfg.steps} steps")
 
-    meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
 
-    def save_fn(trained: nn.Module, folder: Path) -> None:
-        unet = trained.unet
-        if lora_rank > 0:  # merge into a copy: the loop still holds (and restores) the adapter parameters
-            import copy
+        def save_fn(trained: nn.Module, folder: Path) -> None:
+            unet = trained.unet
+            if lora_rank > 0:  # merge into a copy: the loop still holds (and restores) the adapter parameters
+                import copy
 
-            unet = copy.deepcopy(unet)
-            merge_lora(unet)
-        pipe.unet, pipe.text_encoder = unet, trained.text_encoder
-        meta.update({
-            "classes": classes, "captions": captions_for(classes, material, cfg.seed),
-            "prompts": str(prompts) if prompts else None, "material": material.name if material else None,
-            "negative_prompt": material.negative if material else "", "normal_prompt": material.normal if material
-            else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": preset,
-            "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
-        })
-        save_ldm(pipe, folder, meta)
+                unet = copy.deepcopy(unet)
+                merge_lora(unet)
+            pipe.unet, pipe.text_encoder = unet, trained.text_encoder
+            meta.update({
+                "classes": classes, "captions": captions_for(classes, material, cfg.seed),
+                "prompts": str(prompts) if prompts else None, "material": material.name if material else None,
+                "negative_prompt": material.negative if material else "", "normal_prompt": material.normal if material
+                else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": preset,
+                "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
+            })
+            save_ldm(pipe, folder, meta)
 
-    result = train_loop(module, inpaint_loss(pipe.scheduler), examples, out_dir, cfg, save_fn, resume=resume, log=log)
+        result = train_loop(module, inpaint_loss(pipe.scheduler), examples, out_dir, cfg, save_fn, resume=resume,
+                            log=log)
+    except BaseException:
+        folder.abandon()  # interrupted before anything resumable was saved: no empty run folder stays behind
+        raise
     import shutil
 
     shutil.rmtree(out_dir / "_vae_stage", ignore_errors=True)

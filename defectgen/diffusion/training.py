@@ -56,6 +56,19 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = True
+    # Ctrl-C saves a checkpoint at the last finished step, so --resume continues from there.
+    save_on_interrupt: bool = True
+
+
+class Interrupted(DefectgenError):
+    """Training stopped by Ctrl-C (exit code 130); `checkpoint` is the folder --resume continues from, if any."""
+
+    exit_code = 130
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint {checkpoint}" if checkpoint else "nothing saved to resume from"
+        super().__init__(None, f"interrupted at step {step} ({where})")
 
 
 class TrainingData(Protocol):
@@ -102,14 +115,66 @@ class TrainResult:
 
 
 def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints (step, folder), oldest first; temporary folders of a killed save are ignored."""
+    """Finished checkpoints (step, folder), oldest first; temporary folders of a killed save and symbolic links
+    are ignored."""
     root = Path(out_dir) / CHECKPOINT_DIR
     found = []
-    if root.is_dir():
+    if root.is_dir() and not root.is_symlink():
         for p in root.iterdir():
-            if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit():
+            if p.is_dir() and not p.is_symlink() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit():
                 found.append((int(p.name[len(_PREFIX):]), p))
     return sorted(found)
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why a checkpoint folder cannot be loaded (a truncated or corrupt file, named), or None if it looks whole.
+    Reads the archives' structure and checksums only; nothing is unpickled."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    if not files:
+        return f"{folder}: empty checkpoint"
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as handle:
+                    handle.keys()
+            elif f.suffix in (".bin", ".pkl", ".pt", ".pth"):  # torch.save archives (zip with CRCs)
+                if not zipfile.is_zipfile(f):
+                    return f"{f}: truncated or not a torch archive"
+                with zipfile.ZipFile(f) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{f}: corrupt entry {bad}"
+        except Exception as e:  # safetensors raises its own error types
+            return f"{f}: cannot be read ({str(e).splitlines()[0][:120]})"
+    return None
+
+
+def _load_latest_checkpoint(accelerator, out_dir: Path, log: Callable[[str], None]) -> int | None:
+    """Load the newest whole checkpoint, skipping (with a warning naming the file) damaged newer ones."""
+    found = checkpoints(out_dir)
+    if not found:
+        log(f"no checkpoint under {out_dir / CHECKPOINT_DIR}; starting from step 0")
+        return None
+    problems = []
+    for step, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            try:
+                accelerator.load_state(str(path))
+            except Exception as e:
+                problem = f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        if problem is None:
+            if problems:
+                log(f"warning: skipped damaged checkpoint(s): {'; '.join(problems)}; resuming from step {step}")
+            log(f"resuming from {path} at step {step}")
+            return step
+        problems.append(problem)
+    raise DefectgenError(None, f"no usable checkpoint to resume from: {'; '.join(problems)}; use --overwrite to "
+                         "start again")
 
 
 def _make_accelerator(cfg: TrainConfig, out_dir: Path):
@@ -146,6 +211,17 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, keep: int) -> None:
         for _, old in checkpoints(out_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _checkpoint_on_interrupt(accelerator, out_dir: Path, cfg: TrainConfig, done: int, start_step: int) -> Path | None:
+    """After Ctrl-C: save the last finished step (single process: other processes may be mid-step) and return the
+    checkpoint --resume would continue from."""
+    found = checkpoints(out_dir)
+    if (cfg.save_on_interrupt and done > start_step and accelerator.num_processes == 1
+            and (not found or found[-1][0] < done)):
+        _save_checkpoint(accelerator, out_dir, done, cfg.keep_checkpoints)
+        found = checkpoints(out_dir)
+    return found[-1][1] if found else None
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -206,14 +282,8 @@ def train_loop(
 
     start_step, resumed_from = 0, None
     if resume:
-        found = checkpoints(out_dir)
-        if found:
-            start_step, path = found[-1]
-            accelerator.load_state(str(path))
-            resumed_from = start_step
-            log(f"resuming from {path} at step {start_step}")
-        else:
-            log(f"no checkpoint under {out_dir / CHECKPOINT_DIR}; starting from step 0")
+        resumed_from = _load_latest_checkpoint(accelerator, out_dir, log)
+        start_step = resumed_from or 0
     if cfg.tensorboard:
         accelerator.init_trackers("defectgen", config={k: v for k, v in asdict(cfg).items()
                                                       if isinstance(v, (int, float, str, bool))})
@@ -229,43 +299,49 @@ def train_loop(
                disable=not (cfg.progress and accelerator.is_local_main_process))
     model.train()
     loss_value, rate, images, t_rate = None, None, 0, time.perf_counter()
-    for step in range(start_step + 1, cfg.steps + 1):
-        total = 0.0
-        for m in range(cfg.grad_accum):
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(it).items()}
-            if cfg.channels_last:
-                batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
-                         for k, v in batch.items()}
-            sync = m == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss = loss_fn(model, batch)
-                accelerator.backward(loss / cfg.grad_accum)
-            total += loss.detach().float().item() / cfg.grad_accum
-            images += next(iter(batch.values())).shape[0] * accelerator.num_processes
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(_trainable(model), cfg.max_grad_norm)
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule where it was
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(_trainable(accelerator.unwrap_model(model)))
-        loss_value = total
-        now = time.perf_counter()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = images / max(now - t_rate, 1e-9)
-            images, t_rate = 0, now
-            logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": rate}
-            if ema is not None and ema.cur_decay_value is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            if cfg.tensorboard:
-                accelerator.log(logs, step=step)
-        bar.set_postfix(loss=f"{loss_value:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
-        bar.update(1)
-        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _save_checkpoint(accelerator, out_dir, step, cfg.keep_checkpoints)
-        if callback is not None:
-            callback(step, loss_value)
+    done = start_step
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            total = 0.0
+            for m in range(cfg.grad_accum):
+                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(it).items()}
+                if cfg.channels_last:
+                    batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                             for k, v in batch.items()}
+                sync = m == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = loss_fn(model, batch)
+                    accelerator.backward(loss / cfg.grad_accum)
+                total += loss.detach().float().item() / cfg.grad_accum
+                images += next(iter(batch.values())).shape[0] * accelerator.num_processes
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(_trainable(model), cfg.max_grad_norm)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule where it was
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(_trainable(accelerator.unwrap_model(model)))
+            done = step
+            loss_value = total
+            now = time.perf_counter()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rate = images / max(now - t_rate, 1e-9)
+                images, t_rate = 0, now
+                logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": rate}
+                if ema is not None and ema.cur_decay_value is not None:
+                    logs["ema_decay"] = ema.cur_decay_value
+                if cfg.tensorboard:
+                    accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
+            bar.update(1)
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                _save_checkpoint(accelerator, out_dir, step, cfg.keep_checkpoints)
+            if callback is not None:
+                callback(step, loss_value)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(done, _checkpoint_on_interrupt(accelerator, out_dir, cfg, done, start_step)) from None
     bar.close()
     if start_step < cfg.steps:
         _save_checkpoint(accelerator, out_dir, cfg.steps, cfg.keep_checkpoints)

@@ -13,6 +13,37 @@ from defectgen.io.output import atomic_write_bytes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+# OpenCV indexes a Mat with 32-bit integers and caps decoded images at 2**30 pixels by default.
+MAX_PIXELS = 2**30
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux: MemAvailable), or the physical memory elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_image_size(height: int, width: int, bytes_per_pixel: int, what: str = "size") -> None:
+    """Refuse, before any work, an image size whose arrays cannot be held (estimated at `bytes_per_pixel` bytes
+    per pixel over all the working arrays) or that OpenCV cannot process."""
+    pixels = int(height) * int(width)
+    if pixels > MAX_PIXELS:
+        raise DefectgenError(None, f"{what} {height}x{width} has {pixels:,} pixels; the most OpenCV handles is "
+                             f"{MAX_PIXELS:,}")
+    need, have = pixels * bytes_per_pixel, available_memory()
+    if need > have:
+        raise DefectgenError(None, f"{what} {height}x{width} needs about {need / 2**30:.1f} GiB of memory; "
+                             f"{have / 2**30:.1f} GiB is available")
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 

@@ -1,15 +1,38 @@
-"""Output safety: atomic writes and output folders that are never clobbered by accident."""
+"""Output safety: atomic writes, paths that stay inside their folder, and output folders that are never cleared
+unless defectgen made them.
+
+Rules every writer, mover and deleter follows (README, "Safety"):
+- files are written to a temporary name and renamed, with the mode a plain write would get under the umask;
+- a path taken from a file (a COCO `file_name`, `mask_file`) is resolved with `resolve_inside`, which refuses
+  absolute paths, `..` and symbolic links that lead out of the folder;
+- `--overwrite` clears only an empty folder or one holding defectgen's marker (`.defectgen-*.json`), and never
+  the working folder, an input, the model, or a folder that contains or lies inside one of them;
+- a run that fails or is interrupted before it wrote anything worth resuming removes the folder it created.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from defectgen.errors import DefectgenError
+
+MARKER = ".defectgen-output.json"  # written into every output folder; any `.defectgen-*.json` counts as one
+_MARKER_GLOB = ".defectgen-*.json"
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file under the current umask (mkstemp always makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -21,6 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -36,29 +60,170 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                       resumable: bool = True) -> Path:
-    """Create `path`, refusing a non-empty folder unless the user said --overwrite (clear it) or --resume (keep it)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DefectgenError(path, "output path exists and is not a folder")
-    non_empty = path.is_dir() and any(path.iterdir())
-    if non_empty and not (overwrite or resume):
-        hint = "pass --overwrite to replace it" + (" or --resume to continue" if resumable else "")
-        raise DefectgenError(path, f"output folder is not empty; {hint}")
-    if non_empty and overwrite and not resume:
-        resolved = path.resolve()
-        if resolved in (Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)):
-            raise DefectgenError(path, "refusing to clear this folder with --overwrite; name a dedicated output folder")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# ---- paths taken from files ---------------------------------------------------------------------------------------
+
+def is_within(path: str | Path, root: str | Path) -> bool:
+    """True when `path` is `root` or lies inside it, after resolving symbolic links and `..`."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete the `.name.*.tmp` files a killed run left behind (used by --resume); returns how many."""
+def resolve_inside(root: str | Path, relative: str | Path, *, source: str | Path | None = None,
+                   what: str = "path") -> Path:
+    """`root / relative`, refusing an absolute path, `..` that climbs out, or a symbolic link that points out of
+    `root`: every path defectgen moves, renames or deletes goes through here. `source` is the file the path was
+    read from (named in the error)."""
+    text = str(relative)
+    if not text or Path(text).is_absolute():
+        raise DefectgenError(source or root, f"{what} {text!r} is not a path relative to {root}; refusing to "
+                             "touch files outside the folder")
+    candidate = Path(root) / text
+    if not is_within(candidate, root):
+        raise DefectgenError(source or root, f"{what} {text!r} leads outside {root} (through '..' or a symbolic "
+                             "link); refusing to touch it")
+    return candidate
+
+
+# ---- output folders -----------------------------------------------------------------------------------------------
+
+def made_by_defectgen(folder: str | Path) -> bool:
+    """A folder defectgen made holds its marker (older versions: a `.defectgen-*.json` settings file)."""
+    return any(p.is_file() and not p.is_symlink() for p in Path(folder).glob(_MARKER_GLOB))
+
+
+def _write_marker(folder: Path, verb: str | None) -> None:
+    if (folder / MARKER).is_file():
+        return
+    from defectgen import __version__
+
+    atomic_write_json(folder / MARKER, {
+        "made_by": "defectgen", "verb": verb, "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "note": "defectgen may clear this folder with --overwrite; delete this file to protect it",
+    })
+
+
+def _check_inputs(path: Path, protect: Iterable[str | Path | None], clearing: bool) -> None:
+    """Refuse an output folder that is an input or contains one; when clearing, also one that lies inside one."""
+    real = path.resolve()
+    for p in protect:
+        if p is None or not Path(p).exists():
+            continue  # hub ids and names such as "draem" are not folders
+        other = Path(p).resolve()
+        if real == other or other.is_relative_to(real):
+            relation = "is" if real == other else "contains"
+            raise DefectgenError(path, f"output folder {relation} the input {p}; choose another --out")
+        if clearing and real.is_relative_to(other):
+            raise DefectgenError(path, f"output folder lies inside the input {p}; refusing to clear it with "
+                                 "--overwrite")
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False, resumable: bool = True,
+                       protect: Iterable[str | Path | None] = (), verb: str | None = None) -> Path:
+    """Create `path` for a run's output and put defectgen's marker in it.
+
+    A non-empty folder is refused unless the user said --resume (continue in it; it must be one defectgen made)
+    or --overwrite (clear it; only an empty folder or one defectgen made, never the working folder or home, and
+    never one that is, contains or lies inside a path in `protect`: the run's inputs and model)."""
+    return OutputFolder(path, overwrite=overwrite, resume=resume, resumable=resumable, protect=protect,
+                        verb=verb).prepare()
+
+
+class OutputFolder:
+    """One run's output folder: `prepare()` checks and creates it (see prepare_output_dir); `abandon()`, called
+    when the run fails or is interrupted, removes what this run created unless `worth_keeping(folder)` says it
+    holds progress that --resume can continue. A folder the run continued (--resume) is never removed, and a
+    folder the user made stays (emptied of what this run put in it)."""
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False, resumable: bool = True,
+                 protect: Iterable[str | Path | None] = (), verb: str | None = None,
+                 worth_keeping: Callable[[Path], bool] | None = None):
+        self.path = Path(path)
+        self.overwrite, self.resume, self.resumable = overwrite, resume, resumable
+        self.protect, self.verb, self.worth_keeping = tuple(protect), verb, worth_keeping
+        self.fresh = False
+        self._existed = False
+        self._created_from: Path | None = None
+
+    def prepare(self) -> Path:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise DefectgenError(path, "output path exists and is not a folder")
+        non_empty = path.is_dir() and any(path.iterdir())
+        clearing = non_empty and self.overwrite and not self.resume
+        _check_inputs(path, self.protect, clearing)
+        if non_empty and not (self.overwrite or self.resume):
+            hint = "pass --overwrite to replace it" + (" or --resume to continue" if self.resumable else "")
+            raise DefectgenError(path, f"output folder is not empty; {hint}")
+        if non_empty and self.resume and not made_by_defectgen(path):
+            raise DefectgenError(path, "this folder was not made by defectgen (no .defectgen-*.json marker "
+                                 "inside); --resume continues only defectgen's own runs")
+        if clearing:
+            real, cwd = path.resolve(), Path.cwd().resolve()
+            if real in (Path.home().resolve(), Path(real.anchor)) or cwd.is_relative_to(real):
+                raise DefectgenError(path, "refusing to clear the working folder, a folder that contains it, home "
+                                     "or the root with --overwrite; name a dedicated output folder")
+            if path.is_symlink():
+                raise DefectgenError(path, "output folder is a symbolic link; refusing to clear it with --overwrite")
+            if not made_by_defectgen(path):
+                raise DefectgenError(path, "folder is not empty and was not made by defectgen (no "
+                                     ".defectgen-*.json marker inside); --overwrite clears only defectgen's own "
+                                     "folders: delete it yourself or choose another --out")
+            shutil.rmtree(path)
+        self._existed = path.is_dir()
+        self._created_from = _first_missing(path)
+        self.fresh = not non_empty or clearing
+        path.mkdir(parents=True, exist_ok=True)
+        _write_marker(path, self.verb)
+        return path
+
+    def abandon(self) -> None:
+        path = self.path
+        if not self.fresh or not path.is_dir() or (self.worth_keeping is not None and self.worth_keeping(path)):
+            return
+        if self._existed:  # the user's (empty) folder stays; only what this run put in it goes
+            for p in path.iterdir():
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        for p in path.parents if self._created_from is not None else ():
+            if not p.is_relative_to(self._created_from):
+                break
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only while empty
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) will create)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path, **options: Any) -> Iterator[Path]:
+    """OutputFolder as a context: prepared on entry, abandoned if the body fails or is interrupted."""
+    folder = OutputFolder(path, **options)
+    out = folder.prepare()
+    try:
+        yield out
+    except BaseException:
+        folder.abandon()
+        raise
+
+
+def remove_stale_temporaries(folder: str | Path, subfolders: Iterable[str] = ("", "images", "masks")) -> int:
+    """Delete the `.name.*.tmp` files a killed atomic write left in `folder` and its `subfolders` (used by
+    --resume); returns how many. Only regular files directly inside those folders are touched."""
     n = 0
-    for p in Path(folder).rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
+    for sub in subfolders:
+        d = Path(folder) / sub
+        if not d.is_dir() or d.is_symlink():
+            continue
+        for p in d.glob(".*.tmp"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                n += 1
     return n

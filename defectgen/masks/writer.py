@@ -12,9 +12,13 @@ from tqdm import tqdm
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import write_mask
-from defectgen.io.output import prepare_output_dir
+from defectgen.io.images import check_image_size, write_mask
+from defectgen.io.output import output_folder
 from defectgen.masks import MaskGenerator, estimate_foreground
+
+# Working memory of one Perlin or box mask per pixel: float32 noise, its rotation and quantile copies, the bool
+# mask, the 0/255 image and its PNG encoding.
+MASK_BYTES_PER_PIXEL = 24
 
 
 def _reference_shapes(like: Path, fmt: str, n: int, object_only: bool, on_bad: str):
@@ -49,21 +53,23 @@ def write_mask_set(
     if like is not None:
         refs, skipped = _reference_shapes(Path(like), like_format, n, object_only, on_bad)
     else:
+        check_image_size(*size, MASK_BYTES_PER_PIXEL, "mask size")
         refs, skipped = [(size[0], size[1], None, None)], 0
-    out_dir = prepare_output_dir(out_dir, overwrite=overwrite, resumable=False)
     coco = CocoBuilder([category])
     areas = []
-    for i in tqdm(range(n), desc="masks", unit="mask", disable=not sys.stderr.isatty()):
-        h, w, fg, source = refs[i % len(refs)]
-        mask, _ = generator(i, h, w, foreground=fg, label=category)
-        name = f"masks/{i:06d}.png"
-        write_mask(out_dir / name, mask)
-        extra = {"source_image": source} if source else {}
-        image_id = coco.add_image(name, h, w, image_id=i, **extra)
-        coco.add_mask(image_id, mask, category)
-        areas.append(float(mask.mean()))
-    coco.save(out_dir / "annotations.json", {"defectgen": {
-        "command": "masks", "params": params or {}, "generator": generator.describe(),
-    }})
+    # A failed or interrupted run leaves no half mask set behind (it cannot be resumed).
+    with output_folder(out_dir, overwrite=overwrite, resumable=False, verb="masks", protect=[like]) as out_dir:
+        for i in tqdm(range(n), desc="masks", unit="mask", disable=not sys.stderr.isatty()):
+            h, w, fg, source = refs[i % len(refs)]
+            mask, _ = generator(i, h, w, foreground=fg, label=category)
+            name = f"masks/{i:06d}.png"
+            write_mask(out_dir / name, mask)
+            extra = {"source_image": source} if source else {}
+            image_id = coco.add_image(name, h, w, image_id=i, **extra)
+            coco.add_mask(image_id, mask, category)
+            areas.append(float(mask.mean()))
+        coco.save(out_dir / "annotations.json", {"defectgen": {
+            "command": "masks", "params": params or {}, "generator": generator.describe(),
+        }})
     return {"masks": n, "skipped": skipped, "area_median": float(np.median(areas)),
             "area_min": float(np.min(areas)), "area_max": float(np.max(areas))}

@@ -26,7 +26,7 @@ import torch
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder, load_coco_json
 from defectgen.io.images import read_image, read_mask, to_float, to_uint8
-from defectgen.io.output import atomic_write_json
+from defectgen.io.output import atomic_write_json, resolve_inside
 from defectgen.io.sample import Box
 
 FILTERS = ("change", "clip")
@@ -156,12 +156,17 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
     anns_by_image: dict[int, list[dict]] = {}
     for a in data["annotations"]:
         anns_by_image.setdefault(a["image_id"], []).append(a)
-    images = sorted(data["images"], key=lambda im: im["id"])
+    # Every file this verb moves must lie inside the set: check them all before touching any.
+    for im in data["images"]:
+        _sample_paths(out, im, ann_path)
+    images = sorted(data["images"], key=lambda im: int(im["id"]))
     total = len(images)
+    paths = [_sample_paths(out, im, ann_path) for im in images]
+    named = [p.resolve() for pair in paths for p in pair]
+    if len(set(named)) != len(named):
+        raise DefectgenError(ann_path, "two image entries name the same image or mask file")
     decisions = []
-    for t, im in enumerate(images):
-        image_path = out / im["file_name"]
-        mask_path = out / im.get("mask_file", im["file_name"].replace("images/", "masks/", 1))
+    for t, (im, (image_path, mask_path)) in enumerate(zip(images, paths, strict=True)):
         generated = read_image(image_path)
         mask = read_mask(mask_path, generated.shape[:2], image_path)
         anns = anns_by_image.get(im["id"], [])
@@ -184,24 +189,40 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
                 failed.append(f.name)
         decisions.append((im, mask_path, scores, failed))
 
-    rejected_dir = out / "rejected"
+    rejected_dir = resolve_inside(out, "rejected", what="folder")
     kept = [d for d in decisions if not d[3]]
     coco = CocoBuilder([categories[k] for k in sorted(categories)])
     rejected_records = []
-    for im, mask_path, scores, failed in decisions:
+    for (im, mask_path, scores, failed), (image_path, _) in zip(decisions, paths, strict=True):
         if failed:
-            for src, sub in ((out / im["file_name"], "images"), (mask_path, "masks")):
-                dest = rejected_dir / sub / Path(src).name
+            moved = {}
+            for src, sub in ((image_path, "images"), (mask_path, "masks")):
+                dest = _free_name(rejected_dir / sub / src.name)  # an earlier filter run's rejects stay
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dest)
+                moved[sub] = str(dest.relative_to(out))
             rejected_records.append({"file_name": im["file_name"], "id": im["id"], "scores": scores,
-                                     "failed": failed, "source": im.get("source")})
-    for new_index, (im, mask_path, scores, _) in enumerate(kept):
+                                     "failed": failed, "source": im.get("source"), "moved_to": moved})
+    # Renumber the kept samples in two passes (through temporary names), so that no rename can land on a file
+    # that another kept sample still needs.
+    staged = []
+    kept_paths = [p for d, p in zip(decisions, paths, strict=True) if not d[3]]
+    for new_index, sources in enumerate(kept_paths):
+        pair = []
+        for src, sub in zip(sources, ("images", "masks"), strict=True):
+            final = out / sub / f"{new_index:06d}.png"
+            if src != final:
+                tmp = out / sub / f".{new_index:06d}.filter-{os.getpid()}.png"
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, tmp)
+                pair.append((tmp, final))
+        staged.append(pair)
+    for pair in staged:
+        for tmp, final in pair:
+            os.replace(tmp, final)
+    for new_index, (im, _, scores, _) in enumerate(kept):
         new_image = f"images/{new_index:06d}.png"
         new_mask = f"masks/{new_index:06d}.png"
-        if im["file_name"] != new_image:
-            os.replace(out / im["file_name"], out / new_image)
-            os.replace(mask_path, out / new_mask)
         extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "height", "width", "mask_file")}
         image_id = coco.add_image(new_image, im["height"], im["width"], image_id=new_index + 1, mask_file=new_mask,
                                   filter_scores=scores, **extra)
@@ -213,13 +234,36 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
     info["defectgen"] = {**info["defectgen"], "filters": {
         f.name: {**f.params(), "removed": removed[f.name]} for f in filters}, "kept": len(kept), "generated": total}
     if rejected_records:
-        atomic_write_json(rejected_dir / "scores.json", rejected_records)
+        previous = rejected_dir / "scores.json"
+        earlier = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else []
+        atomic_write_json(previous, (earlier if isinstance(earlier, list) else []) + rejected_records)
     atomic_write_json(ann_path, {**coco.to_dict(info), "info": info})
     summary = FilterSummary(total, len(kept), removed)
     log(f"filters kept {len(kept)} of {total} samples; removed " +
         ", ".join(f"{k}: {v}" for k, v in removed.items()) + (f"; rejected samples in {rejected_dir}" if
                                                               rejected_records else ""))
     return summary
+
+
+def _sample_paths(out: Path, im: Any, ann_path: Path) -> tuple[Path, Path]:
+    """The image and mask of one COCO image entry, both required to lie inside the set."""
+    if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not isinstance(im.get("id"), int):
+        raise DefectgenError(ann_path, f"image entry {str(im)[:80]} has no 'id' and 'file_name'")
+    name = im["file_name"]
+    mask_name = im.get("mask_file", name.replace("images/", "masks/", 1))
+    if not isinstance(mask_name, str) or mask_name == name:
+        raise DefectgenError(ann_path, f"image {name!r} has no separate mask file")
+    return (resolve_inside(out, name, source=ann_path, what="file_name"),
+            resolve_inside(out, mask_name, source=ann_path, what="mask_file"))
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or path with -1, -2, ... before the suffix if that name is taken."""
+    k, candidate = 0, path
+    while candidate.exists() or candidate.is_symlink():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
 
 
 def scores_of(out: str | Path) -> list[dict[str, Any]]:
