@@ -30,7 +30,7 @@ from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
 from defectgen.io.images import from_float, is_image_file, read_image, read_mask, to_float, write_image, write_mask
-from defectgen.io.output import atomic_write_json, prepare_output_dir, remove_stale_temporaries
+from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.sample import Box, Sample
 from defectgen.masks import MaskGenerator
 from defectgen.report import contact_sheet
@@ -49,6 +49,7 @@ GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
 }
 NAMED_GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
     "draem": "defectgen.synth.draem:from_options",
+    "copypaste": "defectgen.synth.copypaste:from_options",
 }
 
 
@@ -239,6 +240,7 @@ def synthesize(
     progress: bool = True,
     log: Callable[[str], None] = print,
     shard: tuple[int, int] | None = None,
+    protect: tuple[str | Path | None, ...] = (),
 ) -> SynthesisResult:
     """Write `n` samples to `out`. `masks` is "perlin", "bbox", a folder of masks, or any callable
     (index, h, w, foreground=None, label=None) -> (mask, boxes).
@@ -260,7 +262,13 @@ def synthesize(
     if hasattr(generator, "check_class"):
         generator.check_class(class_name)
     dataset = _normals(normals)
-    mask_source = masks if callable(masks) else make_masks(masks, seed, mask_preset)
+    if hasattr(generator, "make_mask"):  # it pastes real defects, so the masks are theirs (copypaste)
+        if str(masks) != "perlin" or mask_preset:
+            raise DefectgenError(None, f"--model {generator.name} brings its own masks (the pasted defects'); "
+                                 "leave out --masks, --masks-from and --mask-preset")
+        mask_source = generator
+    else:
+        mask_source = masks if callable(masks) else make_masks(masks, seed, mask_preset)
 
     settings = {
         "generator": generator.info(), "normals": str(dataset.root), "normal_images": len(dataset),
@@ -285,100 +293,133 @@ def synthesize(
     settings_path = out / SETTINGS_FILE
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process prepares the folder first
+    if resume and out.is_dir():
+        _check_resumable(out, n)
     if resume and settings_path.is_file():
-        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise DefectgenError(settings_path, "not valid JSON settings; use --overwrite to start again")
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
         if changed:
             raise DefectgenError(out, f"--resume with different settings ({', '.join(changed)}) than the run that "
                                  "made this folder; use --overwrite to start again")
-    out = prepare_output_dir(out, overwrite=overwrite, resume=resume)
-    if resume:
-        removed = remove_stale_temporaries(out)
-        if removed:
-            log(f"removed {removed} temporary file(s) left by an interrupted run")
-    atomic_write_json(settings_path, settings)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    if state is not None and state.is_main_process:
-        state.wait_for_everyone()
+    folder = OutputFolder(out, overwrite=overwrite, resume=resume, verb="synthesize",
+                          protect=[dataset.root, getattr(mask_source, "folder", None), *protect],
+                          worth_keeping=lambda d: any((d / "images").glob("*.png")))
+    out = folder.prepare()
+    try:
+        if resume:
+            removed = remove_stale_temporaries(out)
+            if removed:
+                log(f"removed {removed} temporary file(s) left by an interrupted run")
+        atomic_write_json(settings_path, settings)
+        (out / "images").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+        if state is not None and state.is_main_process:
+            state.wait_for_everyone()
 
-    def names(i: int) -> tuple[Path, Path]:
-        return out / "images" / f"{i:06d}.png", out / "masks" / f"{i:06d}.png"
+        def names(i: int) -> tuple[Path, Path]:
+            return out / "images" / f"{i:06d}.png", out / "masks" / f"{i:06d}.png"
 
-    done = {i for i in range(n) if all(p.is_file() for p in names(i))} if resume else set()
-    if done:
-        log(f"resuming: {len(done)} of {n} samples already written")
-    distribution = getattr(generator, "class_distribution", None)
-    cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        done = {i for i in range(n) if all(p.is_file() for p in names(i))} if resume else set()
+        if done:
+            log(f"resuming: {len(done)} of {n} samples already written")
+        distribution = getattr(generator, "class_distribution", None)
+        cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def normal_image(j: int) -> np.ndarray:
-        if j not in cache:
-            cache[j] = dataset[j].image
-            if len(cache) > 64:
-                cache.popitem(last=False)
-        return cache[j]
+        def normal_image(j: int) -> np.ndarray:
+            if j not in cache:
+                cache[j] = dataset[j].image
+                if len(cache) > 64:
+                    cache.popitem(last=False)
+            return cache[j]
 
-    resolution, channels = generator.resolution, generator.channels
-    todo = [i for i in range(n) if i not in done and i % world == rank]
-    bar = tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True, disable=not progress)
-    for b in range(0, len(todo), batch_size):
-        jobs = []
-        for i in todo[b:b + batch_size]:
-            j = choose_normal(seed, i, len(dataset))
-            normal = normal_image(j)
-            h, w = normal.shape[:2]
-            cls = choose_class(seed, i, class_name, distribution)
-            kwargs = {"image_path": dataset.entries[j].image_path} if isinstance(mask_source, MaskFolder) else {}
-            mask, _ = mask_source(i, h, w, label=cls, **kwargs)
-            if resolution is None:
-                y0, x0, wh, ww = 0, 0, h, w
-            else:
-                y0, x0, wh, ww = mask_window(h, w, mask, resolution)
-            window = normal[y0:y0 + wh, x0:x0 + ww]
-            model_in = _to_model(window, channels)
-            model_mask = mask[y0:y0 + wh, x0:x0 + ww]
-            if resolution is not None:
-                model_in = _resize_to(model_in, resolution, resolution)
-                model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
-                if mask.any() and not model_mask.any():  # a sliver lost in the resize still gets generated
-                    model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution) > 0
-            jobs.append((i, normal, mask, cls, (y0, x0, wh, ww), model_in, model_mask))
-        generated = generator.generate([jb[5] for jb in jobs], [jb[6] for jb in jobs],
-                                       [sample_seed(seed, jb[0]) for jb in jobs], [jb[3] for jb in jobs])
-        for (i, normal, mask, _cls, (y0, x0, wh, ww), _, _), gen in zip(jobs, generated, strict=True):
-            gen = _resize_to(np.asarray(gen, np.float32), wh, ww)
-            gen = _from_model(gen, to_float(normal[y0:y0 + wh, x0:x0 + ww]))
-            image = composite(normal, gen, mask, y0, x0)
-            image_path, mask_path = names(i)
-            write_mask(mask_path, mask)
-            write_image(image_path, image)  # written last: an image on disk means the sample is complete
-            bar.update(1)
-    bar.close()
-    if state is not None:
-        state.wait_for_everyone()
-        if not state.is_main_process:
+        resolution, channels = generator.resolution, generator.channels
+        todo = [i for i in range(n) if i not in done and i % world == rank]
+        bar = tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True, disable=not progress)
+        for b in range(0, len(todo), batch_size):
+            jobs = []
+            for i in todo[b:b + batch_size]:
+                j = choose_normal(seed, i, len(dataset))
+                normal = normal_image(j)
+                h, w = normal.shape[:2]
+                cls = choose_class(seed, i, class_name, distribution)
+                kwargs = {"image_path": dataset.entries[j].image_path} if isinstance(mask_source, MaskFolder) else {}
+                if mask_source is generator:  # the defect's own mask, placed from the sample's seed
+                    mask = generator.make_mask(normal, cls, sample_seed(seed, i))
+                else:
+                    mask, _ = mask_source(i, h, w, label=cls, **kwargs)
+                if resolution is None:
+                    y0, x0, wh, ww = 0, 0, h, w
+                else:
+                    y0, x0, wh, ww = mask_window(h, w, mask, resolution)
+                window = normal[y0:y0 + wh, x0:x0 + ww]
+                model_in = _to_model(window, channels)
+                model_mask = mask[y0:y0 + wh, x0:x0 + ww]
+                if resolution is not None:
+                    model_in = _resize_to(model_in, resolution, resolution)
+                    model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
+                    if mask.any() and not model_mask.any():  # a sliver lost in the resize still gets generated
+                        model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution) > 0
+                jobs.append((i, normal, mask, cls, (y0, x0, wh, ww), model_in, model_mask))
+            generated = generator.generate([jb[5] for jb in jobs], [jb[6] for jb in jobs],
+                                           [sample_seed(seed, jb[0]) for jb in jobs], [jb[3] for jb in jobs])
+            for (i, normal, mask, _cls, (y0, x0, wh, ww), _, _), gen in zip(jobs, generated, strict=True):
+                gen = _resize_to(np.asarray(gen, np.float32), wh, ww)
+                gen = _from_model(gen, to_float(normal[y0:y0 + wh, x0:x0 + ww]))
+                image = composite(normal, gen, mask, y0, x0)
+                image_path, mask_path = names(i)
+                write_mask(mask_path, mask)
+                write_image(image_path, image)  # written last: an image on disk means the sample is complete
+                bar.update(1)
+        bar.close()
+        if state is not None:
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
+        elif world > 1 and not all(p.is_file() for i in range(n) for p in names(i)):
+            log(f"shard {rank}/{world}: wrote {len(todo)} sample(s); annotations.json is written by the shard that "
+                "completes the set (or by `synthesize --resume` with the same settings)")
             return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
-    elif world > 1 and not all(p.is_file() for i in range(n) for p in names(i)):
-        log(f"shard {rank}/{world}: wrote {len(todo)} sample(s); annotations.json is written by the shard that "
-            "completes the set (or by `synthesize --resume` with the same settings)")
-        return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
 
-    info = {
-        "defectgen": {
-            "model": generator.info().get("model", getattr(generator, "name", None)),
-            "generator": getattr(generator, "name", None), "prompt": prompt, "seed": int(seed),
-            "sampler": generator.info().get("sampler"), "steps": generator.info().get("steps"),
-            "version": __version__, "n": n, "settings": settings,
+        info = {
+            "defectgen": {
+                "model": generator.info().get("model", getattr(generator, "name", None)),
+                "generator": getattr(generator, "name", None), "prompt": prompt, "seed": int(seed),
+                "sampler": generator.info().get("sampler"), "steps": generator.info().get("steps"),
+                "version": __version__, "n": n, "settings": settings,
+            }
         }
-    }
-    n_ann = write_annotations(out, n, seed, class_name, distribution, dataset, info)
-    samples = []
-    for i in range(min(n, sheet_size)):
-        image_path, mask_path = names(i)
-        cls = choose_class(seed, i, class_name, distribution) or DEFAULT_CATEGORY
-        samples.append(Sample(read_image(image_path), read_mask(mask_path), cls))
-    contact_sheet(samples, out / "contact_sheet.png")
-    return SynthesisResult(out, len(todo), len(done), n_ann, time.perf_counter() - started)
+        n_ann = write_annotations(out, n, seed, class_name, distribution, dataset, info)
+        samples = []
+        for i in range(min(n, sheet_size)):
+            image_path, mask_path = names(i)
+            cls = choose_class(seed, i, class_name, distribution) or DEFAULT_CATEGORY
+            samples.append(Sample(read_image(image_path), read_mask(mask_path), cls))
+        contact_sheet(samples, out / "contact_sheet.png")
+        return SynthesisResult(out, len(todo), len(done), n_ann, time.perf_counter() - started)
+    except BaseException:
+        folder.abandon()  # a run that failed before its first sample leaves nothing behind
+        raise
+
+
+def _check_resumable(out: Path, n: int) -> None:
+    """Before --resume touches `out`: its sample files must lie inside it (no symbolic link out), and it must not
+    hold samples beyond `n`, which the new annotations.json would leave unannotated."""
+    indices = []
+    for sub in ("images", "masks"):
+        folder = resolve_inside(out, sub, what="folder")
+        for p in folder.glob("*.png") if folder.is_dir() else ():
+            resolve_inside(out, f"{sub}/{p.name}", what="sample file")
+            if p.stem.isdigit():
+                indices.append(int(p.stem))
+    if indices and max(indices) >= n:
+        last = max(indices)
+        raise DefectgenError(out, f"folder holds samples up to {last:06d}.png but --n is {n}; --resume cannot shrink "
+                             f"a set: give --n {last + 1} or more, or --overwrite to start again")
 
 
 def write_annotations(out: Path, n: int, seed: int, class_name: str | None, distribution, dataset: Dataset,
