@@ -23,12 +23,21 @@ app = typer.Typer(
     "labeled images, paint defects inside masks, write exact COCO annotations, and validate detectors with them.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",
 )
+if hasattr(typer.core.TyperOption, "display_type_rich"):  # typer >= 0.20 prints "<bool>" after value-less flags
+    _display_type_rich = typer.core.TyperOption.display_type_rich
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: (
+        None if self.is_flag and not self.count else _display_type_rich(self, ctx))
+
 console = Console(stderr=True)
 out = Console()
 
 _state = {"debug": False}
+
+
+OVERWRITE_HELP = ("Clear a non-empty --out first; only a folder defectgen made (it holds a .defectgen-*.json "
+                  "marker), never one with other files, an input or the model.")
 
 
 def _version(value: bool) -> None:
@@ -129,7 +138,7 @@ def train_ddpm(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Log to --out/logs for TensorBoard."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, noise."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Train a DDPM on normal images, or a class- and mask-conditional DDPM on labeled defects.
 
@@ -191,7 +200,7 @@ def train_ldm(
     fmt: str = typer.Option("auto", "--format", help="Layout of --labeled."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Fine-tune a text-guided inpainting latent diffusion model on labeled defects with their real masks.
 
@@ -250,7 +259,8 @@ def filter_set(
 @app.command("synthesize")
 def synthesize(
     model: str | None = typer.Option(None, "--model", help="A trained model folder (train-ddpm, train-ldm), a "
-                                     "diffusers inpainting folder or hub id, or draem (default: the workspace's "
+                                     "diffusers inpainting folder or hub id, draem, or copypaste (with --labeled) "
+                                     "(default: the workspace's "
                                      "most recent model that fits)."),
     normals: Path | None = typer.Option(None, "--normals", help="Normal images to paint defects on (default: "
                                         "those the model was trained with)."),
@@ -274,6 +284,10 @@ def synthesize(
                                          "padding_mask_crop) instead of a model-sized window."),
     textures: Path | None = typer.Option(None, "--textures", help="--model draem: texture images (default: the "
                                          "normals themselves)."),
+    labeled: Path | None = typer.Option(None, "--labeled", help="--model copypaste: the labeled set whose real "
+                                        "defects (masks or boxes) are pasted, augmented, onto the normals."),
+    blend: str | None = typer.Option(None, "--blend", help="--model copypaste: paste (default) or seamless "
+                                     "(Poisson blending)."),
     filters: str | None = typer.Option(None, "--filter", help="Filters to apply after generating: change, clip "
                                        "(comma-separated; see `defectgen filter --help`)."),
     clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id for --filter clip."),
@@ -296,7 +310,7 @@ def synthesize(
                                      "(set automatically under `accelerate launch`); the shard that completes "
                                      "the set writes annotations.json."),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Generate defects inside masks on normal images and write images, masks and COCO annotations.
 
@@ -314,6 +328,8 @@ def synthesize(
         defectgen synthesize --model draem --normals good/ --n 100 --out synth-draem/
 
         defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks-from labeled/ --out synth/
+
+        defectgen synthesize --model copypaste --labeled labeled/ --normals good/ --n 100 --out synth-copypaste/
     """
     from defectgen.synth.filters import filter_output, make_filters
     from defectgen.synth.pipeline import load_generator
@@ -332,7 +348,7 @@ def synthesize(
     model, normals, out_dir = _synthesize_defaults(model, normals, out_dir, prompt, resume)
     generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
                                guidance=guidance, prompt=prompt, negative_prompt=negative_prompt,
-                               mask_crop=mask_crop, textures=textures, device=device)
+                               mask_crop=mask_crop, textures=textures, labeled=labeled, blend=blend, device=device)
     out_dir = _default_out(out_dir, "set", getattr(generator, "name", "synth"), resume)
     class_name = class_name or getattr(generator, "default_class", None)
     if class_name is None and prompt and getattr(generator, "name", "") == "ddpm":
@@ -348,7 +364,7 @@ def synthesize(
         masks = RealMasks(masks_from, seed=seed)
     result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
                  seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
-                 progress=sys.stderr.isatty(), shard=_parse_shard(shard))
+                 progress=sys.stderr.isatty(), shard=_parse_shard(shard), protect=(model, textures, masks_from))
     if not result.annotations and shard:
         out.print(f"shard {shard}: wrote {result.written} sample(s) to {out_dir}")
         return
@@ -396,7 +412,8 @@ def _synthesize_defaults(model, normals, out_dir, prompt, resume):
 
 @app.command("validate")
 def validate(
-    detector: str = typer.Option(..., "--detector", help="ast or exdd."),
+    detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors) or seg (supervised "
+                                 "segmentation; also box mAP on multi-class test sets)."),
     train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
                                       "(train/good) (default: the synthetic set's normals)."),
     test: Path | None = typer.Option(None, "--test", help="Real test set with masks: MVTec layout (test/, "
@@ -405,31 +422,39 @@ def validate(
     out_dir: Path | None = typer.Option(None, "--out", help="Report folder: report.json, report.md, roc.png, "
                                         "overlays/ (default: reports/<detector>-N)."),
     synthetic: Path | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
-                                             "images/, masks/); leave out to run the baselines only."),
-    baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated: none, draem (or '' for none)."),
+                                             "images/, masks/) (default: the workspace's most recent set, if "
+                                             "any; 'none' runs the baselines only)."),
+    baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated (or '' for none): none (no "
+                                  "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
+                                  "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
+                                  "real and real+synthetic need --real-labeled."),
+    real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
+                                             "boxes, any layout (an MVTec root: its labeled/ split)."),
     backbone: str = typer.Option("tiny", "--backbone", help="transformers model folder or hub id, or tiny "
                                  "(random weights, for tests), e.g. ../shared/weights/mobilenet_v2_1.0_224."),
     resolution: int = typer.Option(256, "--resolution", help="Images are resized to this square side."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="AST: training steps per run."),
-    batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST: images per step (half synthetic)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AST: Adam learning rate."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
+    batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AST, seg: Adam learning rate."),
     coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
                                         "the negative bank (greedy k-center)."),
     positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
                                             help="ExDD: drop synthetic-defect patches closer to the normal bank "
                                             "than this quantile of unseen normal patches are (0 keeps all)."),
-    n_draem: int | None = typer.Option(None, "--n-draem", help="draem baseline: how many defects (default: "
-                                          "as many as --synthetic has, else 100)."),
+    n_draem: int | None = typer.Option(None, "--n-draem", help="draem and copypaste baselines: how many "
+                                          "defects (default: as many as --synthetic has, else 100)."),
     max_train: int | None = typer.Option(None, "--max-train", help="Use a random subset of this many normals."),
     max_test: int | None = typer.Option(None, "--max-test", help="Use a random subset of this many test images."),
     overlays: int = typer.Option(8, "--overlays", min=0, help="How many test images get anomaly-map overlays."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
     save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty report folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """Train an anomaly detector (AST or ExDD) with a synthetic set and with each baseline (none: no synthetic
-    defects; draem: classic DRAEM-style defects, same count) in one run, and measure all on real defects.
+    """Train a detector (AST or ExDD anomaly detectors, or the supervised seg model) with a synthetic set and
+    with each baseline in one run, and measure all on real defects. Baselines: none (no defects), draem (classic
+    DRAEM-style defects, same count), copypaste (the real labeled defects pasted onto normals), real (the labeled
+    defects alone, seg) and real+synthetic (labeled defects plus the set, seg).
 
     Examples:
 
@@ -438,7 +463,10 @@ def validate(
         defectgen validate --detector exdd --train ../shared/datasets/magnetic-tile --synthetic synth/
         --test ../shared/datasets/magnetic-tile --backbone ../shared/weights/mobilenet_v2_1.0_224 --out report/
 
-        defectgen validate --detector exdd --train good/ --test test-set/ --baselines none,draem --out report/
+        defectgen validate --detector exdd --train good/ --test test-set/ --synthetic none --out report/
+
+        defectgen validate --detector seg --train good/ --test test-set/ --synthetic synth/ --real-labeled labeled/
+        --baselines real,real+synthetic,copypaste,draem --out report/
     """
     from defectgen.detect.validate import METRICS, run_validation
 
@@ -449,20 +477,27 @@ def validate(
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
-        positive_quantile=positive_quantile or None,
+        positive_quantile=positive_quantile or None, real_labeled=real_labeled,
     )
     table = Table(title=f"{detector} on {test} ({results['test']['normal']} normal, "
                   f"{results['test']['defect']} defect images)")
     table.add_column("run", style="bold")
     for key in METRICS:
         table.add_column(key.replace("_", " "), justify="right")
+    with_map = any("coco" in run for run in results["runs"].values())
+    if with_map:
+        table.add_column("mAP@0.5", justify="right")
     for name, run in results["runs"].items():
-        table.add_row(name, *("-" if run["metrics"].get(k) is None else f"{run['metrics'][k]:.3f}" for k in METRICS))
+        cells = ["-" if run["metrics"].get(k) is None else f"{run['metrics'][k]:.3f}" for k in METRICS]
+        if with_map:
+            cells.append(f"{run['coco']['map50']:.3f}" if run.get("coco", {}).get("map50") is not None else "-")
+        table.add_row(name, *cells)
     out.print(table)
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
                for name, run in results["runs"].items()}
-    _record("report", out_dir, type=detector, inputs={"train": train, "test": test, "synthetic": synthetic},
+    _record("report", out_dir, type=detector, inputs={"train": train, "test": test, "synthetic": synthetic,
+                                                      "real_labeled": real_labeled},
             params={"backbone": backbone, "resolution": resolution, "baselines": names, "seed": seed},
             figures=figures)
 
@@ -470,7 +505,9 @@ def validate(
 def _validate_defaults(detector, synthetic, train, test, out_dir):
     ws = _workspace()
     set_entry = None
-    if synthetic is None:
+    if synthetic is not None and str(synthetic) == "none":  # baselines only, whatever the workspace holds
+        synthetic = None
+    elif synthetic is None:
         set_entry = ws.latest("set")
         if set_entry is not None:
             synthetic = ws.absolute(set_entry["path"])
@@ -518,7 +555,7 @@ def masks(
                                      "(Otsu on each --like image)."),
     category: str = typer.Option("defect", "--category", help="COCO category name for the masks."),
     seed: int = typer.Option(0, "--seed", help="Mask i depends only on (seed, i)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     on_bad: str = typer.Option("error", "--on-bad", help="error: stop at an unreadable --like image; skip: skip it."),
 ) -> None:
     """Stamp Perlin or box masks where defects should go, as 0/255 PNGs and a COCO file.
@@ -704,30 +741,77 @@ def _figures_text(entry: dict) -> str:
                      f"PRO {fmt(m.get('aupro'))}" for name, m in f.items())
 
 
+def _check_config(config: dict[str, dict], path: Path | None) -> dict[str, dict]:
+    """defectgen.yaml's option defaults, checked against the verbs' own options: an unknown verb or key, or a value
+    the option would refuse, is an error naming the file and the key. Keys may be written as on the command line
+    (`out`, `mask-preset`) or as the option's name (`out_dir`)."""
+    import difflib
+
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    checked: dict[str, dict] = {}
+    for verb, options in config.items():
+        command = commands.get(verb)
+        if command is None:
+            close = difflib.get_close_matches(str(verb), list(commands), n=1)
+            raise DefectgenError(path, f"unknown verb {verb!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        by_key = {}
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                by_key[param.name] = param
+                for flag in param.opts + param.secondary_opts:
+                    by_key[flag.lstrip("-").replace("-", "_")] = param
+        ctx = typer.Context(command, info_name=verb)
+        checked[verb] = {}
+        for key, value in options.items():
+            param = by_key.get(key)
+            where = f"{verb}: {key.replace('_', '-')}"
+            if param is None:
+                close = difflib.get_close_matches(key, list(by_key), n=1)
+                raise DefectgenError(path, f"{where}: unknown option" + (
+                    f" (did you mean {close[0].replace('_', '-')}?)" if close else ""))
+            try:
+                param.process_value(ctx, value)
+            except typer.BadParameter as e:
+                raise DefectgenError(path, f"{where}: invalid value {value!r} ({e.format_message()})") from None
+            checked[verb][param.name] = value
+    return checked
+
+
+def _interrupted(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
+    sys.exit(130)
+
+
 def main() -> None:
-    """Console entry point: one-line errors with exit code 2 unless --debug."""
+    """Console entry point: one-line errors with exit code 2 unless --debug; Ctrl-C exits 130."""
     debug = "--debug" in sys.argv[1:]
     if not debug:  # library chatter (e.g. "requires torchvision, falling back") is not for users
         import os
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        from defectgen.workspace import load_config
+        from defectgen.workspace import config_file, load_config
 
-        app(standalone_mode=False, default_map=load_config())  # defectgen.yaml: per-verb option defaults
+        default_map = _check_config(load_config(), config_file())  # defectgen.yaml: per-verb option defaults
+        code = app(standalone_mode=False, default_map=default_map)
+        # typer turns Ctrl-C outside our own handlers into a returned 130 rather than an exception
+        if code == 130:
+            _interrupted("interrupted; files already written are complete (writes are atomic)")
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DefectgenError as e:
         if debug:
             raise
+        if e.exit_code == 130:  # training.Interrupted: Ctrl-C, with the checkpoint saved on the way out
+            _interrupted(e.message + ("; resume with --resume" if getattr(e, "checkpoint", None) else ""))
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
+        _interrupted("aborted")
     except KeyboardInterrupt:
-        console.print("interrupted; files already written are complete (writes are atomic)")
-        sys.exit(130)
+        _interrupted("interrupted; files already written are complete (writes are atomic)")
     except Exception as e:  # usage errors (bad option values) carry their own exit code and message
         if isinstance(e, typer.TyperException) and hasattr(e, "show"):
             e.show()

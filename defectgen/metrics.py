@@ -1,4 +1,5 @@
-"""The metrics of the field: image and pixel AUROC, AUPRO (FPR limit 0.3), F1-max and average precision.
+"""The metrics of the field: image and pixel AUROC, AUPRO (FPR limit 0.3), F1-max, average precision, and
+COCO box mAP (pycocotools' COCOeval) for detectors that output boxes.
 
 All curves come from one descending sort of the scores, cut at each distinct score (ties share a threshold, so
 all-equal scores give AUROC 0.5 and AP = the positive rate, as scikit-learn does). A 200-image test set at
@@ -16,7 +17,8 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "aupro", "average_precision", "evaluate", "f1_max", "image_auroc", "pixel_auroc", "pro_curve", "roc_curve",
+    "aupro", "average_precision", "coco_map", "evaluate", "f1_max", "image_auroc", "pixel_auroc", "pro_curve",
+    "roc_curve",
 ]
 
 
@@ -180,3 +182,85 @@ def _pixel_metrics(masks: list[np.ndarray], maps, fpr_limit: float) -> dict[str,
         "pixel_ap": float(np.sum(np.diff(np.r_[0.0, tpr]) * precision)),
         "pixel_f1_max": float(f1.max()),
     }
+
+
+def coco_map(ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequence[dict]],
+             classes: Sequence[str] | None = None) -> dict:
+    """COCO box mAP with pycocotools' COCOeval (area 'all', up to 100 detections per image).
+
+    ground_truth: per image a list of {"bbox": [x, y, w, h], "class": name} (an empty list for a normal image);
+    detections: per image a list of {"bbox", "score", "class"}; classes: the categories (default: those of the
+    ground truth). Returns map50 (mAP@0.5), map (mAP@[.5:.95]), the class-agnostic pair (every box one class),
+    per_class {name: {map50, map, boxes}} (NaN for a class with no ground-truth box), and how many detections
+    named a class outside `classes` (dropped from the class-aware figures, kept in the class-agnostic ones)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(ground_truth) != len(detections):
+        raise ValueError("one detection list per ground-truth image is needed")
+    names = list(classes) if classes is not None else sorted({b["class"] for g in ground_truth for b in g})
+    cat = {c: i + 1 for i, c in enumerate(names)}
+    gt_anns, dt_anns, unknown = [], [], 0
+    for i, boxes in enumerate(ground_truth):
+        for b in boxes:
+            if b["class"] not in cat:
+                raise ValueError(f"ground-truth class {b['class']!r} is not among the classes")
+            x, y, w, h = (float(v) for v in b["bbox"])
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": i + 1, "category_id": cat[b["class"]],
+                            "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    for i, boxes in enumerate(detections):
+        for b in boxes:
+            unknown += b["class"] not in cat
+            dt_anns.append({"image_id": i + 1, "category_id": cat.get(b["class"], 0),
+                            "bbox": [float(v) for v in b["bbox"]], "score": float(b["score"])})
+    nan = float("nan")
+    per_class = {c: {"map50": nan, "map": nan, "boxes": sum(b["class"] == c for g in ground_truth for b in g)}
+                 for c in names}
+    result = {"map50": nan, "map": nan, "agnostic_map50": nan, "agnostic_map": nan, "per_class": per_class,
+              "detections": len(dt_anns), "unknown_class_detections": unknown}
+    if not gt_anns:
+        return result
+
+    def zero(keys: tuple[str, ...]) -> None:  # no detections at all: pycocotools cannot load an empty result
+        result.update(dict.fromkeys(keys, 0.0))
+        for c in names:
+            if per_class[c]["boxes"]:
+                per_class[c].update(map50=0.0, map=0.0)
+
+    if not dt_anns:
+        zero(("map50", "map", "agnostic_map50", "agnostic_map"))
+        return result
+
+    def mean_ap(p: np.ndarray) -> float:
+        p = p[p > -1]  # -1: no ground truth for that category
+        return float(p.mean()) if p.size else nan
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {"images": [{"id": i + 1} for i in range(len(ground_truth))], "annotations": gt_anns,
+                      "categories": [{"id": cat[c], "name": c} for c in names]}
+        gt.createIndex()
+        known = [d for d in dt_anns if d["category_id"]]
+        for agnostic in (False, True):
+            anns = dt_anns if agnostic else known
+            if not anns:
+                continue
+            ev = COCOeval(gt, gt.loadRes([dict(d, category_id=d["category_id"] or 1) for d in anns]), "bbox")
+            ev.params.useCats = 0 if agnostic else 1
+            ev.evaluate()
+            ev.accumulate()
+            # precision: [IoU thresholds, recall points, classes, area ranges, max detections]; area 'all' = 0,
+            # 100 detections = last; the same cells COCOeval.summarize() averages for stats[0] and stats[1]
+            prec = ev.eval["precision"][:, :, :, 0, -1]
+            key = "agnostic_" if agnostic else ""
+            result[key + "map"], result[key + "map50"] = mean_ap(prec), mean_ap(prec[0])
+            if not agnostic:
+                for k, cid in enumerate(ev.params.catIds):
+                    c = names[cid - 1]
+                    per_class[c].update(map=mean_ap(prec[:, :, k]), map50=mean_ap(prec[0, :, k]))
+    if not known:
+        zero(("map50", "map"))
+    return result

@@ -11,19 +11,18 @@ normals only and the map is the teacher-student cosine distance (STPM-style).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from defectgen.detect.backbone import Backbone, load_backbone
+from defectgen.detect.backbone import TINY, Backbone, load_backbone
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import batches, smooth_maps, to_tensor, upsample
-from defectgen.errors import DefectgenError
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -102,9 +101,12 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0, a
     return (weight * (1 - pt) ** gamma * ce).mean()
 
 
-class AST(nn.Module):
+@register_detector("ast")
+class AST(nn.Module, Detector):
     """teacher: the frozen backbone; strides: teacher levels (4, 8, 16 as in DeSTSeg); width: student width;
     top_k: fraction of the map's pixels averaged into the image score; sigma: blur of the map in pixels."""
+
+    options = ("seed", "sigma", "steps", "batch_size", "lr", "width")
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (4, 8, 16), width: int = 32,
                  head_width: int = 64, top_k: float = 0.002, sigma: float = 4.0):
@@ -117,7 +119,37 @@ class AST(nn.Module):
         self.student = Student(chans, self.strides, width)
         self.head = SegHead(sum(chans), head_width)
         self.use_head = False  # becomes True once the head has seen synthetic defects
+        self.train_options = DetectorOptions()
+        self.history: list[float] = []
         self.to(backbone.mean.device)
+
+    @classmethod
+    def from_options(cls, backbone: Backbone, options: DetectorOptions) -> AST:
+        # the tiny test backbone gets a student to match; real backbones DeSTSeg-like width
+        tiny = backbone.name == TINY
+        width = options.width or (8 if tiny else 32)
+        torch.manual_seed(options.seed)
+        model = cls(backbone, width=width, head_width=2 * width if tiny else 64, sigma=options.sigma)
+        model.train_options = options
+        return model
+
+    def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
+            progress: bool = False, *, cleans: np.ndarray | None = None, labels: np.ndarray | None = None,
+            class_names: Sequence[str] = (), desc: str | None = None) -> AST:
+        """`train_ast` with the options given to `from_options` (labels and class names are not used)."""
+        from defectgen.detect.training import train_ast
+
+        o = self.train_options
+        self.history = train_ast(self, normals, defects, masks, cleans, steps=o.steps, batch_size=o.batch_size,
+                                 lr=o.lr, seed=o.seed, progress=progress, desc=desc or "ast")
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        h = self.history
+        if not h:
+            return {}
+        n = max(1, len(h) // 20)
+        return {"loss_first": float(np.mean(h[:n])), "loss_last": float(np.mean(h[-n:])), "steps": len(h)}
 
     @property
     def device(self) -> torch.device:
@@ -185,24 +217,11 @@ class AST(nn.Module):
         """Student and head weights (the teacher is named, not stored) in one safetensors file."""
         state = {f"student.{k}": v for k, v in self.student.state_dict().items()}
         state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"defectgen": json.dumps(self.config())})
-        tmp.replace(path)
+        write_weights(path, state, self.config())
 
     @classmethod
     def load(cls, path: str | Path, backbone: Backbone | None = None) -> AST:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("defectgen", "{}"))
-            state = load_file(str(path))
-        except (OSError, ValueError, SafetensorError) as e:
-            raise DefectgenError(path, f"not an AST weights file ({e})") from None
-        if meta.get("detector") != "ast":
-            raise DefectgenError(path, "not an AST weights file (no 'ast' metadata)")
+        state, meta = read_weights(path, "ast", "AST weights file")
         model = cls(backbone or load_backbone(meta["backbone"]), meta["strides"], meta["width"],
                     meta["head_width"], meta["top_k"], meta["sigma"])
         model.student.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("student.")})

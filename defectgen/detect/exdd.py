@@ -6,16 +6,16 @@ positive bank the score is d_neg alone (plain PatchCore), which is the `none` ba
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from defectgen.detect.backbone import Backbone, load_backbone
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import (
     batches,
     greedy_coreset,
@@ -28,7 +28,8 @@ from defectgen.detect.features import (
 from defectgen.errors import DefectgenError
 
 
-class ExDD:
+@register_detector("exdd")
+class ExDD(Detector):
     """strides: backbone maps to use (8 and 16 as in PatchCore); coreset_ratio: fraction of the normal patches
     kept in the negative bank; positive_ratio: the same for the positive bank; eps: keeps the ratio finite on
     patches that equal a positive patch; sigma: Gaussian blur of the upsampled map, in pixels.
@@ -36,6 +37,8 @@ class ExDD:
     is below this quantile of normal patches' distances to the bank entries of other images (None keeps every
     positive patch). A synthetic 'defect' patch that looks normal pulls d_pos down on normal test patches and
     raises their score, which is how a faint or misplaced generator makes the ratio worse than plain PatchCore."""
+
+    options = ("seed", "sigma", "coreset_ratio", "positive_quantile")
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16), coreset_ratio: float = 0.1,
                  positive_ratio: float = 1.0, eps: float = 1e-3, sigma: float = 4.0, seed: int = 0,
@@ -57,6 +60,16 @@ class ExDD:
         self.negative: torch.Tensor | None = None
         self.positive: torch.Tensor | None = None
 
+    @classmethod
+    def from_options(cls, backbone: Backbone, options: DetectorOptions) -> ExDD:
+        return cls(backbone, coreset_ratio=options.coreset_ratio, sigma=options.sigma, seed=options.seed,
+                   positive_quantile=options.positive_quantile)
+
+    def summary(self) -> dict[str, Any]:
+        return {"negative_bank": 0 if self.negative is None else int(self.negative.shape[0]),
+                "positive_bank": 0 if self.positive is None else int(self.positive.shape[0]),
+                "positive_dropped": self.positive_dropped}
+
     @property
     def device(self) -> torch.device:
         return self.backbone.mean.device
@@ -71,10 +84,16 @@ class ExDD:
         return torch.cat(out)
 
     def fit(self, normals: Sequence[np.ndarray] | np.ndarray, defects: Sequence[np.ndarray] | None = None,
-            masks: Sequence[np.ndarray] | None = None, progress: bool = False) -> ExDD:
+            masks: Sequence[np.ndarray] | None = None, progress: bool = False, *,
+            cleans: np.ndarray | None = None, labels: np.ndarray | None = None, class_names: Sequence[str] = (),
+            desc: str | None = None) -> ExDD:
         """Build the negative bank from `normals` and, if given, the positive bank from the patches of
         `defects` that lie inside `masks` (a patch counts when half of it is defect; an image whose defect
-        covers no patch that much gives its most-covered patch, so tiny defects are not lost)."""
+        covers no patch that much gives its most-covered patch, so tiny defects are not lost). The clean
+        images and classes of the `Detector` interface play no part in the banks."""
+        if progress:
+            print(f"{desc or 'exdd'}: building banks from {len(normals)} normals"
+                  + (f" and {len(defects)} defects" if defects is not None else ""), flush=True)
         feats = self.features(normals)
         flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         keep = greedy_coreset(flat, max(1, int(round(self.coreset_ratio * flat.shape[0]))), self.seed,
@@ -156,27 +175,17 @@ class ExDD:
         """Both banks and the configuration in one safetensors file (written atomically)."""
         if self.negative is None:
             raise RuntimeError("nothing to save: fit the detector first")
-        tensors = {"negative": self.negative.cpu().contiguous()}
+        tensors = {"negative": self.negative}
         if self.positive is not None:
-            tensors["positive"] = self.positive.cpu().contiguous()
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"defectgen": json.dumps(self.config())})
-        tmp.replace(path)
+            tensors["positive"] = self.positive
+        write_weights(path, tensors, self.config())
 
     @classmethod
     def load(cls, path: str | Path, backbone: Backbone | None = None) -> ExDD:
         """Read banks saved by `save`; the backbone is loaded from the name recorded there unless given."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("defectgen", "{}"))
-            tensors = load_file(str(path))
-        except (OSError, ValueError, SafetensorError) as e:
-            raise DefectgenError(path, f"not an ExDD bank file ({e})") from None
-        if meta.get("detector") != "exdd" or "negative" not in tensors:
-            raise DefectgenError(path, "not an ExDD bank file (no 'exdd' metadata or negative bank)")
+        tensors, meta = read_weights(path, "exdd", "ExDD bank file")
+        if "negative" not in tensors:
+            raise DefectgenError(path, "not an ExDD bank file (no negative bank)")
         backbone = backbone or load_backbone(meta["backbone"])
         det = cls(backbone, meta["strides"], meta["coreset_ratio"], meta["positive_ratio"], meta["eps"],
                   meta["sigma"], meta["seed"], positive_quantile=meta.get("positive_quantile"))

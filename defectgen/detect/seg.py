@@ -1,0 +1,263 @@
+"""seg: a supervised segmentation detector on the frozen backbone (the downstream protocol of DSYM and of the
+few-shot defect generation literature: train a segmenter on generated, real or both kinds of defects and
+measure it on real ones).
+
+Decoder: SegFormer-style and light: each backbone level (strides 4-32) projected by a 1x1 convolution,
+upsampled to stride 4, concatenated, fused by two 3x3 convolutions; a 1x1 head gives the defect logit and, when
+the training defects name several classes, one logit per class. Trained with focal + dice loss on (image,
+mask) pairs: defect images and normal images with empty masks as negatives, flipped, rotated and
+brightness-jittered (albumentations). The backbone stays frozen (as AST's teacher and ExDD's extractor).
+
+Image score: the mean of the top-k pixel scores (as AST). Boxes: connected components of the map above
+`box_threshold`, scored by their peak and named by the class head (or the one class the model was trained on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectgen.detect.ast import focal_loss
+from defectgen.detect.backbone import TINY, Backbone, load_backbone
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.features import batches, to_tensor
+from defectgen.errors import DefectgenError
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over the whole batch: normals in the batch add their false positives to the denominator."""
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+
+
+def _augmenter(square: bool, seed: int):
+    import albumentations as A
+
+    geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] + ([A.RandomRotate90(p=0.5)] if square else [])
+    return A.Compose([*geo, A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)],
+                     seed=seed)
+
+
+@register_detector("seg")
+class Seg(nn.Module, Detector):
+    """backbone: frozen feature extractor; strides: its levels the decoder reads; width: decoder channels;
+    class_names: the defect classes (set by `fit`); top_k: fraction of the map's pixels averaged into the image
+    score; box_threshold: map level that cuts boxes; min_box_area: smaller components (pixels) give no box."""
+
+    options = ("seed", "steps", "batch_size", "lr", "width")
+    supervised = True
+    produces_boxes = True
+
+    def __init__(self, backbone: Backbone, strides: Sequence[int] = (4, 8, 16, 32), width: int = 64,
+                 class_names: Sequence[str] = (), top_k: float = 0.002, box_threshold: float = 0.5,
+                 min_box_area: int = 4):
+        super().__init__()
+        self.backbone = backbone
+        self.strides = tuple(int(s) for s in strides)
+        self.width = int(width)
+        self.top_k, self.box_threshold, self.min_box_area = float(top_k), float(box_threshold), int(min_box_area)
+        chans = backbone.channels(self.strides)
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in chans])
+        self.fuse = nn.Sequential(
+            nn.Conv2d(width * len(chans), width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        )
+        self.class_names: list[str] = []
+        self.head = nn.Conv2d(width, 1, 1)
+        self._set_classes(class_names)
+        self.train_options = DetectorOptions()
+        self.history: list[float] = []
+        self.n_defects = 0
+        self.to(backbone.mean.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    @property
+    def n_class_logits(self) -> int:
+        """A class head only where there is a choice to make."""
+        return len(self.class_names) if len(self.class_names) > 1 else 0
+
+    def _set_classes(self, names: Sequence[str]) -> None:
+        self.class_names = [str(n) for n in names]
+        if self.head.out_channels != 1 + self.n_class_logits or not self.class_names:
+            self.head = nn.Conv2d(self.width, 1 + self.n_class_logits, 1).to(self.backbone.mean.device)
+            with torch.no_grad():  # start at a defect prior of ~5% (RetinaNet): no flood of false positives
+                self.head.bias[0] = -3.0
+
+    @classmethod
+    def from_options(cls, backbone: Backbone, options: DetectorOptions) -> Seg:
+        torch.manual_seed(options.seed)
+        model = cls(backbone, width=options.width or (16 if backbone.name == TINY else 64))
+        model.train_options = options
+        return model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W in [0, 1] -> B x (1 + classes) x H x W logits."""
+        with torch.no_grad():
+            feats = self.backbone(x, self.strides)
+        size = feats[0].shape[-2:]
+        parts = []
+        for lat, f in zip(self.lateral, feats, strict=True):
+            p = lat(f)
+            parts.append(p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear",
+                                                                      align_corners=False))
+        logits = self.head(self.fuse(torch.cat(parts, dim=1)))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def losses(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """labels: B x H x W long, 0 = normal, 1 + class index inside defects."""
+        logits = self(x)
+        target = (labels > 0).float()
+        out = {"focal": focal_loss(logits[:, 0], target, gamma=2.0), "dice": dice_loss(logits[:, 0], target)}
+        inside = labels > 0
+        if self.n_class_logits and inside.any():
+            cls_logits = logits[:, 1:].permute(0, 2, 3, 1)[inside]
+            out["class"] = F.cross_entropy(cls_logits, labels[inside] - 1)
+        out["total"] = sum(out.values())
+        return out
+
+    def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
+            progress: bool = False, *, cleans: np.ndarray | None = None, labels: np.ndarray | None = None,
+            class_names: Sequence[str] = (), desc: str | None = None) -> Seg:
+        """Train the decoder for `options.steps` Adam steps, half of each batch defects and half normals.
+        Without `labels` every defect pixel is of one class: class_names[0], or 'defect'."""
+        if defects is None or len(defects) == 0 or masks is None or not np.any(masks):
+            raise DefectgenError(None, "seg is supervised and got no defect images with masks to learn from "
+                                 "(give a synthetic set with masks, or --real-labeled)")
+        if len(masks) != len(defects) or (labels is not None and len(labels) != len(defects)):
+            raise ValueError("one mask (and label map) per defect image is needed")
+        if labels is None:
+            labels = np.asarray(masks, bool).astype(np.int64)
+            class_names = list(class_names[:1]) or ["defect"]
+        elif not class_names or int(np.max(labels)) > len(class_names) or len(class_names) > 255:
+            raise ValueError("labels name classes beyond class_names (at most 255)")
+        o = self.train_options
+        torch.manual_seed(o.seed)
+        self._set_classes(class_names)
+        self.n_defects = int(len(defects))
+        h, w = normals.shape[1:3]
+        aug = _augmenter(h == w, o.seed)
+        rng = np.random.default_rng(o.seed)
+        n_def = max(1, o.batch_size // 2)
+        n_norm = max(0, o.batch_size - n_def)
+        params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(o.steps, 1), eta_min=o.lr * 0.05)
+        self.train()
+        self.history = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=o.steps, desc=desc or "seg", unit="step", leave=True, mininterval=1.0)
+        start = time.perf_counter()
+        labels = np.asarray(labels).astype(np.uint8)  # OpenCV-backed flips and rotations take uint8 masks
+        empty = np.zeros((h, w), np.uint8)
+        for step in range(o.steps):
+            pairs = [(defects[j], labels[j]) for j in rng.integers(len(defects), size=n_def)]
+            pairs += [(normals[i], empty) for i in rng.integers(len(normals), size=n_norm)]
+            imgs, labs = [], []
+            for img, lab in pairs:
+                a = aug(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(lab))
+                imgs.append(a["image"].reshape(h, w, -1))
+                labs.append(a["mask"])
+            x = to_tensor(imgs, self.device)
+            y = torch.from_numpy(np.stack(labs).astype(np.int64)).to(self.device)
+            loss = self.losses(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss["total"].backward()
+            opt.step()
+            sched.step()
+            self.history.append(float(loss["total"].detach()))
+            if bar is not None:
+                rate = (step + 1) * len(pairs) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{self.history[-1]:.4f}", img_s=f"{rate:.1f}", refresh=False)
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.eval()
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        h = self.history
+        n = max(1, len(h) // 20)
+        return {"loss_first": float(np.mean(h[:n])) if h else None, "loss_last": float(np.mean(h[-n:])) if h
+                else None, "steps": len(h), "defect_images": self.n_defects, "classes": list(self.class_names)}
+
+    @torch.no_grad()
+    def _run(self, images: np.ndarray, batch_size: int, boxes: bool) -> tuple[np.ndarray, np.ndarray, list]:
+        self.eval()
+        maps, found = [], []
+        for sl in batches(len(images), batch_size):
+            logits = self(to_tensor(images[sl], self.device))
+            prob = torch.sigmoid(logits[:, 0]).cpu().numpy().astype(np.float32)
+            maps.append(prob)
+            if boxes:
+                cls = torch.softmax(logits[:, 1:], dim=1).cpu().numpy() if self.n_class_logits else None
+                found += [self._boxes(prob[i], None if cls is None else cls[i]) for i in range(len(prob))]
+        out = np.concatenate(maps)
+        flat = out.reshape(len(out), -1)
+        k = max(1, int(round(self.top_k * flat.shape[1])))
+        return out, np.partition(flat, -k, axis=1)[:, -k:].mean(1), found
+
+    def _boxes(self, prob: np.ndarray, cls: np.ndarray | None) -> list[dict[str, Any]]:
+        n, lab, stats, _ = cv2.connectedComponentsWithStats((prob >= self.box_threshold).astype(np.uint8),
+                                                            connectivity=8)
+        out = []
+        for i in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            if area < self.min_box_area:
+                continue
+            region = lab[y:y + h, x:x + w] == i
+            name = self.class_names[0] if self.class_names else "defect"
+            if cls is not None:
+                name = self.class_names[int(cls[:, y:y + h, x:x + w][:, region].mean(axis=1).argmax())]
+            out.append({"bbox": [float(x), float(y), float(w), float(h)],
+                        "score": float(prob[y:y + h, x:x + w][region].max()), "class": name})
+        return out
+
+    def predict(self, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """(defect probability maps N x H x W float32, image scores N = mean of each map's top `top_k`)."""
+        maps, scores, _ = self._run(images, batch_size, boxes=False)
+        return maps, scores
+
+    def predict_with_boxes(self, images: np.ndarray, batch_size: int = 16
+                           ) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
+        return self._run(images, batch_size, boxes=True)
+
+    def config(self) -> dict[str, Any]:
+        return {"detector": "seg", "backbone": self.backbone.name, "strides": list(self.strides),
+                "width": self.width, "class_names": self.class_names, "top_k": self.top_k,
+                "box_threshold": self.box_threshold, "min_box_area": self.min_box_area}
+
+    def save(self, path: str | Path) -> None:
+        """Decoder and head weights (the backbone is named, not stored) in one safetensors file."""
+        write_weights(path, {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")},
+                      self.config())
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None) -> Seg:
+        state, meta = read_weights(path, "seg", "seg weights file")
+        try:
+            model = cls(backbone or load_backbone(meta["backbone"]), meta["strides"], meta["width"],
+                        meta["class_names"], meta["top_k"], meta["box_threshold"], meta["min_box_area"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except (KeyError, RuntimeError) as e:
+            raise DefectgenError(path, f"seg weights do not fit this model ({str(e).splitlines()[0]})") from None
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise DefectgenError(path, f"seg weights do not fit this model (missing {missing[:3]}, unexpected "
+                                 f"{unexpected[:3]})")
+        model.to(model.device)
+        model.eval()
+        return model
