@@ -2,8 +2,11 @@
 
 On ../shared/datasets/magnetic-tile (DESIGN.md's benchmark protocol): train the unconditional DDPM on train/good,
 the class- and mask-conditional DDPM and the text-guided LDM on labeled/, synthesize the same number of defects
-with each and with the DRAEM-style baseline, then validate ExDD and AST on test/ with every set and with none.
-Also the generation-quality metrics of each set against the real test defects (KID, diversity, realism).
+with each, with the DRAEM-style baseline and with copy-paste of the real labeled defects, then validate ExDD, AST
+and the supervised seg detector on test/ with every set. Baselines in the same runs: none (ExDD, AST), the draem
+baseline on Perlin masks, and for seg `real` (labeled/ alone) and `real+SET` for every set (labeled/ plus the set:
+how a user would use a generated set). Also the generation-quality metrics of each set against the real test
+defects (KID, diversity, realism).
 
     python benchmarks/proof.py --config smoke   # minutes: the chain runs end to end (numbers mean nothing)
     python benchmarks/proof.py --config cpu     # 2-core CPU, small models at 64 px, detectors at 128 px
@@ -55,8 +58,8 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
 def main() -> None:
-    parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem")
-    parser.add_argument("--detectors", default="exdd,ast")
+    parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem,copypaste")
+    parser.add_argument("--detectors", default="exdd,ast,seg")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
     parser.add_argument("--strength", type=float, default=None, help="unconditional DDPM: t0/T (default 0.5)")
@@ -108,22 +111,27 @@ def main() -> None:
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"
         timings["ldm"] = {"train_s": time.perf_counter() - t}
-    if "draem" in generators:
-        models["draem"] = Path("draem")
-        timings["draem"] = {"train_s": 0.0}
+    for name in ("draem", "copypaste"):  # generators without a model to train
+        if name in generators:
+            models[name] = Path(name)
+            timings[name] = {"train_s": 0.0}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
     masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"  # read the labeled set once
-    for name in ("ddpm", "cddpm", "ldm", "draem"):  # a fixed order, whichever were reused
+    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste"):  # a fixed order, whichever were reused
         if name not in models:
             continue
         options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name == "ddpm" else "dpm"}
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
+        if name == "copypaste":
+            options = {"labeled": labeled}
         generator = load_generator(str(models[name]), **options)
         t = time.perf_counter()
-        result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=masks, seed=args.seed,
+        own_masks = "perlin" if name == "copypaste" else masks  # copy-paste brings the real defects' masks
+        result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=own_masks,
+                            seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
         seconds = time.perf_counter() - t
         timings[name].update(synth_s=seconds, images_per_s=cfg["n"] / seconds, annotations=result.annotations)
@@ -142,11 +150,17 @@ def main() -> None:
     for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
         first = True
         for name, folder in sets.items():
-            if name == "draem" and args.masks == "perlin":
+            seg = detector == "seg"
+            if name == "draem" and args.masks == "perlin" and not seg:
                 continue  # the same as the draem baseline that runs inside run_validation, on the same count
+            if first:
+                baselines = ("real", "draem", "real+synthetic") if seg else ("none", "draem")
+            else:
+                baselines = ("real+synthetic",) if seg else ()
             res = run_validation(
                 detector, args.data, args.data, work / f"report-{detector}-{name}{suffix}", synthetic=folder,
-                baselines=("none", "draem") if first else (), backbone=args.backbone, resolution=cfg["det_res"],
+                baselines=baselines, real_labeled=labeled if seg else None, backbone=args.backbone,
+                resolution=cfg["det_res"],
                 seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
                 n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
                 positive_quantile=args.positive_quantile,
@@ -154,6 +168,8 @@ def main() -> None:
             for run, values in res["runs"].items():
                 # draem on the same masks as the diffusion sets vs the built-in draem baseline (Perlin masks)
                 key = (f"{name} ({args.masks} masks)" if name == "draem" else name) if run == "synthetic" else run
+                key = f"real+{name}" if run == "real+synthetic" else key
+                key = "draem (Perlin masks, baseline)" if run == "draem" else key
                 table.setdefault(detector, {})[key] = {m: values["metrics"].get(m) for m in METRICS}
                 table[detector][key]["per_class"] = values.get("per_class")
             first = False
