@@ -297,10 +297,7 @@ def _training_set(images=None, masks=None, cleans=None, labels=None, class_names
 
 
 def _copypaste(normals: np.ndarray, labeled: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
-    try:  # the generator lives in synth; load it only when the baseline runs
-        from defectgen.synth.copypaste import copypaste_set
-    except ImportError as e:
-        raise DefectgenError(None, f"the copypaste baseline is not available ({e})") from None
+    from defectgen.synth.copypaste import copypaste_set  # synth sits beside detect: imported when the run needs it
     images, masks, cleans, per_image = copypaste_set(normals, labeled["samples"], n, seed)
     labels, names = _labels_from_classes(np.asarray(masks, bool), per_image)
     return _training_set(np.asarray(images), np.asarray(masks, bool), np.asarray(cleans), labels, names,

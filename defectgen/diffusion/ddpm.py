@@ -419,10 +419,7 @@ def train_ddpm(
         normal_samples = _read_all(ds, "normal")
     labeled_samples = []
     if labeled is not None:
-        ds = open_dataset(labeled)
-        if ds.format == "mvtec":
-            ds = ds.select(split="labeled") if "labeled" in ds.splits else ds.select(split="test")
-        ds = ds.select(normal=False)
+        ds = open_dataset(labeled).labeled_defects()
         if not len(ds):
             raise DefectgenError(labeled, "no labeled defects (images with masks or boxes) found")
         labeled_samples = _read_all(ds, "labeled")

@@ -106,6 +106,14 @@ class Dataset:
             chosen.append(e)
         return Dataset(self.root, self.format, chosen, self.on_bad)
 
+    def labeled_defects(self) -> Dataset:
+        """The defect entries to learn from: an MVTec root's labeled/ split (its test defects when it has none),
+        any other layout's defects."""
+        ds = self
+        if self.format == "mvtec":
+            ds = self.select(split="labeled") if "labeled" in self.splits else self.select(split="test")
+        return ds.select(normal=False)
+
     def load(self, entry: Entry) -> Sample:
         image = read_image(entry.image_path)
         h, w = image.shape[:2]

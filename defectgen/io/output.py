@@ -117,19 +117,11 @@ def _check_inputs(path: Path, protect: Iterable[str | Path | None], clearing: bo
                                  "--overwrite")
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False, resumable: bool = True,
-                       protect: Iterable[str | Path | None] = (), verb: str | None = None) -> Path:
-    """Create `path` for a run's output and put defectgen's marker in it.
-
-    A non-empty folder is refused unless the user said --resume (continue in it; it must be one defectgen made)
-    or --overwrite (clear it; only an empty folder or one defectgen made, never the working folder or home, and
-    never one that is, contains or lies inside a path in `protect`: the run's inputs and model)."""
-    return OutputFolder(path, overwrite=overwrite, resume=resume, resumable=resumable, protect=protect,
-                        verb=verb).prepare()
-
-
 class OutputFolder:
-    """One run's output folder: `prepare()` checks and creates it (see prepare_output_dir); `abandon()`, called
+    """One run's output folder. `prepare()` creates it and puts defectgen's marker in it. A non-empty folder is
+    refused unless the user said --resume (continue in it; it must be one defectgen made) or --overwrite (clear
+    it; only an empty folder or one defectgen made, never the working folder or home, and never one that is,
+    contains or lies inside a path in `protect`: the run's inputs and model). `abandon()`, called
     when the run fails or is interrupted, removes what this run created unless `worth_keeping(folder)` says it
     holds progress that --resume can continue. A folder the run continued (--resume) is never removed, and a
     folder the user made stays (emptied of what this run put in it)."""

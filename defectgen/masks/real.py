@@ -33,13 +33,10 @@ class RealMasks:
     def __init__(self, source: str | Path, seed: int = 0, flip: bool = True, fmt: str = "auto"):
         from defectgen.io.datasets import open_dataset
 
-        ds = open_dataset(source, fmt)
-        if ds.format == "mvtec":
-            labeled = ds.select(split="labeled")
-            ds = labeled if len(labeled) else ds.select(split="test")
+        ds = open_dataset(source, fmt).labeled_defects()
         self.source, self.seed, self.flip = Path(source), int(seed), bool(flip)
         self.by_class: dict[str, list[np.ndarray]] = defaultdict(list)
-        for sample in ds.select(normal=False):
+        for sample in ds:
             mask = sample.defect_mask()
             if not mask.any():
                 continue

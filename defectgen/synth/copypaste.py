@@ -120,11 +120,7 @@ class CopyPasteGenerator:
             from defectgen.io.datasets import open_dataset
 
             self.folder = Path(labeled)
-            ds = open_dataset(labeled, fmt)
-            if ds.format == "mvtec":
-                chosen = ds.select(split="labeled")
-                ds = chosen if len(chosen) else ds.select(split="test")
-            self.defects = defects_from(ds.select(normal=False))
+            self.defects = defects_from(open_dataset(labeled, fmt).labeled_defects())
         else:
             self.defects = defects_from(labeled)
         if not self.defects:

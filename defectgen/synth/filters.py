@@ -157,11 +157,9 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
     for a in data["annotations"]:
         anns_by_image.setdefault(a["image_id"], []).append(a)
     # Every file this verb moves must lie inside the set: check them all before touching any.
-    for im in data["images"]:
-        _sample_paths(out, im, ann_path)
-    images = sorted(data["images"], key=lambda im: int(im["id"]))
+    checked = sorted(((im, _sample_paths(out, im, ann_path)) for im in data["images"]), key=lambda p: p[0]["id"])
+    images, paths = [im for im, _ in checked], [p for _, p in checked]
     total = len(images)
-    paths = [_sample_paths(out, im, ann_path) for im in images]
     named = [p.resolve() for pair in paths for p in pair]
     if len(set(named)) != len(named):
         raise DefectgenError(ann_path, "two image entries name the same image or mask file")
