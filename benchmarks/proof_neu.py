@@ -1,18 +1,26 @@
-"""The proof on NEU-DET for the class-conditional generators: does each generated class look like its real class?
+"""The proof on NEU-DET: does each generated class look like its real class, and does a detector trained with
+the generated defects find more real ones than one trained on the real labels alone?
 
 NEU-DET (../shared/datasets/neu-det, VOC layout) has six steel-defect classes, boxes only and no normal images.
-The class- and mask-conditional DDPM and the text-guided LDM are trained on train/ with the boxes as masks; each
-then paints the same number of defects of every class into the boxes of real train defects of that class (the
-`RealMasks` source), on train images as canvases. The DRAEM-style baseline does the same with pasted texture.
-Against the real test defects of the same class (crops around their boxes) we report:
+With each fraction of the train labels (default 20%, 40%, 100%; a class-stratified subset drawn once, each
+smaller one inside the larger, the same for every row), the class- and mask-conditional DDPM and the text-guided
+LDM are trained on that subset with its boxes as masks; each then paints the same number of defects of every
+class into the boxes of real labeled defects of that class (the `RealMasks` source), on the labeled images as
+canvases (there are no normals; the canvases' own labeled defects stay labeled). The DRAEM-style baseline does
+the same with pasted texture, copy-paste with the labeled defects themselves.
+
+Detection (DSYM's protocol, with the `seg` detector instead of YOLO): `seg` trained on the labeled subset alone
+(`real`), on each set alone, and on the subset plus each set (`real+SET`), scored on the real test set with
+COCO box mAP@0.5 per class (pycocotools). Generation quality on the 100% sets, against the real test defects
+of the same class (crops around their boxes):
 
 - per-class KID (lower is better) and pooled KID, with real *train* crops as the floor a perfect generator reaches;
 - class fidelity: a 5-nearest-neighbour vote on real train crops names each generated crop's class; recall per
   class, and the class balance of the generated set as that classifier sees it.
 
     python benchmarks/proof_neu.py --config smoke   # minutes: the chain runs (numbers mean nothing)
-    python benchmarks/proof_neu.py --config cpu     # 2-core CPU, ~25 min: tiny models at 64 px
-    python benchmarks/proof_neu.py --config gpu     # base/small presets at 128 px
+    python benchmarks/proof_neu.py --config cpu     # 2-core CPU: tiny models at 64 px, seg at 128 px
+    python benchmarks/proof_neu.py --config gpu     # base/small presets at 128 px, seg at 224 px
 
 Results: benchmarks/results/proof_neu_<config>.json and .md (seeds, hardware, wall times) and a contact sheet
 (proof_neu_<config>_samples.png: a row per generator, real test defects on top, one column per class).
@@ -42,12 +50,16 @@ from benchmarks.common import (  # noqa: E402
 
 CONFIGS = {
     "smoke": {"ddpm_preset": "tiny", "ldm_preset": "tiny", "res": 32, "ddpm_steps": 30, "ldm_vae_steps": 20,
-              "ldm_steps": 20, "batch": 4, "per_class": 4, "sample_steps": 5, "crop": 64},
+              "ldm_steps": 20, "batch": 4, "per_class": 4, "sample_steps": 5, "crop": 64,
+              "det_res": 64, "seg_steps": 10, "seg_batch": 4},
     "cpu": {"ddpm_preset": "tiny", "ldm_preset": "tiny", "res": 64, "ddpm_steps": 800, "ldm_vae_steps": 300,
-            "ldm_steps": 600, "batch": 8, "per_class": 20, "sample_steps": 25, "crop": 64},
+            "ldm_steps": 600, "batch": 8, "per_class": 20, "sample_steps": 25, "crop": 64,
+            "det_res": 128, "seg_steps": 300, "seg_batch": 8},
     "gpu": {"ddpm_preset": "base", "ldm_preset": "small", "res": 128, "ddpm_steps": 20000, "ldm_vae_steps": 5000,
-            "ldm_steps": 10000, "batch": 32, "per_class": 100, "sample_steps": 50, "crop": 64},
+            "ldm_steps": 10000, "batch": 32, "per_class": 100, "sample_steps": 50, "crop": 64,
+            "det_res": 224, "seg_steps": 3000, "seg_batch": 16},
 }
+GENERATORS = ("cddpm", "ldm", "draem", "copypaste")
 
 
 def crops_by_class(dataset, size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -63,28 +75,111 @@ def crops_by_class(dataset, size: int) -> tuple[list[np.ndarray], list[str]]:
     return crops, classes
 
 
+def labeled_subsets(train_dir: Path, fractions: list[float], seed: int, work: Path) -> dict[float, Path]:
+    """A VOC folder per fraction holding that share of each class's train images (rounded up), drawn from one
+    shuffle so that each smaller subset lies inside the larger ones; 1.0 is train/ itself."""
+    import shutil
+    from collections import defaultdict
+
+    from defectgen.io.datasets import open_dataset
+
+    by_class: dict[str, list] = defaultdict(list)
+    for e in open_dataset(train_dir).entries:
+        by_class[e.class_name or "defect"].append(e)
+    rng = np.random.default_rng(seed)
+    order = {c: [entries[i] for i in rng.permutation(len(entries))] for c, entries in sorted(by_class.items())}
+    out = {}
+    for f in fractions:
+        if f >= 1.0:
+            out[f] = train_dir
+            continue
+        folder = work / f"labels-{round(f * 100)}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        for sub in ("images", "annotations"):
+            (folder / sub).mkdir(parents=True)
+        for entries in order.values():
+            for e in entries[:int(np.ceil(f * len(entries)))]:
+                shutil.copy2(e.image_path, folder / "images")
+                shutil.copy2(e.annotation_file, folder / "annotations")
+        out[f] = folder
+    return out
+
+
 def main() -> None:
-    parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem")
+    parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem,copypaste")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
+    parser.add_argument("--fractions", default="0.2,0.4,1.0", help="shares of the train labels, comma-separated")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-neu-{args.config}"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    from defectgen.detect.backbone import load_backbone
+    from defectgen.detect.validate import run_validation
+
+    train_dir, test_dir = args.data / "train", args.data / "test"
+    generators = [g.strip() for g in args.generators.split(",") if g.strip()]
+    unknown = sorted(set(generators) - set(GENERATORS))
+    if unknown:
+        raise SystemExit(f"unknown generator(s) {', '.join(unknown)}: choose from {', '.join(GENERATORS)}")
+    fractions = sorted({float(f) for f in args.fractions.split(",") if f.strip()})
+    subsets = labeled_subsets(train_dir, fractions, args.seed, work)
+    timings: dict[str, dict] = {}
+    sets: dict[float, dict[str, dict[str, Path]]] = {}
+    for f in fractions:
+        tag = "" if f >= 1.0 else f"-{round(f * 100)}"
+        sets[f], timings_f = make_sets(args, cfg, generators, subsets[f], work, tag)
+        timings.update({name + tag: t for name, t in timings_f.items()})
+
+    detection: dict[str, dict] = {}
+    for f in fractions:
+        pct = f"{round(f * 100)}%"
+        for k, (name, folders) in enumerate(sets[f].items()):
+            res = run_validation(
+                "seg", None, test_dir, work / f"report-seg-{name}-{round(f * 100)}", synthetic=list(folders.values()),
+                baselines=("real", "real+synthetic") if k == 0 else ("real+synthetic",), real_labeled=subsets[f],
+                backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed, steps=cfg["seg_steps"],
+                batch_size=cfg["seg_batch"], overwrite=True, progress=sys.stderr.isatty(), n_overlays=4)
+            for run, values in res["runs"].items():
+                key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(run, run)
+                coco = values["coco"]
+                detection.setdefault(pct, {})[key] = {
+                    "map50": coco["map50"], "map": coco["map"], "agnostic_map50": coco["agnostic_map50"],
+                    "pixel_auroc": values["metrics"].get("pixel_auroc"), "pixel_ap": values["metrics"].get("pixel_ap"),
+                    "per_class_map50": {c: v.get("map50") for c, v in coco["per_class"].items()},
+                    "real_images": values["real_images"], "synthetic_images": values["synthetic_images"],
+                    "train_s": values["train_s"]}
+
+    full = sets[max(fractions)]
+    table, classes = generation_quality(args, cfg, full, train_dir, test_dir)
+    name = f"proof_neu_{args.config}{'-' + args.tag if args.tag else ''}"
+    figure = _figure(full, test_dir, classes, work / f"{name}_samples.png")
+    out = {
+        "benchmark": "proof_neu", "config": args.config, "sampler": args.sampler, "settings": cfg, "seed": args.seed,
+        "data": rel(args.data), "fractions": fractions,
+        "labeled_images": {f"{round(f * 100)}%": len(list((subsets[f] / "annotations").glob("*.xml")))
+                           for f in fractions},
+        "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
+        "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
+        "detection": detection, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+    }
+    write_results(name, out, markdown(out), figure)
+
+
+def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path, tag: str
+              ) -> tuple[dict[str, dict[str, Path]], dict[str, dict]]:
+    """Train each generator on `labeled` (a VOC folder) and paint `per_class` defects of every class with it on the
+    labeled images, one folder per class. Returns {generator: {class: folder}} and the timings."""
     from defectgen.diffusion.ddpm import train_ddpm
     from defectgen.diffusion.ldm import train_ldm
     from defectgen.io.datasets import open_dataset
     from defectgen.masks.real import RealMasks
-    from defectgen.quality import class_fidelity, crop_features, diversity, kid, per_class_kid
     from defectgen.synth.pipeline import load_generator, synthesize
 
-    train_dir, test_dir = args.data / "train", args.data / "test"
-    masks = RealMasks(train_dir, seed=args.seed)  # each class's real train boxes
+    masks = RealMasks(labeled, seed=args.seed)  # each class's real labeled boxes
     classes = sorted(masks.by_class)
-    canvases = open_dataset(train_dir / "images", "folder")  # NEU has no normal images: train images are canvases
-    generators = [g.strip() for g in args.generators.split(",") if g.strip()]
+    canvases = open_dataset(labeled / "images", "folder")  # NEU has no normal images: labeled images are canvases
     timings: dict[str, dict] = {}
     models: dict[str, Path] = {}
 
@@ -92,9 +187,9 @@ def main() -> None:
         return proof_train_config(steps, cfg["batch"], lr, args.seed, gpu=args.config == "gpu")
 
     for name in generators:
-        folder = work / name
-        if name == "draem":
-            models[name], timings[name] = Path("draem"), {"train_s": 0.0}
+        folder = work / f"{name}{tag}"
+        if name in ("draem", "copypaste"):  # nothing to train
+            models[name], timings[name] = Path(name), {"train_s": 0.0}
             continue
         record = reusable_model(folder, args.reuse)
         if record:
@@ -103,36 +198,46 @@ def main() -> None:
         t = time.perf_counter()
         if name == "cddpm":
             # crop=random: training windows around each box, the same windows synthesis paints in
-            train_ddpm(folder, None, train_dir, preset=cfg["ddpm_preset"], resolution=cfg["res"], crop="random",
+            train_ddpm(folder, None, labeled, preset=cfg["ddpm_preset"], resolution=cfg["res"], crop="random",
                        config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
-        elif name == "ldm":
+        else:
             tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
-            train_ldm(train_dir, folder, train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
+            train_ldm(labeled, folder, train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
                       prompts=ROOT / "prompts" / "steel.yaml", resolution=cfg["res"], tokenizer=tok,
                       vae_steps=cfg["ldm_vae_steps"], overwrite=True)
-        else:
-            raise SystemExit(f"unknown generator {name!r}: choose from cddpm, ldm, draem")
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t}
 
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
-        generator = load_generator(str(model), steps=cfg["sample_steps"], sampler=args.sampler)
+        options = {"labeled": labeled} if name == "copypaste" else {"steps": cfg["sample_steps"],
+                                                                    "sampler": args.sampler}
+        generator = load_generator(str(model), **options)
         t, written = time.perf_counter(), 0
         for k, c in enumerate(classes):  # one folder per class: the same count of every class, boxes of that class
-            folder = work / f"synth-{name}" / c
+            folder = work / f"synth-{name}{tag}" / c
             # a seed per class, so that sample i of each class is drawn on a different canvas
-            synthesize(generator, canvases, folder, cfg["per_class"], masks=masks, class_name=c,
-                       seed=args.seed * 1000 + k, batch_size=8, overwrite=True, progress=sys.stderr.isatty(),
-                       log=lambda *_: None)
+            synthesize(generator, canvases, folder, cfg["per_class"], masks="perlin" if name == "copypaste" else masks,
+                       class_name=c, seed=args.seed * 1000 + k, batch_size=8, overwrite=True,
+                       progress=sys.stderr.isatty(), log=lambda *_: None, protect=(labeled,))
             sets.setdefault(name, {})[c] = folder
             written += cfg["per_class"]
         seconds = time.perf_counter() - t
-        timings[name].update(synth_s=seconds, images_per_s=written / seconds)
+        timings[name].update(synth_s=seconds, images_per_s=written / seconds, labeled=rel(labeled))
+    return sets, timings
+
+
+def generation_quality(args, cfg: dict, sets: dict[str, dict[str, Path]], train_dir: Path, test_dir: Path
+                       ) -> tuple[dict[str, dict], list[str]]:
+    """KID, diversity and class fidelity of each set's crops against the real test crops of the same class."""
+    from defectgen.detect.backbone import load_backbone
+    from defectgen.io.datasets import open_dataset
+    from defectgen.quality import class_fidelity, crop_features, diversity, kid, per_class_kid
 
     net = load_backbone(args.backbone)
     ref_crops, ref_cls = crops_by_class(open_dataset(train_dir).select(normal=False), cfg["crop"])
     test_crops, test_cls = crops_by_class(open_dataset(test_dir).select(normal=False), cfg["crop"])
     ref_feats, test_feats = crop_features(net, ref_crops), crop_features(net, test_crops)
+    classes = sorted(set(ref_cls))
 
     def scores(feats, cls, with_fidelity=True) -> dict:
         pooled, pooled_std = kid(feats, test_feats, seed=args.seed)
@@ -155,17 +260,7 @@ def main() -> None:
             crops += got
             cls += [c] * len(got)
         table[name] = scores(crop_features(net, crops), cls)
-
-    name = f"proof_neu_{args.config}{'-' + args.tag if args.tag else ''}"
-    figure = _figure(sets, test_dir, classes, work / f"{name}_samples.png")
-    out = {
-        "benchmark": "proof_neu", "config": args.config, "sampler": args.sampler, "settings": cfg, "seed": args.seed,
-        "data": rel(args.data),
-        "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
-        "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
-        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-    }
-    write_results(name, out, markdown(out), figure)
+    return table, classes
 
 
 def _figure(sets: dict[str, dict[str, Path]], test_dir: Path, classes: list[str], path: Path) -> Path:
@@ -197,9 +292,21 @@ def markdown(out: dict) -> str:
     lines = [f"NEU-DET proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
              f"{', ' + out['hardware']['gpu'] if out['hardware'].get('gpu') else ''}; wall time "
              f"{out['wall_time_s'] / 60:.1f} min; {out['settings']['per_class']} samples per class)", "",
-             "KID against the real test crops of the same class (lower is better; 'real train' is the floor):", "",
-             "| set | pooled KID | " + " | ".join(classes) + " | diversity |",
-             "|---|---|" + "---|" * len(classes) + "---|"]
+             "Detection: seg trained on each share of the train labels ("
+             + ", ".join(f"{k}: {v} images" for k, v in out["labeled_images"].items()) + "), "
+             "alone (`real`), with each generated set (`real+SET`) and on the set alone (`SET only`); "
+             "COCO box mAP@0.5 per class on the real test set (pycocotools):", "",
+             "| labels | run | real | synthetic | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | pixel AP | "
+             + " | ".join(classes) + " |", "|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
+    for pct, runs in out.get("detection", {}).items():
+        for run, r in runs.items():
+            lines.append(f"| {pct} | {run} | {r['real_images']} | {r['synthetic_images']} | {f(r['map50'])} | "
+                         f"{f(r['map'])} | {f(r['agnostic_map50'])} | {f(r['pixel_ap'])} | "
+                         + " | ".join(f(r["per_class_map50"].get(c)) for c in classes) + " |")
+    lines += ["", "KID against the real test crops of the same class (lower is better; 'real train' is the floor; "
+              "sets made with all the labels):", "",
+              "| set | pooled KID | " + " | ".join(classes) + " | diversity |",
+              "|---|---|" + "---|" * len(classes) + "---|"]
     for name, row in out["quality"].items():
         if "kid" not in row:
             continue

@@ -415,15 +415,17 @@ def validate(
     detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors) or seg (supervised "
                                  "segmentation; also box mAP on multi-class test sets)."),
     train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
-                                      "(train/good) (default: the synthetic set's normals)."),
+                                      "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
+                                      "dataset without normal images, such as NEU-DET)."),
     test: Path | None = typer.Option(None, "--test", help="Real test set with masks: MVTec layout (test/, "
                                      "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
                                      "normals' train/good)."),
     out_dir: Path | None = typer.Option(None, "--out", help="Report folder: report.json, report.md, roc.png, "
                                         "overlays/ (default: reports/<detector>-N)."),
-    synthetic: Path | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
-                                             "images/, masks/) (default: the workspace's most recent set, if "
-                                             "any; 'none' runs the baselines only)."),
+    synthetic: list[Path] | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
+                                                   "images/, masks/); repeat it to pool several (one per class, "
+                                                   "say) (default: the workspace's most recent set, if any; "
+                                                   "'none' runs the baselines only)."),
     baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated (or '' for none): none (no "
                                   "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
                                   "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
@@ -496,7 +498,9 @@ def validate(
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
                for name, run in results["runs"].items()}
-    _record("report", out_dir, type=detector, inputs={"train": train, "test": test, "synthetic": synthetic,
+    _record("report", out_dir, type=detector, inputs={"train": train, "test": test,
+                                                      "synthetic": synthetic[0] if synthetic and len(synthetic) == 1
+                                                      else synthetic,
                                                       "real_labeled": real_labeled},
             params={"backbone": backbone, "resolution": resolution, "baselines": names, "seed": seed},
             figures=figures)
@@ -505,17 +509,22 @@ def validate(
 def _validate_defaults(detector, synthetic, train, test, out_dir):
     ws = _workspace()
     set_entry = None
-    if synthetic is not None and str(synthetic) == "none":  # baselines only, whatever the workspace holds
+    if synthetic and [str(p) for p in synthetic] == ["none"]:  # baselines only, whatever the workspace holds
         synthetic = None
-    elif synthetic is None:
+    elif not synthetic:
+        synthetic = None
         set_entry = ws.latest("set")
         if set_entry is not None:
-            synthetic = ws.absolute(set_entry["path"])
+            synthetic = [ws.absolute(set_entry["path"])]
             _took("synthetic set", set_entry["path"], "most recent synthesized set in the workspace")
     else:
-        resolved = Path(synthetic).resolve()
+        resolved = Path(synthetic[0]).resolve()
         set_entry = next((e for e in reversed(ws.entries()) if e["kind"] == "set"
                           and ws.absolute(e["path"]).resolve() == resolved), None)
+    if train is not None and str(train) == "none":  # a dataset without normal images (seg only)
+        if test is None:
+            raise DefectgenError(None, "--train none needs --test")
+        return synthetic, None, test, _default_out(out_dir, "report", detector)
     if train is None:
         normals = (set_entry or {}).get("inputs", {}).get("normals")
         if not normals:

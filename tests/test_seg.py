@@ -307,3 +307,69 @@ def test_detection_test_set_without_normals_is_scored_by_map(data, tmp_path):
     with pytest.raises(DefectgenError, match="no normal images"):
         run_validation("seg", data / "mv" / "train" / "good", voc, tmp_path / "r2", baselines=["real"],
                        real_labeled=data / "mv", resolution=S, steps=2, progress=False)
+
+
+def _voc_set(folder, rng, kinds):
+    """A VOC folder (images/, annotations/) with one square defect of each given kind; returns its boxes."""
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    boxes = []
+    for i, kind in enumerate(kinds):
+        img, _, box = _square(rng, texture(rng, S, S), 250 if kind == "spot" else 5)
+        write_png(folder / "images" / f"{i:03d}.png", img)
+        (folder / "annotations" / f"{i:03d}.xml").write_text(_voc_xml(f"{i:03d}.png", [(kind, box)]))
+        boxes.append(box)
+    return boxes
+
+
+def test_dataset_without_normals_trains_seg_on_pooled_sets_painted_on_labeled_canvases(data, tmp_path, run_cli):
+    """NEU-DET's case: no normal images, so synthesis paints on labeled defect images. Their own defects must
+    stay labeled in the training masks, several per-class sets pool into one run, and --train none works."""
+    from defectgen.detect.validate import load_labeled, load_synthetic
+
+    rng = np.random.default_rng(7)
+    lab = tmp_path / "lab"
+    boxes = _voc_set(lab, rng, ["spot", "hole"] * 3)
+    sets = []
+    for kind in ("spot", "hole"):  # one set per class, as `synthesize --class` makes them
+        folder, coco = tmp_path / f"syn-{kind}", CocoBuilder()
+        for i in range(3):
+            canvas = lab / "images" / f"{i:03d}.png"
+            from defectgen.io.images import read_image
+
+            img, m, _ = _square(rng, read_image(canvas), 250 if kind == "spot" else 5, size=4)
+            write_png(folder / "images" / f"{i:06d}.png", img)
+            coco.add_mask(coco.add_image(f"images/{i:06d}.png", S, S, source=str(canvas)), m, kind)
+        coco.save(folder / "annotations.json")
+        sets.append(folder)
+
+    labeled = load_labeled(lab, S, 3, ["spot", "hole"], progress=False)
+    canvases = {s.path.resolve(): s for s in labeled["samples"]}
+    _, masks, _, how, labels, names = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False, canvases)
+    assert len(masks) == 6 and how["on_labeled_canvas"] == 6 and set(names) == {"spot", "hole"}
+    x, y, w, h = boxes[1]  # canvas 001 holds a labeled hole: in every mask painted on it, with its class
+    for k in (1, 4):
+        assert masks[k][y:y + h, x:x + w].all()
+        assert (labels[k][y:y + h, x:x + w] == names.index("hole") + 1).mean() > 0.5
+    _, plain, _, how, _, _ = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False)
+    assert how["on_labeled_canvas"] == 0 and plain.sum() < masks.sum()
+
+    out = tmp_path / "report"
+    code, stdout, stderr = run_cli(
+        "validate", "--detector", "seg", "--train", "none", "--test", data / "voc", "--synthetic", sets[0],
+        "--synthetic", sets[1], "--real-labeled", lab, "--baselines", "real,real+synthetic", "--resolution", S,
+        "--steps", 4, "--batch-size", 4, "--overlays", 0, "--out", out)
+    assert code == 0, stdout + stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["runs"]) == ["synthetic", "real", "real+synthetic"]
+    assert report["train"]["normals"] == 0 and report["config"]["train"] is None
+    assert report["runs"]["synthetic"]["synthetic_images"] == 6
+    assert report["runs"]["real+synthetic"]["real_images"] == 6
+    assert report["synthetic_clean_sources"]["on_labeled_canvas"] == 6
+    assert all("coco" in run for run in report["runs"].values())
+
+    line = _one_line_exit_2(run_cli, tmp_path / "o1", "--detector", "exdd", "--train", "none", "--test", data / "voc",
+                            "--synthetic", sets[0])
+    assert "normal training images" in line
+    line = _one_line_exit_2(run_cli, tmp_path / "o2", "--detector", "seg", "--train", "none", "--test", data / "voc",
+                            "--synthetic", sets[0], "--baselines", "draem")
+    assert "draem" in line and "--train" in line

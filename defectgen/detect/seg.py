@@ -129,7 +129,8 @@ class Seg(nn.Module, Detector):
     def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
             progress: bool = False, *, cleans: np.ndarray | None = None, labels: np.ndarray | None = None,
             class_names: Sequence[str] = (), desc: str | None = None) -> Seg:
-        """Train the decoder for `options.steps` Adam steps, half of each batch defects and half normals.
+        """Train the decoder for `options.steps` Adam steps, half of each batch defects and half normals (all
+        defects when `normals` is empty).
         Without `labels` every defect pixel is of one class: class_names[0], or 'defect'."""
         if defects is None or len(defects) == 0 or masks is None or not np.any(masks):
             raise DefectgenError(None, "seg is supervised and got no defect images with masks to learn from "
@@ -145,11 +146,13 @@ class Seg(nn.Module, Detector):
         torch.manual_seed(o.seed)
         self._set_classes(class_names)
         self.n_defects = int(len(defects))
-        h, w = normals.shape[1:3]
+        h, w = defects.shape[1:3]
         aug = _augmenter(h == w, o.seed)
         rng = np.random.default_rng(o.seed)
-        n_def = max(1, o.batch_size // 2)
-        n_norm = max(0, o.batch_size - n_def)
+        # half defects, half normals; a dataset without normals (NEU-DET) fills whole batches with defects,
+        # whose background pixels are the negatives
+        n_def = max(1, o.batch_size // 2) if len(normals) else o.batch_size
+        n_norm = o.batch_size - n_def
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(o.steps, 1), eta_min=o.lr * 0.05)

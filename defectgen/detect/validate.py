@@ -222,35 +222,56 @@ def _clean_of(image: np.ndarray, mask: np.ndarray, normals_small: np.ndarray, no
         best = int(np.argmin(diff))
         if diff[best] < 2.0:
             return normals[best], "matched"
-    inpainted = cv2.inpaint(image if image.shape[2] == 3 else image[:, :, 0], mask.astype(np.uint8), 5,
-                            cv2.INPAINT_TELEA)
-    return inpainted.reshape(image.shape), "inpainted"
+    return _inpainted(image, mask), "inpainted"
 
 
-def load_synthetic(synthetic: Path, size: int, channels: int, normals: np.ndarray, progress: bool
+def _inpainted(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = cv2.inpaint(image if image.shape[2] == 3 else image[:, :, 0], mask.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    return out.reshape(image.shape)
+
+
+def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, normals: np.ndarray, progress: bool,
+                   canvases: dict[Path, Sample] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], np.ndarray, list[str]]:
     """Synthetic defect images, masks and their clean normals at `size`, how the cleans were found, and the
-    class label maps with their class names (see `_label_map`)."""
-    ds = open_dataset(synthetic)
-    samples = [s for s in _read_all(ds, "synthetic set", progress) if s.mask is not None and s.mask.any()]
-    if not samples:
-        raise DefectgenError(synthetic, "the synthetic set has no defect masks (expected annotations.json with "
-                             "segmentations, or images with <stem>_mask.png)")
-    declared = _declared_sources(synthetic)
+    class label maps with their class names (see `_label_map`). Several sets (one per class, say) are pooled.
+
+    canvases: real labeled images by resolved path. A synthetic image painted on one of them (a dataset without
+    normal images, such as NEU-DET, paints on its labeled defects) keeps that image's own labeled defects in its
+    mask and label map: they are in the picture, and training on them as background would teach a lie."""
+    folders = [Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(f) for f in synthetic]
+    samples, declared = [], {}
+    for folder in folders:
+        got = [s for s in _read_all(open_dataset(folder), "synthetic set", progress)
+               if s.mask is not None and s.mask.any()]
+        if not got:
+            raise DefectgenError(folder, "the synthetic set has no defect masks (expected annotations.json with "
+                                 "segmentations, or images with <stem>_mask.png)")
+        samples += got
+        declared.update(_declared_sources(folder))
     normals_small = np.stack([cv2.resize(n.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-                              .reshape(32, 32, -1) for n in normals])
-    images, masks, cleans, how = [], [], [], {"declared": 0, "matched": 0, "inpainted": 0}
+                              .reshape(32, 32, -1) for n in normals]) if len(normals) else None
+    images, masks, cleans, how = [], [], [], {"declared": 0, "matched": 0, "inpainted": 0, "on_labeled_canvas": 0}
     labels, names = [], []
     for s in samples:
         img, m = _resize_image(s.image, size, channels), _resize_mask(s.mask, size)
-        labels.append(_label_map(s, m, size, names))
+        lab = _label_map(s, m, size, names)
         src = declared.get(s.path.resolve()) if s.path is not None else None
+        canvas = (canvases or {}).get(src) if src is not None else None
+        if canvas is not None:  # the canvas's own defects, under the painted one
+            under = _label_map(canvas, _resize_mask(canvas.defect_mask(), size), size, names)
+            lab = np.where(m, lab, under)
+            m = m | (under > 0)
+            how["on_labeled_canvas"] += 1
+        labels.append(lab)
         if src is not None:
             from defectgen.io.images import read_image
 
             clean, kind = _resize_image(read_image(src), size, channels), "declared"
-        else:
+        elif normals_small is not None:
             clean, kind = _clean_of(img, m, normals_small, normals)
+        else:
+            clean, kind = _inpainted(img, m), "inpainted"
         how[kind] += 1
         images.append(img)
         masks.append(m)
@@ -400,7 +421,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def run_validation(
-    detector: str, train: str | Path, test: str | Path, out: str | Path, synthetic: str | Path | None = None,
+    detector: str, train: str | Path | None, test: str | Path, out: str | Path,
+    synthetic: str | Path | Sequence[str | Path] | None = None,
     baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str = "tiny", resolution: int = 256, seed: int = 0,
     steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
     n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
@@ -410,6 +432,9 @@ def run_validation(
 ) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json).
+
+    train: the normal images; None for a supervised detector on a dataset without normals (NEU-DET), which then
+    learns from defect images alone. synthetic: one set, or several pooled (one folder per class, say).
 
     real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
     split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
@@ -440,14 +465,27 @@ def run_validation(
         raise DefectgenError(None, "baseline real+synthetic needs --synthetic")
     if resolution < 32 or resolution % 32:
         raise DefectgenError(None, f"--resolution must be a multiple of 32 and at least 32, got {resolution}")
-    train, test, out = Path(train), Path(test), Path(out)
-    synthetic = Path(synthetic) if synthetic is not None else None
+    if train is None:
+        if not det_cls.supervised:
+            raise DefectgenError(None, f"{detector} learns what normal looks like: it needs normal training "
+                                 "images (--train)")
+        no_normals = [b for b in baselines if b in ("draem", "copypaste")]
+        if no_normals:
+            raise DefectgenError(None, f"baseline(s) {', '.join(no_normals)} paint defects on normal images: "
+                                 "give --train normals, or leave them out")
+    train = Path(train) if train is not None else None
+    test, out = Path(test), Path(out)
+    if synthetic is not None:
+        synthetic = ([Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(p) for p in synthetic])
     real_labeled = Path(real_labeled) if real_labeled is not None else None
     torch.manual_seed(seed)
     dev = pick_device(device)
 
     # every input is read and every baseline made before the output folder is touched
-    normals, _, channels = load_normals(train, resolution, max_train, seed, progress)
+    if train is not None:
+        normals, _, channels = load_normals(train, resolution, max_train, seed, progress)
+    else:  # defect images are the only training images; detectors run on 3 channels
+        normals, channels = np.zeros((0, resolution, resolution, 3), np.uint8), 3
     test_set = load_test(test, resolution, channels, max_test, seed, progress)
     test_classes = sorted({c for c in test_set["classes"] if c != "good"} | set(test_set["box_classes"]))
     labeled = None
@@ -459,8 +497,9 @@ def run_validation(
     runs_data: dict[str, dict[str, Any]] = {}
     clean_sources = None
     if synthetic is not None:
+        canvases = {s.path.resolve(): s for s in labeled["samples"] if s.path is not None} if labeled else None
         images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, resolution, channels,
-                                                                              normals, progress)
+                                                                              normals, progress, canvases)
         runs_data["synthetic"] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
     n_syn = n_draem or (len(runs_data["synthetic"]["images"]) if synthetic is not None else 100)
     real = None if labeled is None else _training_set(labeled["images"], labeled["masks"], None, labeled["labels"],
@@ -482,7 +521,7 @@ def run_validation(
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
-                          protect=[train, test, synthetic, backbone, real_labeled])
+                          protect=[train, test, *(synthetic or []), backbone, real_labeled])
     out = folder.prepare()
     try:
 
@@ -528,7 +567,9 @@ def run_validation(
         overlay_files = _write_overlays(out / "overlays", test_set, show, overlay_maps)
         uses = set(det_cls.options)
         results["config"] = {
-            "detector": detector, "train": str(train), "synthetic": str(synthetic) if synthetic else None,
+            "detector": detector, "train": str(train) if train else None,
+            "synthetic": (str(synthetic[0]) if len(synthetic) == 1 else [str(p) for p in synthetic]) if synthetic
+            else None,
             "real_labeled": str(real_labeled) if real_labeled else None,
             "test": str(test), "baselines": list(baselines), "backbone": backbone, "resolution": resolution,
             "seed": seed, "steps": steps if "steps" in uses else None, "student_width": student_width,
