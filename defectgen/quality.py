@@ -165,7 +165,7 @@ def quality_report(generated: str | Path, real: str | Path, backbone: str = "tin
     """KID, diversity and realism of the generated set at `generated` against the real defects at `real`
     (an MVTec folder: its test split; or any dataset with masks or boxes)."""
     from defectgen.detect.backbone import load_backbone
-    from defectgen.detect.features import pick_device
+    from defectgen.runtime import pick_device
 
     gen_ds = open_dataset(generated)
     real_ds = open_dataset(real)

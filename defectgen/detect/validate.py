@@ -12,7 +12,6 @@ several classes and the detector outputs boxes, COCO box mAP is measured too.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -25,13 +24,13 @@ import torch
 
 from defectgen.detect.backbone import load_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
-from defectgen.detect.features import pick_device
 from defectgen.errors import DefectgenError
-from defectgen.io.datasets import Dataset, open_dataset
+from defectgen.io.datasets import open_dataset
 from defectgen.io.images import from_float, to_float
 from defectgen.io.output import OutputFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.sample import Sample
 from defectgen.metrics import coco_map, evaluate, roc_curve
+from defectgen.runtime import hardware, pick_device
 
 BASELINES = ("none", "draem", "copypaste", "real", "real+synthetic")
 DEFAULT_BASELINES = ("none", "draem")
@@ -58,13 +57,6 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.any() and not out.any():
         out = m >= m.max()
     return out
-
-
-def _read_all(dataset: Dataset, what: str, progress: bool) -> list:
-    from tqdm import tqdm
-
-    return list(tqdm(dataset, total=len(dataset), desc=f"reading {what}", unit="img", disable=not progress,
-                     leave=False))
 
 
 def _scaled_box(b, h: int, w: int, size: int) -> list[float]:
@@ -119,7 +111,7 @@ def load_normals(train: Path, size: int, max_train: int | None, seed: int, progr
         raise DefectgenError(train, "no normal images found to train on (expected train/good/ or a folder of "
                              "normal images)")
     ds.entries = [ds.entries[i] for i in _subset(len(ds), max_train, seed)]
-    samples = _read_all(ds, "normals", progress)
+    samples = ds.read_all("normals", progress)
     channels = 3 if any(s.channels == 3 for s in samples) else 1
     return np.stack([_resize_image(s.image, size, channels) for s in samples]), [s.path for s in samples], channels
 
@@ -133,7 +125,7 @@ def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: 
     if len(ds) == 0:
         raise DefectgenError(test, "no test images found (expected test/<class>/ in MVTec layout, or COCO)")
     ds.entries = [ds.entries[i] for i in _subset(len(ds), max_test, seed)]
-    samples = _read_all(ds, "test set", progress)
+    samples = ds.read_all("test set", progress)
     normal = [s.is_normal for s in samples]
     if all(normal):
         raise DefectgenError(test, "the test set has no defect images: nothing to detect")
@@ -171,7 +163,7 @@ def load_labeled(labeled: Path, size: int, channels: int, test_classes: Sequence
                                  "<stem>_mask.png)")
     elif "train" in ds.splits:
         ds = ds.select(split="train")
-    samples = [s for s in _read_all(ds, "labeled defects", progress) if not s.is_normal]
+    samples = [s for s in ds.read_all("labeled defects", progress) if not s.is_normal]
     samples = [s for s in samples if s.boxes or (s.mask is not None and s.mask.any())]
     if not samples:
         raise DefectgenError(labeled, "no labeled defects with masks or boxes found (expected <stem>_mask.png "
@@ -242,7 +234,7 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
     folders = [Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(f) for f in synthetic]
     samples, declared = [], {}
     for folder in folders:
-        got = [s for s in _read_all(open_dataset(folder), "synthetic set", progress)
+        got = [s for s in open_dataset(folder).read_all("synthetic set", progress)
                if s.mask is not None and s.mask.any()]
         if not got:
             raise DefectgenError(folder, "the synthetic set has no defect masks (expected annotations.json with "
@@ -323,15 +315,6 @@ def _copypaste(normals: np.ndarray, labeled: dict[str, Any], n: int, seed: int) 
     labels, names = _labels_from_classes(np.asarray(masks, bool), per_image)
     return _training_set(np.asarray(images), np.asarray(masks, bool), np.asarray(cleans), labels, names,
                          synthetic_images=len(images))
-
-
-def hardware() -> dict[str, Any]:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
-            "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _per_class(test: dict[str, Any], maps: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, float]]:
@@ -593,7 +576,7 @@ def run_validation(
                                         for c in test_set["box_classes"]}
         if clean_sources is not None:
             results["synthetic_clean_sources"] = clean_sources
-        results["hardware"] = hardware()
+        results["hardware"] = hardware(dev)
         results["wall_time_s"] = time.perf_counter() - start
         results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
         results["runs"] = _json_safe(results["runs"])

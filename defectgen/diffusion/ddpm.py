@@ -370,15 +370,6 @@ def _fingerprint(paths: list[Path]) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": len(set(paths))}
 
 
-def _read_all(dataset, what: str) -> list:
-    samples = []
-    for s in dataset:
-        samples.append(s)
-    if not samples:
-        raise DefectgenError(dataset.root, f"no readable {what} images")
-    return samples
-
-
 def train_ddpm(
     out: str | Path,
     normals: str | Path | None = None,
@@ -416,13 +407,13 @@ def train_ddpm(
             ds = ds.select(normal=True)
         if not len(ds):
             raise DefectgenError(normals, "no normal images found")
-        normal_samples = _read_all(ds, "normal")
+        normal_samples = ds.read_all("normal", required=True)
     labeled_samples = []
     if labeled is not None:
         ds = open_dataset(labeled).labeled_defects()
         if not len(ds):
             raise DefectgenError(labeled, "no labeled defects (images with masks or boxes) found")
-        labeled_samples = _read_all(ds, "labeled")
+        labeled_samples = ds.read_all("labeled", required=True)
     used = labeled_samples + normal_samples
     channels = 3 if any(s.channels == 3 for s in used) else 1
     side = min(min(s.height, s.width) for s in used)

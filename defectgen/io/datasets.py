@@ -65,6 +65,16 @@ class Dataset:
     def __getitem__(self, index: int) -> Sample:
         return self.load(self.entries[index])
 
+    def read_all(self, what: str, progress: bool = False, required: bool = False) -> list[Sample]:
+        """Every sample, read now (with a progress bar named after `what`); `required`: none is an error."""
+        from tqdm import tqdm
+
+        samples = list(tqdm(self, total=len(self), desc=f"reading {what}", unit="img", disable=not progress,
+                            leave=False))
+        if required and not samples:
+            raise DefectgenError(self.root, f"no readable {what} images")
+        return samples
+
     def __iter__(self) -> Iterator[Sample]:
         for entry in self.entries:
             try:

@@ -12,10 +12,7 @@ import torch
 from defectgen.diffusion.ddpm import box_geometry, load_model
 from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, guided_inpaint, perturb_and_denoise
 from defectgen.errors import DefectgenError
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+from defectgen.runtime import pick_device
 
 
 class DdpmGenerator:
@@ -37,7 +34,7 @@ class DdpmGenerator:
             raise DefectgenError(None, f"--sigma must be >= 0, got {sigma}")
         if steps is not None and steps < 1:
             raise DefectgenError(None, f"--steps must be at least 1, got {steps}")
-        self.device = device or default_device()
+        self.device = str(pick_device(device))
         self.model = load_model(model, self.device)
         self.path = Path(model)
         self.name = self.model.kind

@@ -12,10 +12,7 @@ import torch
 from defectgen.diffusion.ldm import load_inpaint_pipeline, read_metadata
 from defectgen.diffusion.samplers import generators, make_scheduler
 from defectgen.prompts import ResolvedPrompt, resolve_prompt
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from defectgen.runtime import pick_device
 
 
 class LdmGenerator:
@@ -38,7 +35,7 @@ class LdmGenerator:
         self.resolved: ResolvedPrompt | None = resolve_prompt(prompt) if prompt else None
         self.model = str(model)
         self.meta = read_metadata(model) if Path(model).exists() else {}
-        dev = device or _device()
+        dev = str(pick_device(device))
         if dtype is None and dev == "cuda":
             dtype = torch.float16
         self.pipe = load_inpaint_pipeline(model, dev, dtype)
