@@ -6,10 +6,8 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/defectgen
 COPY pyproject.toml README.md ./
 COPY defectgen ./defectgen
-COPY masks ./masks
-COPY prompts ./prompts
 COPY examples ./examples
-# Editable install keeps masks/ and prompts/ (presets and prompt library) next to the package, where it looks.
-RUN pip install -e . && defectgen --version
+# A plain (non-editable) install: the presets and the prompt library are package data (defectgen/data/).
+RUN pip install . && defectgen --version
 ENTRYPOINT ["defectgen"]
 CMD ["--help"]

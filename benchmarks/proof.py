@@ -75,6 +75,7 @@ def main() -> None:
     from defectgen.diffusion.ddpm import train_ddpm
     from defectgen.diffusion.ldm import train_ldm
     from defectgen.masks.real import RealMasks
+    from defectgen.prompts import PROMPT_DIR
     from defectgen.synth.pipeline import load_generator, synthesize
 
     good, labeled = args.data / "train" / "good", args.data / "labeled"
@@ -107,7 +108,7 @@ def main() -> None:
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
         train_ldm(labeled, work / "ldm", train_cfg(cfg["ldm_steps"], cfg["ldm_batch"], 2e-4), base="tiny",
-                  preset="tiny" if args.config == "cpu" else "small", prompts=ROOT / "prompts" / "tile.yaml",
+                  preset="tiny" if args.config == "cpu" else "small", prompts=PROMPT_DIR / "tile.yaml",
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"
         timings["ldm"] = {"train_s": time.perf_counter() - t}

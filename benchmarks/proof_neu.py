@@ -175,6 +175,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     from defectgen.diffusion.ldm import train_ldm
     from defectgen.io.datasets import open_dataset
     from defectgen.masks.real import RealMasks
+    from defectgen.prompts import PROMPT_DIR
     from defectgen.synth.pipeline import load_generator, synthesize
 
     masks = RealMasks(labeled, seed=args.seed)  # each class's real labeled boxes
@@ -203,7 +204,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         else:
             tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
             train_ldm(labeled, folder, train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
-                      prompts=ROOT / "prompts" / "steel.yaml", resolution=cfg["res"], tokenizer=tok,
+                      prompts=PROMPT_DIR / "steel.yaml", resolution=cfg["res"], tokenizer=tok,
                       vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t}
 

@@ -1,14 +1,17 @@
 """The `defectgen` command line: one thin function per verb (parse, call the library, print).
 
 Errors in the user's input surface as one line, `error: <file>: <problem>`, with exit code 2; `--debug` shows
-the traceback instead.
+the traceback instead. Library errors and notes name parameters in backticks (`out_dir`); they are shown here as
+the verb's flags (--out).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,11 +36,33 @@ if hasattr(typer.core.TyperOption, "display_type_rich"):  # typer >= 0.20 prints
 console = Console(stderr=True)
 out = Console()
 
-_state = {"debug": False}
-
-
 OVERWRITE_HELP = ("Clear a non-empty --out first; only a folder defectgen made (it holds a .defectgen-*.json "
                   "marker), never one with other files, an input or the model.")
+
+# Options shared by several verbs, declared once (each verb sets its own default).
+Overwrite = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
+# training: train-ddpm, train-ldm
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per device per micro-step.")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule after warm-up).")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Learning-rate warm-up steps.")]
+MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation micro-steps.")]
+Ema = Annotated[bool, typer.Option("--ema/--no-ema", help="Keep and save an EMA of the weights.")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps.")]
+Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Log to --out/logs for TensorBoard.")]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, noise.")]
+TrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+# filters: synthesize --filter ..., filter
+Filters = Annotated[str | None, typer.Option(
+    "--filter", help="Comma-separated filters: change (see --min-change), clip (see --clip-model, --tau0, "
+    "--lambda).")]
+ClipModel = Annotated[str | None, typer.Option("--clip-model", help="CLIP folder or hub id for the clip filter.")]
+Tau0 = Annotated[float, typer.Option("--tau0", help="clip: starting threshold on P(defect text).")]
+Lam = Annotated[float, typer.Option(
+    "--lambda", help="clip: decay of the threshold over the set, tau_t = tau0 * exp(-lambda * t / T).")]
+MinChange = Annotated[float, typer.Option(
+    "--min-change", help="change: least mean absolute change inside the mask (0-1 intensity).")]
 
 
 def _version(value: bool) -> None:
@@ -51,7 +76,20 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug
+    pass  # --debug is read by main() from the command line itself
+
+
+def _flags(text: str) -> str:
+    """`out_dir` -> --out: the library names parameters, the user typed flags."""
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    flags = {p.name: p.opts[0] for c in commands.values() for p in c.params if p.param_type_name == "option"}
+    return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
+
+
+def _say(notes: list[str] | str) -> None:
+    """Every default taken from the workspace is said in one line."""
+    for line in [notes] if isinstance(notes, str) else notes:
+        console.print(_flags(line), highlight=False, soft_wrap=True)
 
 
 def _workspace():
@@ -60,19 +98,11 @@ def _workspace():
     return Workspace()
 
 
-def _took(what: str, value: object, why: str) -> None:
-    """Every default taken from the workspace is said in one line."""
-    console.print(f"using {what} {value} ({why})", highlight=False, soft_wrap=True)
+def _out(out_dir: Path | None, kind: str, stem: str, resume: bool = False) -> Path:
+    from defectgen.workspace import output_folder
 
-
-def _default_out(out_dir: Path | None, kind: str, stem: str, resume: bool = False) -> Path:
-    """--out as given, or a fresh folder under the workspace's default folder for `kind` (said in one line)."""
-    if out_dir is not None:
-        return out_dir
-    if resume:
-        raise typer.BadParameter("--resume needs --out (the folder to continue)")
-    out_dir = _workspace().new_output(kind, stem)
-    _took("output folder", out_dir, "no --out given")
+    out_dir, notes = output_folder(_workspace(), out_dir, kind, stem, resume)
+    _say(notes)
     return out_dir
 
 
@@ -89,6 +119,10 @@ def _record(kind: str, path: Path, **fields) -> None:
 
     if PartialState().is_main_process:  # one record per run, also under `accelerate launch`
         _workspace().record(kind, path, **fields)
+
+
+def _names(text: str | None) -> list[str]:
+    return [f.strip() for f in (text or "").split(",") if f.strip()]
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -123,22 +157,15 @@ def train_ddpm(
     preset: str = typer.Option("small", "--preset", help="UNet size: tiny (CPU tests), small, base (~35M)."),
     resolution: int | None = typer.Option(None, "--resolution", help="Training side in pixels (default: the "
                                           "shortest image side, at most 256)."),
-    steps: int = typer.Option(20000, "--steps", min=1, help="Optimizer steps."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per device per micro-step."),
-    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (cosine schedule after warm-up)."),
-    warmup: int = typer.Option(500, "--warmup", min=0, help="Learning-rate warm-up steps."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
-    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Gradient accumulation micro-steps."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Keep and save an EMA of the weights."),
-    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", min=0, help="Checkpoint every N steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
+    mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
+    checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False,
     crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
     class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
                                         "(for classifier-free guidance)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Log to --out/logs for TensorBoard."),
+    tensorboard: Tensorboard = False,
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, noise."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: TrainSeed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Train a DDPM on normal images, or a class- and mask-conditional DDPM on labeled defects.
 
@@ -157,7 +184,7 @@ def train_ddpm(
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
                         checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
-    out_dir = _default_out(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
+    out_dir = _out(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
     model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
                   class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
     result = model.meta.get("result", {})
@@ -188,19 +215,11 @@ def train_ldm(
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder for --base tiny, e.g. "
                                           "../shared/weights/clip-tokenizer (default: a byte-level one)."),
     vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),
-    steps: int = typer.Option(5000, "--steps", min=1, help="UNet optimizer steps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    lr: float = typer.Option(1e-4, "--lr"),
-    warmup: int = typer.Option(100, "--warmup", min=0),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
-    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
-    ema: bool = typer.Option(True, "--ema/--no-ema"),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1),
-    tensorboard: bool = typer.Option(False, "--tensorboard"),
+    steps: Steps = 5000, batch_size: BatchSize = 8, lr: Lr = 1e-4, warmup: Warmup = 100,
+    mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
+    checkpoint_every: CheckpointEvery = 500, tensorboard: Tensorboard = False,
     fmt: str = typer.Option("auto", "--format", help="Layout of --labeled."),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: TrainSeed = 0, resume: TrainResume = False, overwrite: Overwrite = False,
 ) -> None:
     """Fine-tune a text-guided inpainting latent diffusion model on labeled defects with their real masks.
 
@@ -215,7 +234,7 @@ def train_ldm(
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
                         checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed)
-    out_dir = _default_out(out_dir, "model", "ldm", resume)
+    out_dir = _out(out_dir, "model", "ldm", resume)
     meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
                  resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
                  train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
@@ -231,13 +250,8 @@ def train_ldm(
 @app.command("filter")
 def filter_set(
     out_dir: Path = typer.Argument(..., help="A synthesize output folder."),
-    filters: str = typer.Option("change", "--filter", help="Comma-separated: change, clip."),
-    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id for the clip filter."),
-    tau0: float = typer.Option(0.5, "--tau0", help="clip: starting threshold on P(defect text)."),
-    lam: float = typer.Option(1.0, "--lambda", help="clip: decay of the threshold over the set, "
-                              "tau_t = tau0 * exp(-lambda * t / T)."),
-    min_change: float = typer.Option(0.02, "--min-change", help="change: least mean absolute change inside the "
-                                     "mask (0-1 intensity)."),
+    filters: Filters = "change", clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
+    min_change: MinChange = 0.02,
     material: str | None = typer.Option(None, "--material", help="clip: the material named in the normal text."),
 ) -> None:
     """Remove generated samples that a filter rejects; they move to OUT/rejected/ with their scores.
@@ -248,20 +262,17 @@ def filter_set(
 
         defectgen filter synth/ --filter clip,change --clip-model openai/clip-vit-base-patch32 --tau0 0.6
     """
-    from defectgen.synth.filters import filter_output, make_filters
+    from defectgen.synth.run import filter_set as run
 
-    names = [f.strip() for f in filters.split(",") if f.strip()]
-    chosen = make_filters(names, clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
-                          material=material)
-    filter_output(out_dir, chosen, log=out.print)
+    run(out_dir, _names(filters), clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
+        material=material, log=out.print)
 
 
 @app.command("synthesize")
 def synthesize(
     model: str | None = typer.Option(None, "--model", help="A trained model folder (train-ddpm, train-ldm), a "
                                      "diffusers inpainting folder or hub id, draem, or copypaste (with --labeled) "
-                                     "(default: the workspace's "
-                                     "most recent model that fits)."),
+                                     "(default: the workspace's most recent model that fits)."),
     normals: Path | None = typer.Option(None, "--normals", help="Normal images to paint defects on (default: "
                                         "those the model was trained with)."),
     n: int = typer.Option(100, "--n", min=1, help="How many samples."),
@@ -288,12 +299,8 @@ def synthesize(
                                         "defects (masks or boxes) are pasted, augmented, onto the normals."),
     blend: str | None = typer.Option(None, "--blend", help="--model copypaste: paste (default) or seamless "
                                      "(Poisson blending)."),
-    filters: str | None = typer.Option(None, "--filter", help="Filters to apply after generating: change, clip "
-                                       "(comma-separated; see `defectgen filter --help`)."),
-    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id for --filter clip."),
-    tau0: float = typer.Option(0.5, "--tau0", help="--filter clip: starting threshold."),
-    lam: float = typer.Option(1.0, "--lambda", help="--filter clip: threshold decay over the set."),
-    min_change: float = typer.Option(0.02, "--min-change", help="--filter change: least mean change in the mask."),
+    filters: Filters = None, clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
+    min_change: MinChange = 0.02,
     strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
                                           "image is diffused (default 0.5)."),
     sigma: float | None = typer.Option(None, "--sigma", help="Unconditional DDPM: std of the extra noise inside "
@@ -310,7 +317,7 @@ def synthesize(
                                      "(set automatically under `accelerate launch`); the shard that completes "
                                      "the set writes annotations.json."),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate defects inside masks on normal images and write images, masks and COCO annotations.
 
@@ -331,83 +338,17 @@ def synthesize(
 
         defectgen synthesize --model copypaste --labeled labeled/ --normals good/ --n 100 --out synth-copypaste/
     """
-    from defectgen.synth.filters import filter_output, make_filters
-    from defectgen.synth.pipeline import load_generator
-    from defectgen.synth.pipeline import synthesize as run
+    from defectgen.synth.run import synthesize_set
 
-    chosen = []
-    if filters:  # build the filters first: a bad --clip-model fails before any generation
-        material = None
-        if prompt:
-            from defectgen.prompts import resolve_prompt
-
-            resolved = resolve_prompt(prompt)
-            material = resolved.material.name if resolved.material else None
-        chosen = make_filters([f.strip() for f in filters.split(",") if f.strip()], clip_model=clip_model, tau0=tau0,
-                              lam=lam, min_change=min_change, material=material)
-    model, normals, out_dir = _synthesize_defaults(model, normals, out_dir, prompt, resume)
-    generator = load_generator(model, sampler=sampler, steps=steps, strength=strength, sigma=sigma,
-                               guidance=guidance, prompt=prompt, negative_prompt=negative_prompt,
-                               mask_crop=mask_crop, textures=textures, labeled=labeled, blend=blend, device=device)
-    out_dir = _default_out(out_dir, "set", getattr(generator, "name", "synth"), resume)
-    class_name = class_name or getattr(generator, "default_class", None)
-    if class_name is None and prompt and getattr(generator, "name", "") == "ddpm":
-        from defectgen.prompts import resolve_prompt  # a DDPM cannot read text: the prompt names the class only
-
-        class_name = resolve_prompt(prompt).class_name
-        _took("class", class_name, f"from --prompt; {model} is an unconditional DDPM and does not read text")
-    if masks_from is not None:
-        from defectgen.masks.real import RealMasks
-
-        if mask_preset:
-            raise DefectgenError(None, "--mask-preset applies to --masks perlin or bbox, not to --masks-from")
-        masks = RealMasks(masks_from, seed=seed)
-    result = run(generator, normals, out_dir, n, masks=masks, mask_preset=mask_preset, class_name=class_name,
-                 seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite, prompt=prompt,
-                 progress=sys.stderr.isatty(), shard=_parse_shard(shard), protect=(model, textures, masks_from))
-    if not result.annotations and shard:
-        out.print(f"shard {shard}: wrote {result.written} sample(s) to {out_dir}")
-        return
-    out.print(f"wrote {result.written} sample(s) to {out_dir}"
-              + (f" ({result.skipped_existing} already there)" if result.skipped_existing else "")
-              + f": {result.annotations} annotation(s) in {out_dir / 'annotations.json'}, "
-              f"contact sheet {out_dir / 'contact_sheet.png'}")
-    figures = {"n": n, "annotations": result.annotations}
-    if chosen:
-        summary = filter_output(out_dir, chosen, log=out.print)
-        figures.update(kept=summary.kept, removed=summary.removed)
-    _record("set", out_dir, type=getattr(generator, "name", "?"), inputs={"model": model, "normals": normals},
-            params={"prompt": prompt, "class": class_name, "masks": masks, "seed": seed, "sampler": sampler,
-                    "steps": steps, "filters": filters}, figures=figures)
-
-
-def _synthesize_defaults(model, normals, out_dir, prompt, resume):
-    """Fill --model, --normals and --out from the workspace, saying what was taken."""
-    ws = _workspace()
-    if model is None:
-        entry = ws.latest("model", ("ldm",)) if prompt else None
-        why = "most recent text-guided model in the workspace"
-        if entry is None:
-            entry = ws.latest("model", ("ddpm", "cddpm"))
-            why = "most recent DDPM in the workspace" + ("; there is no text-guided model" if prompt else "")
-        if entry is None:
-            raise DefectgenError(ws.path, "no --model given and the workspace has no trained model; give --model "
-                                 "(a model folder, a diffusers inpainting model or draem) or run `defectgen "
-                                 "train-ddpm` first")
-        model = str(ws.absolute(entry["path"]))
-        _took("model", entry["path"], why)
-    if normals is None:
-        from defectgen.diffusion.ddpm import read_metadata
-
-        meta_path = Path(model) / "defectgen.json"
-        meta = read_metadata(model) if meta_path.is_file() else {}
-        trained_on = (meta.get("data") or {}).get("normals")
-        if not trained_on:
-            raise DefectgenError(None, f"no --normals given and {model} records no normal images it was trained "
-                                 "with; give --normals")
-        normals = Path(trained_on)
-        _took("normals", normals, f"what {Path(model).name} was trained with")
-    return model, normals, out_dir
+    run = synthesize_set(
+        model, normals, n, out_dir, masks=masks, mask_preset=mask_preset, masks_from=masks_from,
+        class_name=class_name, prompt=prompt, filters=_names(filters), clip_model=clip_model, tau0=tau0, lam=lam,
+        min_change=min_change, seed=seed, batch_size=batch_size, shard=_parse_shard(shard), resume=resume,
+        overwrite=overwrite, progress=sys.stderr.isatty(), note=_say, log=out.print, sampler=sampler, steps=steps,
+        strength=strength, sigma=sigma, guidance=guidance, negative_prompt=negative_prompt, mask_crop=mask_crop,
+        textures=textures, labeled=labeled, blend=blend, device=device)
+    if run.record is not None:
+        _record("set", run.out_dir, **run.record)
 
 
 @app.command("validate")
@@ -451,7 +392,7 @@ def validate(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
     save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a detector (AST or ExDD anomaly detectors, or the supervised seg model) with a synthetic set and
     with each baseline in one run, and measure all on real defects. Baselines: none (no defects), draem (classic
@@ -471,9 +412,12 @@ def validate(
         --baselines real,real+synthetic,copypaste,draem --out report/
     """
     from defectgen.detect.validate import METRICS, run_validation
+    from defectgen.workspace import validate_defaults
 
-    synthetic, train, test, out_dir = _validate_defaults(detector, synthetic, train, test, out_dir)
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    synthetic, train, test, out_dir, notes = validate_defaults(_workspace(), detector, synthetic, train, test,
+                                                               out_dir)
+    _say(notes)
+    names = _names(baselines)
     results = run_validation(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names, backbone=backbone,
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
@@ -498,49 +442,11 @@ def validate(
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
                for name, run in results["runs"].items()}
-    _record("report", out_dir, type=detector, inputs={"train": train, "test": test,
-                                                      "synthetic": synthetic[0] if synthetic and len(synthetic) == 1
-                                                      else synthetic,
-                                                      "real_labeled": real_labeled},
-            params={"backbone": backbone, "resolution": resolution, "baselines": names, "seed": seed},
-            figures=figures)
-
-
-def _validate_defaults(detector, synthetic, train, test, out_dir):
-    ws = _workspace()
-    set_entry = None
-    if synthetic and [str(p) for p in synthetic] == ["none"]:  # baselines only, whatever the workspace holds
-        synthetic = None
-    elif not synthetic:
-        synthetic = None
-        set_entry = ws.latest("set")
-        if set_entry is not None:
-            synthetic = [ws.absolute(set_entry["path"])]
-            _took("synthetic set", set_entry["path"], "most recent synthesized set in the workspace")
-    else:
-        resolved = Path(synthetic[0]).resolve()
-        set_entry = next((e for e in reversed(ws.entries()) if e["kind"] == "set"
-                          and ws.absolute(e["path"]).resolve() == resolved), None)
-    if train is not None and str(train) == "none":  # a dataset without normal images (seg only)
-        if test is None:
-            raise DefectgenError(None, "--train none needs --test")
-        return synthetic, None, test, _default_out(out_dir, "report", detector)
-    if train is None:
-        normals = (set_entry or {}).get("inputs", {}).get("normals")
-        if not normals:
-            raise DefectgenError(None, "no --train given and no synthesized set in the workspace records its "
-                                 "normals; give --train")
-        train = ws.absolute(normals)
-        _took("normals", normals, "those the synthetic set was painted on")
-    if test is None:
-        train_path = Path(train).resolve()
-        candidate = train_path.parent.parent if train_path.parts[-2:] == ("train", "good") else train_path
-        if not ((candidate / "test").is_dir() and (candidate / "ground_truth").is_dir()):
-            raise DefectgenError(None, f"no --test given and {train} is not train/good of an MVTec folder with "
-                                 "test/ and ground_truth/; give --test")
-        test = candidate
-        _took("test set", test / "test", "MVTec test/ beside the normals' train/good")
-    return synthetic, train, test, _default_out(out_dir, "report", detector)
+    _record("report", out_dir, type=detector, figures=figures,
+            inputs={"train": train, "test": test,
+                    "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic,
+                    "real_labeled": real_labeled},
+            params={"backbone": backbone, "resolution": resolution, "baselines": names, "seed": seed})
 
 
 @app.command("masks")
@@ -564,7 +470,7 @@ def masks(
                                      "(Otsu on each --like image)."),
     category: str = typer.Option("defect", "--category", help="COCO category name for the masks."),
     seed: int = typer.Option(0, "--seed", help="Mask i depends only on (seed, i)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    overwrite: Overwrite = False,
     on_bad: str = typer.Option("error", "--on-bad", help="error: stop at an unreadable --like image; skip: skip it."),
 ) -> None:
     """Stamp Perlin or box masks where defects should go, as 0/255 PNGs and a COCO file.
@@ -577,22 +483,13 @@ def masks(
 
         defectgen masks --kind bbox --n 50 --like good/ --like-labeled labeled/ --out boxes/
     """
-    from defectgen.masks import MaskGenerator, box_stats_from
+    from defectgen.masks import mask_generator
     from defectgen.masks.writer import write_mask_set
 
     if (size is None) == (like is None):
         raise typer.BadParameter("give exactly one of --size HxW or --like DIR")
-    options = {"min_area": min_area, "max_area": max_area, "threshold": threshold} if kind == "perlin" else {}
-    if kind == "bbox":
-        options["shape"] = shape
-        if like_labeled is not None:
-            from defectgen.io import open_dataset
-
-            stats = box_stats_from(open_dataset(like_labeled, fmt).select(normal=False))
-            if not stats:
-                raise DefectgenError(like_labeled, "no boxes or masks found to take sizes from")
-            options["stats"] = stats
-    generator = MaskGenerator(kind, seed=seed, preset=preset, **options)
+    generator = mask_generator(kind, seed=seed, preset=preset, shape=shape, min_area=min_area, max_area=max_area,
+                               threshold=threshold, like_labeled=like_labeled, fmt=fmt)
     params = {"kind": kind, "n": n, "size": size, "like": str(like) if like else None, "preset": preset,
               "like_labeled": str(like_labeled) if like_labeled else None, "object_only": object_only, "seed": seed}
     summary = write_mask_set(
@@ -715,6 +612,8 @@ def runs(
 
         defectgen runs --json
     """
+    from defectgen.workspace import figures_text
+
     ws = _workspace()
     entries = ws.entries()
     if as_json:
@@ -728,26 +627,8 @@ def runs(
         table.add_column(col)
     for e in entries:
         table.add_row(e["kind"], e["type"], e["path"] + ("" if ws.absolute(e["path"]).exists() else " (deleted)"),
-                      e["created"].replace("T", " ")[:16], _figures_text(e))
+                      e["created"].replace("T", " ")[:16], figures_text(e))
     out.print(table)
-
-
-def _figures_text(entry: dict) -> str:
-    f = entry.get("figures", {})
-    if entry["kind"] == "model":
-        loss = f.get("final_loss")
-        return f"{f.get('steps')} steps, loss {loss:.4f}" if loss is not None else f"{f.get('steps')} steps"
-    if entry["kind"] == "set":
-        text = f"{f.get('n')} samples, {f.get('annotations')} annotations"
-        if "kept" in f:
-            text += f", kept {f['kept']} (removed {', '.join(f'{k} {v}' for k, v in f['removed'].items())})"
-        return text
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    return "; ".join(f"{name}: I {fmt(m.get('image_auroc'))} / P {fmt(m.get('pixel_auroc'))} / "
-                     f"PRO {fmt(m.get('aupro'))}" for name, m in f.items())
 
 
 def _check_config(config: dict[str, dict], path: Path | None) -> dict[str, dict]:
@@ -812,8 +693,8 @@ def main() -> None:
         if debug:
             raise
         if e.exit_code == 130:  # training.Interrupted: Ctrl-C, with the checkpoint saved on the way out
-            _interrupted(e.message + ("; resume with --resume" if getattr(e, "checkpoint", None) else ""))
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _interrupted(_flags(e.message) + ("; resume with --resume" if getattr(e, "checkpoint", None) else ""))
+        console.print(f"[red]error:[/red] {_flags(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

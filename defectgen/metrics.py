@@ -3,7 +3,7 @@ COCO box mAP (pycocotools' COCOeval) for detectors that output boxes.
 
 All curves come from one descending sort of the scores, cut at each distinct score (ties share a threshold, so
 all-equal scores give AUROC 0.5 and AP = the positive rate, as scikit-learn does). A 200-image test set at
-256x256 (13M pixels) is one argsort: a few seconds.
+256x256 (13M pixels) is one argsort: a few seconds (benchmarks/metrics_speed.py measures it).
 
 Undefined values are NaN rather than errors: AUROC with one class present, AUPRO without any defect region or
 without any normal pixel.
@@ -16,9 +16,12 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+# the keys of `evaluate` with masks and maps, in the order reports list them
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "pixel_f1_max")
+
 __all__ = [
-    "aupro", "average_precision", "coco_map", "evaluate", "f1_max", "image_auroc", "pixel_auroc", "pro_curve",
-    "roc_curve",
+    "METRICS", "aupro", "average_precision", "coco_map", "evaluate", "f1_max", "image_auroc", "pixel_auroc",
+    "pro_curve", "roc_curve",
 ]
 
 
@@ -72,31 +75,35 @@ def pixel_auroc(masks, maps) -> float:
     return _auroc(_as_flat(masks).astype(bool), _as_flat(maps))
 
 
-def _pr(y: np.ndarray, s: np.ndarray):
+def _pr(labels, scores) -> tuple[np.ndarray, np.ndarray] | None:
+    """(precision, recall) at each distinct threshold, highest first; None without positives."""
+    y, s = _as_flat(labels).astype(bool), _as_flat(scores)
+    if not y.any():
+        return None
     tp, fp, _, _ = _counts(y, s)
-    precision = tp / (tp + fp)
-    recall = tp / max(int(y.sum()), 1)
-    return precision, recall
+    return tp / (tp + fp), tp / max(int(y.sum()), 1)
+
+
+def _ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _best_f1(precision: np.ndarray, recall: np.ndarray) -> float:
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    return float(f1.max())
 
 
 def average_precision(labels, scores) -> float:
     """Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_{n-1}) P_n. NaN without
     positives."""
-    y, s = _as_flat(labels).astype(bool), _as_flat(scores)
-    if not y.any():
-        return float("nan")
-    precision, recall = _pr(y, s)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    pr = _pr(labels, scores)
+    return float("nan") if pr is None else _ap(*pr)
 
 
 def f1_max(labels, scores) -> float:
     """The best F1 over all thresholds. NaN without positives."""
-    y, s = _as_flat(labels).astype(bool), _as_flat(scores)
-    if not y.any():
-        return float("nan")
-    precision, recall = _pr(y, s)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
-    return float(f1.max())
+    pr = _pr(labels, scores)
+    return float("nan") if pr is None else _best_f1(*pr)
 
 
 def _region_weights(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
@@ -175,12 +182,11 @@ def _pixel_metrics(masks: list[np.ndarray], maps, fpr_limit: float) -> dict[str,
     tp, fp, _, pro = _counts(y, _as_flat(maps), weights)
     tpr, fpr = tp / n_pos, fp / (y.size - n_pos)
     precision = tp / (tp + fp)
-    f1 = np.where(precision + tpr > 0, 2 * precision * tpr / np.maximum(precision + tpr, 1e-300), 0.0)
     return {
         "pixel_auroc": float(np.trapezoid(np.r_[0.0, tpr], np.r_[0.0, fpr])),
         "aupro": _area_to(np.r_[0.0, fpr], np.r_[0.0, pro], fpr_limit) / fpr_limit,
-        "pixel_ap": float(np.sum(np.diff(np.r_[0.0, tpr]) * precision)),
-        "pixel_f1_max": float(f1.max()),
+        "pixel_ap": _ap(precision, tpr),
+        "pixel_f1_max": _best_f1(precision, tpr),
     }
 
 

@@ -1,9 +1,10 @@
-"""The prompt library: materials x defect types -> prompt templates (YAML files in the repository's prompts/)."""
+"""The prompt library: materials x defect types -> prompt templates (YAML files in defectgen/data/prompts/)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import yaml
 
 from defectgen.errors import DefectgenError
 
-PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts"
+# Inside the package, so editable installs and wheels both carry the library.
+PROMPT_DIR = resources.files("defectgen") / "data" / "prompts"
 GENERIC_CLASS = "defect"
 
 
@@ -96,3 +98,16 @@ def resolve_prompt(text: str, library: dict[str, Material] | None = None, rng: n
         material = material or found[0][1]
     return ResolvedPrompt(text, material.negative if material else "", class_name or (found[0][0] if found else
                           GENERIC_CLASS), material)
+
+
+def prompt_material(text: str | None, library: dict[str, Material] | None = None) -> str | None:
+    """The material a prompt names (`tile/crack`, or free text mentioning a library material), if any."""
+    if not text:
+        return None
+    material = resolve_prompt(text, library).material
+    return material.name if material else None
+
+
+def prompt_class(text: str, library: dict[str, Material] | None = None) -> str:
+    """The defect class a prompt names (for models that cannot read text): the library defect, else 'defect'."""
+    return resolve_prompt(text, library).class_name

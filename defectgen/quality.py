@@ -46,12 +46,10 @@ def defect_crop(image: np.ndarray, mask: np.ndarray, size: int = 64, pad: float 
 @torch.no_grad()
 def crop_features(backbone, crops: list[np.ndarray], strides=(8, 16), batch: int = 32) -> np.ndarray:
     """N x D: each crop's multi-scale backbone features, average-pooled over space."""
-    from defectgen.detect.features import patch_features, to_tensor
+    from defectgen.detect.features import image_features
 
-    out = []
-    for i in range(0, len(crops), batch):
-        x = to_tensor(np.stack(crops[i:i + batch]), backbone.mean.device)
-        out.append(patch_features(backbone(x, strides)).mean(dim=(2, 3)).cpu().numpy())
+    out = [image_features(backbone, crops[i:i + batch], strides, batch).mean(dim=(2, 3)).cpu().numpy()
+           for i in range(0, len(crops), batch)]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -90,8 +88,7 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
             test_labels: np.ndarray, test_masks: list[np.ndarray] | None, resolution: int = 256,
             strides=(8, 16), sigma: float = 4.0) -> dict[str, float]:
     """I-AUROC / P-AUROC of the real test set scored by closeness to the generated defects' patches."""
-    from defectgen.detect.exdd import ExDD
-    from defectgen.detect.features import nearest_distance, smooth_maps, upsample
+    from defectgen.detect.features import image_features, nearest_distance, patches_inside, smooth_maps, upsample
     from defectgen.metrics import evaluate
 
     def square(img, nearest=False):
@@ -99,14 +96,13 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
         out = cv2.resize(img, (resolution, resolution), interpolation=interp)
         return out.reshape(resolution, resolution, -1) if not nearest else out
 
-    det = ExDD(backbone, strides)
-    bank = det.defect_patches([square(g) for g in generated],
-                              [square(m.astype(np.uint8), True) for m in masks])
+    bank = patches_inside(image_features(backbone, [square(g) for g in generated], strides),
+                          [square(m.astype(np.uint8), True) for m in masks])
     if bank.shape[0] == 0:
         raise DefectgenError(None, "the generated masks cover no backbone patch")
     maps = []
     for i in range(0, len(test_images), 16):
-        feats = det.features([square(t) for t in test_images[i:i + 16]])
+        feats = image_features(backbone, [square(t) for t in test_images[i:i + 16]], strides)
         n, d, h, w = feats.shape
         score = -nearest_distance(feats.permute(0, 2, 3, 1).reshape(-1, d), bank).view(n, h, w)
         maps.append(smooth_maps(upsample(score, (resolution, resolution)).cpu().numpy(), sigma))

@@ -1,4 +1,5 @@
-"""Pictures and summaries people look at: contact sheets with mask outlines, dataset statistics."""
+"""Pictures and summaries people look at: contact sheets with mask outlines, dataset statistics, and every file of
+a `defectgen validate` report (report.md, report.json, roc.png, overlays/)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import cv2
 import numpy as np
 
 from defectgen.io.images import to_uint8, write_image
+from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.sample import Sample
+from defectgen.metrics import METRICS, roc_curve
 
 OUTLINE_RGB = (255, 40, 40)
 
@@ -94,3 +97,142 @@ def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:
         "mask_area_fraction": _quantiles(area),
         "skipped": list(dataset.skipped),
     }
+
+
+# ---- the files of a `defectgen validate` report: report.md, report.json, roc.png, overlays/ -------------------
+
+
+def fmt_metric(v: float | None) -> str:
+    """A metric with three decimals; undefined (None or NaN) as -."""
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN: undefined metrics are written as null (nested dicts and lists too)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isnan(obj) else float(obj)
+    return obj
+
+
+def _per_class_lines(runs: dict[str, Any]) -> list[str]:
+    classes = sorted({c for r in runs.values() for c in r["per_class"]})
+    if not classes:
+        return []
+    lines = ["", "Per class (I-AUROC / AUPRO):", "", "| run | " + " | ".join(classes) + " |",
+             "|---|" + "---|" * len(classes)]
+    for name, r in runs.items():
+        cells = [f"{fmt_metric(r['per_class'][c]['image_auroc'])} / {fmt_metric(r['per_class'][c]['aupro'])}"
+                 for c in classes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _coco_lines(runs: dict[str, Any]) -> list[str]:
+    coco = {name: r["coco"] for name, r in runs.items() if r.get("coco")}
+    if not coco:
+        return []
+    names = sorted({c for r in coco.values() for c in r["per_class"]})
+    lines = ["", "COCO box mAP (boxes from the map's connected components; class-agnostic: every box one "
+             "class):", "", "| run | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | " + " | ".join(
+                 f"{c} mAP@0.5" for c in names) + " |", "|---|---|---|---|" + "---|" * len(names)]
+    for name, r in coco.items():
+        head = " | ".join(fmt_metric(r[k]) for k in ("map50", "map", "agnostic_map50"))
+        per = " | ".join(fmt_metric(r["per_class"].get(c, {}).get("map50")) for c in names)
+        lines.append(f"| {name} | {head} | {per} |")
+    return lines
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The headline table plus per-class image AUROC and AUPRO (and COCO box mAP where measured)."""
+    runs, config = results["runs"], results["config"]
+    lines = [f"# defectgen validate: {config['detector']}", "",
+             f"test set `{config['test']}`: {results['test']['normal']} normal, "
+             f"{results['test']['defect']} defect images at {config['resolution']}x"
+             f"{config['resolution']}; backbone `{config['backbone']}`; seed "
+             f"{config['seed']}; wall time {results['wall_time_s']:.0f} s.", "",
+             "| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        m = r["metrics"]
+        lines.append(f"| {name} | " + " | ".join(fmt_metric(m.get(k)) for k in METRICS) + f" | {r['train_s']:.0f} |")
+    lines += _per_class_lines(runs) + _coco_lines(runs)
+    for run, why in results.get("skipped", {}).items():
+        lines += ["", f"Skipped `{run}`: {why}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_validation_report(out: Path, results: dict[str, Any]) -> None:
+    """report.md and report.json in `out` (results with NaN already made null, see `json_safe`)."""
+    atomic_write_text(out / "report.md", markdown_table(results))
+    atomic_write_json(out / "report.json", results)
+
+
+def write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.ndarray]]) -> None:
+    """Image and pixel ROC curves of every run, side by side, as a PNG (labels, masks: the test set's; each
+    curve: a run's scores, maps and metrics)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
+    for ax, (kind, title) in zip(fig.subplots(1, 2), (("image", "image ROC"), ("pixel", "pixel ROC")),
+                                 strict=True):
+        for name, c in curves.items():
+            fpr, tpr, _ = roc_curve(test["labels"] if kind == "image" else test["masks"],
+                                    c["scores"] if kind == "image" else c["maps"])
+            if fpr.size > 5000:  # millions of pixel thresholds draw the same line as a few thousand
+                keep = np.unique(np.linspace(0, fpr.size - 1, 5000).astype(int))
+                fpr, tpr = fpr[keep], tpr[keep]
+            ax.plot(fpr, tpr, label=f"{name} ({c['metrics'][kind + '_auroc']:.3f})")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def overlay_picks(test: dict[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Which test images get an overlay: mostly defects (that is what one looks at), one in four normal."""
+    defects, normals = np.flatnonzero(test["labels"]), np.flatnonzero(~test["labels"])
+    nd = min(len(defects), n - n // 4)
+    nn = min(len(normals), n - nd)
+    return np.sort(np.r_[rng.choice(defects, nd, replace=False), rng.choice(normals, nn, replace=False)]
+                   ).astype(int)
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, amap: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image.copy()
+    if amap is not None:
+        norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
+        heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        rgb = cv2.addWeighted(rgb, 0.5, heat, 0.5, 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (255, 255, 255) if amap is not None else (255, 0, 0), 1)
+    return rgb
+
+
+def write_overlays(folder: Path, test: dict[str, Any], show: np.ndarray,
+                   maps: dict[str, tuple[np.ndarray, float, float]]) -> list[str]:
+    """One PNG per test image: the image with its ground truth, then each run's map (white: ground truth).
+    maps: per run, the maps of the `show` images and the low and high ends of its colour scale."""
+    files = []
+    for j, i in enumerate(show):
+        tiles = [_overlay(test["images"][i], test["masks"][i], None, 0, 1)]
+        tiles += [_overlay(test["images"][i], test["masks"][i], m[j], lo, hi) for m, lo, hi in maps.values()]
+        strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
+        stem = test["paths"][i].stem if test["paths"][i] is not None else f"{i:04d}"
+        name = f"{j:02d}_{test['classes'][i]}_{stem}.png"
+        write_image(folder / name, strip)
+        files.append(f"overlays/{name}")
+    if files:
+        atomic_write_text(folder / "README.txt", "columns: input with ground truth (red), then " + ", ".join(maps)
+                          + " (anomaly map, blue low to red high; white: ground truth)\n")
+    return files

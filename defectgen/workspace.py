@@ -124,3 +124,118 @@ class Workspace:
             i += 1
         path = base / f"{stem}-{i}"
         return path.relative_to(Path.cwd().resolve()) if self.root == Path.cwd().resolve() else path
+
+
+# ---- defaults taken from the workspace --------------------------------------------------------------------------
+# Each function takes the workspace and the values given (None: not given) and returns the resolved values plus the
+# notes to show, one line per default taken. Errors and notes name the parameters in backticks (`normals`); the
+# command line shows its flags there instead.
+
+def note(what: str, value: object, why: str) -> str:
+    """The line that says a default was taken: `using model runs/ddpm-1 (most recent DDPM in the workspace)`."""
+    return f"using {what} {value} ({why})"
+
+
+def output_folder(ws: Workspace, out_dir: str | Path | None, kind: str, stem: str,
+                  resume: bool = False) -> tuple[Path, list[str]]:
+    """`out_dir` as given, or a fresh folder under the workspace's default folder for `kind`."""
+    if out_dir is not None:
+        return Path(out_dir), []
+    if resume:
+        raise DefectgenError(None, "`resume` needs `out_dir` (the folder to continue)")
+    out_dir = ws.new_output(kind, stem)
+    return out_dir, [note("output folder", out_dir, "no `out_dir` given")]
+
+
+def synthesize_defaults(ws: Workspace, model: str | None, normals: str | Path | None,
+                        prompt: str | None = None) -> tuple[str, Path, list[str]]:
+    """The model (the most recent text-guided one for a prompt, else the most recent DDPM) and the normal images
+    (those the model was trained with)."""
+    notes = []
+    if model is None:
+        entry = ws.latest("model", ("ldm",)) if prompt else None
+        why = "most recent text-guided model in the workspace"
+        if entry is None:
+            entry = ws.latest("model", ("ddpm", "cddpm"))
+            why = "most recent DDPM in the workspace" + ("; there is no text-guided model" if prompt else "")
+        if entry is None:
+            raise DefectgenError(ws.path, "no `model` given and the workspace has no trained model; give `model` "
+                                 "(a model folder, a diffusers inpainting model or draem) or run `defectgen "
+                                 "train-ddpm` first")
+        model = str(ws.absolute(entry["path"]))
+        notes.append(note("model", entry["path"], why))
+    if normals is None:
+        from defectgen.diffusion.ddpm import read_metadata
+
+        meta = read_metadata(model) if (Path(model) / "defectgen.json").is_file() else {}
+        trained_on = (meta.get("data") or {}).get("normals")
+        if not trained_on:
+            raise DefectgenError(None, f"no `normals` given and {model} records no normal images it was trained "
+                                 "with; give `normals`")
+        normals = Path(trained_on)
+        notes.append(note("normals", normals, f"what {Path(model).name} was trained with"))
+    return model, Path(normals), notes
+
+
+def validate_defaults(ws: Workspace, detector: str, synthetic: list[str | Path] | None, train: str | Path | None,
+                      test: str | Path | None, out_dir: str | Path | None
+                      ) -> tuple[list[Path] | None, Path | None, Path, Path, list[str]]:
+    """(synthetic, train, test, out_dir, notes): the most recent synthesized set (synthetic ['none']: none), the
+    normals it was painted on (train 'none': none, for a test set without normal images), the MVTec test set
+    beside train/good, and a fresh report folder."""
+    notes: list[str] = []
+    set_entry = None
+    if synthetic and [str(p) for p in synthetic] == ["none"]:  # baselines only, whatever the workspace holds
+        synthetic = None
+    elif not synthetic:
+        synthetic = None
+        set_entry = ws.latest("set")
+        if set_entry is not None:
+            synthetic = [ws.absolute(set_entry["path"])]
+            notes.append(note("synthetic set", set_entry["path"], "most recent synthesized set in the workspace"))
+    else:
+        synthetic = [Path(p) for p in synthetic]
+        resolved = synthetic[0].resolve()
+        set_entry = next((e for e in reversed(ws.entries()) if e["kind"] == "set"
+                          and ws.absolute(e["path"]).resolve() == resolved), None)
+    if train is not None and str(train) == "none":  # a dataset without normal images (seg only)
+        if test is None:
+            raise DefectgenError(None, "`train` none needs `test`")
+        train = None
+    else:
+        if train is None:
+            normals = (set_entry or {}).get("inputs", {}).get("normals")
+            if not normals:
+                raise DefectgenError(None, "no `train` given and no synthesized set in the workspace records its "
+                                     "normals; give `train`")
+            train = ws.absolute(normals)
+            notes.append(note("normals", normals, "those the synthetic set was painted on"))
+        if test is None:
+            train_path = Path(train).resolve()
+            candidate = train_path.parent.parent if train_path.parts[-2:] == ("train", "good") else train_path
+            if not ((candidate / "test").is_dir() and (candidate / "ground_truth").is_dir()):
+                raise DefectgenError(None, f"no `test` given and {train} is not train/good of an MVTec folder with "
+                                     "test/ and ground_truth/; give `test`")
+            test = candidate
+            notes.append(note("test set", test / "test", "MVTec test/ beside the normals' train/good"))
+    out_dir, more = output_folder(ws, out_dir, "report", detector)
+    return synthetic, None if train is None else Path(train), Path(test), out_dir, notes + more
+
+
+def figures_text(entry: dict[str, Any]) -> str:
+    """An index entry's key figures in one line (`defectgen runs`)."""
+    f = entry.get("figures", {})
+    if entry["kind"] == "model":
+        loss = f.get("final_loss")
+        return f"{f.get('steps')} steps, loss {loss:.4f}" if loss is not None else f"{f.get('steps')} steps"
+    if entry["kind"] == "set":
+        text = f"{f.get('n')} samples, {f.get('annotations')} annotations"
+        if "kept" in f:
+            text += f", kept {f['kept']} (removed {', '.join(f'{k} {v}' for k, v in f['removed'].items())})"
+        return text
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    return "; ".join(f"{name}: I {fmt(m.get('image_auroc'))} / P {fmt(m.get('pixel_auroc'))} / "
+                     f"PRO {fmt(m.get('aupro'))}" for name, m in f.items())

@@ -9,17 +9,46 @@ import numpy as np
 from defectgen.io import read_mask
 from tests.conftest import square_mask, texture, write_png
 
-VERBS = ("train-ddpm", "train-ldm", "synthesize", "masks", "validate", "inspect")
 
+def test_every_verb_has_help_with_every_flag_and_an_example(run_cli, monkeypatch):
+    import typer
 
-def test_every_verb_has_help_with_an_example(run_cli):
+    from defectgen.cli import app
+
+    commands = typer.main.get_command(app).commands
+    assert {"train-ddpm", "train-ldm", "synthesize", "filter", "masks", "validate", "inspect", "runs"} <= set(commands)
+    monkeypatch.setenv("COLUMNS", "200")  # flags are not wrapped
     code, out, _ = run_cli("--help")
     assert code == 0
-    for verb in VERBS:
+    for verb, command in commands.items():
         assert verb in out
         code, text, err = run_cli(verb, "--help")
         assert code == 0, err
         assert f"defectgen {verb}" in text  # an example line
+        flat = text.replace("│", " ")
+        for param in command.params:
+            if param.param_type_name == "option":
+                for flag in param.opts + param.secondary_opts:
+                    assert flag in flat, (verb, flag)
+
+
+def test_shared_options_keep_each_verbs_default():
+    import typer
+
+    from defectgen.cli import app
+
+    commands = typer.main.get_command(app).commands
+    defaults = {verb: {p.name: p.default for p in commands[verb].params} for verb in commands}
+    assert defaults["train-ddpm"]["steps"] == 20000 and defaults["train-ldm"]["steps"] == 5000
+    assert defaults["train-ddpm"]["checkpoint_every"] == 1000 and defaults["train-ldm"]["checkpoint_every"] == 500
+    assert defaults["filter"]["filters"] == "change" and defaults["synthesize"]["filters"] is None
+    assert defaults["filter"]["tau0"] == defaults["synthesize"]["tau0"] == 0.5
+
+
+def test_library_errors_show_the_verbs_flags(tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)  # an empty workspace
+    code, _, err = run_cli("train-ddpm", "--normals", tmp_path, "--resume")
+    assert code == 2 and "--resume needs --out" in err and "`" not in err, err
 
 
 def test_masks_like_folder_follows_image_sizes_and_is_reproducible(tmp_path, rng, run_cli):

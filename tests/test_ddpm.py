@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from defectgen.diffusion.ddpm import (
+    ConditionalDdpmPipeline,
     build_model,
     conditional_loss,
     load_model,
@@ -175,6 +176,41 @@ def test_load_rejects_folders_that_are_not_defectgen_models(tmp_path):
     (tmp_path / "defectgen.json").write_text(json.dumps({"kind": "ddpm", "resolution": 16, "channels": 1}))
     with pytest.raises(DefectgenError, match="cannot load the model weights"):
         load_model(tmp_path)
+
+
+def test_trained_conditional_folder_is_a_diffusers_pipeline_and_old_folders_still_load(tmp_path, labeled_dir):
+    train_ddpm(tmp_path / "run", labeled=labeled_dir, preset="tiny", resolution=R, config=quick(2),
+               log=lambda m: None)
+    index = json.loads((tmp_path / "run" / "model_index.json").read_text())
+    assert index["_class_name"] == "ConditionalDdpmPipeline"
+    assert index["condition"] == ["defectgen.diffusion.ddpm", "ConditionEmbedding"]
+    pipe = ConditionalDdpmPipeline.from_pretrained(tmp_path / "run", local_files_only=True)
+    x0 = torch.zeros(2, 1, R, R)
+    mask = torch.zeros(2, 1, R, R)
+    mask[:, :, 4:12, 4:12] = 1
+    out = pipe(x0, mask, [0, 1], num_inference_steps=3, seeds=[1, 2]).images
+    assert out.shape == (2, 1, R, R) and torch.isfinite(out).all()
+    assert torch.equal(out * (1 - mask), x0 * (1 - mask)) and (out * mask).abs().sum() > 0
+    as_np = pipe(x0, mask, [0, 1], num_inference_steps=3, seeds=[1, 2], output_type="np").images
+    assert as_np.shape == (2, R, R, 1) and np.allclose(as_np, (out.numpy().transpose(0, 2, 3, 1) + 1) / 2)
+    # A folder saved before conditional models were pipelines (no model_index.json) loads the same weights.
+    (tmp_path / "run" / "model_index.json").unlink()
+    old = load_model(tmp_path / "run")
+    again = old.pipeline()(x0, mask, [0, 1], num_inference_steps=3, seeds=[1, 2]).images
+    assert torch.equal(again, out)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe{"], ids=["syntax", "list", "not-utf8"])
+def test_corrupt_metadata_is_a_one_line_error_naming_the_file(tmp_path, content):
+    from defectgen.diffusion.folder import read_metadata
+
+    path = tmp_path / "defectgen.json"
+    path.write_bytes(content)
+    for read in (load_model, lambda folder: read_metadata(folder, required=False)):
+        with pytest.raises(DefectgenError) as info:
+            read(tmp_path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message and "JSON" in message
 
 
 def test_perturb_and_denoise_keeps_the_outside_and_depends_only_on_the_seed():

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from defectgen.errors import DefectgenError
 from defectgen.io import read_image, read_mask
 from tests.conftest import square_mask, texture, write_png
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")

@@ -112,15 +112,3 @@ def test_perfect_and_inverted_maps():
     assert metrics.pixel_auroc(masks, perfect) == pytest.approx(1.0)
     assert metrics.aupro(masks, -perfect) == pytest.approx(0.0)
 
-
-def test_large_set_is_fast():
-    import time
-
-    rng = np.random.default_rng(0)
-    masks = np.zeros((200, 256, 256), bool)
-    masks[:100, 100:140, 60:90] = True
-    maps = rng.random(masks.shape, dtype=np.float32) + masks
-    start = time.perf_counter()
-    result = metrics.evaluate(masks.any((1, 2)), maps.max((1, 2)), masks, maps)
-    assert time.perf_counter() - start < 30  # a few seconds on 2 cores; generous for a loaded machine
-    assert result["aupro"] > 0.99

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,12 +15,12 @@ from defectgen.diffusion.ddpm import build_model, save_model, train_ddpm
 from defectgen.diffusion.training import TrainConfig
 from defectgen.errors import DefectgenError
 from defectgen.io.images import read_image, read_mask
-from defectgen.synth.pipeline import NAMED_GENERATORS, load_generator, register_generator, synthesize
+from defectgen.io.sample import Sample
+from defectgen.synth.base import GENERATORS, generator_names, register_generator
+from defectgen.synth.pipeline import load_generator, sample_seed, synthesize
 from tests.conftest import square_mask, texture, write_png
 
 R = 16
-
-
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,13 @@ def test_coco_round_trips_through_pycocotools(tmp_path, models, normals):
     assert info["sampler"] == "ddim" and info["steps"] == 3 and info["seed"] == 1 and info["version"]
     assert info["model"] == str(models["ddpm"])
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["defect"]
+    assert sorted(coco.getImgIds()) == [1, 2, 3, 4]  # the one id base of every writer
+    assert sorted(coco.getAnnIds()) == list(range(1, len(coco.getAnnIds()) + 1))
     for image_id in coco.getImgIds():
         im = coco.loadImgs(image_id)[0]
         mask = read_mask(tmp_path / "out" / im["mask_file"])
+        regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+        assert len(coco.getAnnIds(imgIds=image_id)) == regions  # one annotation per connected region
         union = np.zeros_like(mask)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
             part = coco.annToMask(ann).astype(bool)
@@ -175,13 +180,16 @@ def test_pipeline_is_generic_over_generators(tmp_path, normals):
         def generate(self, normals, masks, seeds, class_names):
             return [1.0 - x for x in normals]
 
-    register_generator("invert", Invert, named=True)
+    assert {"draem", "copypaste"} <= set(generator_names())  # the built-ins register themselves
+    register_generator("invert", Invert)
     try:
         g = load_generator("invert", strength=None, prompt="p")
         assert g.options == {"prompt": "p"}
         synthesize(g, normals, tmp_path / "out", 3, prompt="p", progress=False)
     finally:
-        NAMED_GENERATORS.pop("invert")
+        GENERATORS.pop("invert")
+    with pytest.raises(DefectgenError, match="copypaste, draem"):
+        load_generator(tmp_path / "no-such-model")
     for _, image, mask, normal in outputs(tmp_path / "out", normals):
         peak = 255 if normal.dtype == np.uint8 else 65535
         assert np.array_equal(image[mask], peak - normal[mask])
@@ -237,3 +245,36 @@ def test_cli_masks_from_a_labeled_set_reuse_the_real_masks(mvtec_dir, tmp_path, 
     code, _, err = run_cli("synthesize", "--model", "draem", "--normals", mvtec_dir / "train" / "good", "--n", "2",
                            "--masks-from", tmp_path / "missing", "--out", tmp_path / "o2")
     assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_filter_redraws_the_contact_sheet_from_the_kept_samples(tmp_path, normals):
+    """A generator that paints only the samples of even seed: the change filter rejects the others, and the contact
+    sheet afterwards shows the kept samples only (fewer tiles than before)."""
+    from defectgen.report import contact_sheet
+    from defectgen.synth.filters import ChangeFilter, filter_output
+
+    class EvenOnly:
+        name, resolution, channels = "even", None, None
+
+        def info(self):
+            return {"model": "even"}
+
+        def generate(self, normals, masks, seeds, class_names):
+            return [1.0 - x if s % 2 == 0 else x for x, s in zip(normals, seeds, strict=True)]
+
+    n, seed = 6, 0
+    painted = [i for i in range(n) if sample_seed(seed, i) % 2 == 0]
+    assert 0 < len(painted) < n
+    out = tmp_path / "out"
+    synthesize(EvenOnly(), normals, out, n, seed=seed, progress=False)
+    before = read_image(out / "contact_sheet.png")
+    summary = filter_output(out, [ChangeFilter(0.02)], log=lambda *_: None)
+    assert summary.kept == len(painted)
+    after = read_image(out / "contact_sheet.png")
+    assert after.shape != before.shape  # fewer tiles: the old sheet kept all n
+    coco = json.loads((out / "annotations.json").read_text())
+    kept = [Sample(read_image(out / im["file_name"]), read_mask(out / im["mask_file"]), "defect")
+            for im in coco["images"]]
+    assert np.array_equal(after, contact_sheet(kept))
+    assert [im["id"] for im in coco["images"]] == list(range(1, len(painted) + 1))
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))

@@ -12,17 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from defectgen.detect.backbone import Backbone, load_backbone
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import (
     batches,
     greedy_coreset,
+    image_features,
     nearest_distance,
-    patch_features,
+    patches_inside,
     smooth_maps,
-    to_tensor,
     upsample,
 )
 from defectgen.errors import DefectgenError
@@ -74,14 +73,9 @@ class ExDD(Detector):
     def device(self) -> torch.device:
         return self.backbone.mean.device
 
-    @torch.no_grad()
     def features(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         """N x D x h x w patch features of H x W x C images (uint8 or float in [0, 1])."""
-        out = []
-        for sl in batches(len(images), self.batch_size):
-            x = to_tensor(images[sl], self.device)
-            out.append(patch_features(self.backbone(x, self.strides)))
-        return torch.cat(out)
+        return image_features(self.backbone, images, self.strides, self.batch_size)
 
     def fit(self, normals: Sequence[np.ndarray] | np.ndarray, defects: Sequence[np.ndarray] | None = None,
             masks: Sequence[np.ndarray] | None = None, progress: bool = False, *,
@@ -131,16 +125,7 @@ class ExDD(Detector):
     @torch.no_grad()
     def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> torch.Tensor:
         """P x D features of the patches of `defects` that lie inside `masks` (see `fit`)."""
-        feats = self.features(defects)
-        h, w = feats.shape[-2:]
-        m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(self.device)
-        cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
-        inside = cover >= 0.5
-        best = cover.flatten(1).argmax(1)
-        for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
-            if cover[i].max() > 0:
-                inside[i].view(-1)[best[i]] = True
-        return feats.permute(0, 2, 3, 1)[inside]
+        return patches_inside(self.features(defects), masks)
 
     @torch.no_grad()
     def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:

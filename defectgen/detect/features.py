@@ -42,6 +42,33 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
+@torch.no_grad()
+def image_features(backbone, images: Sequence[np.ndarray] | np.ndarray, strides: Sequence[int] = (8, 16),
+                   batch_size: int = 16) -> torch.Tensor:
+    """N x D x h x w patch features (`patch_features` of the backbone's `strides` maps) of H x W x C images of
+    one size (uint8 or float in [0, 1]), computed `batch_size` images at a time on the backbone's device."""
+    out = []
+    for sl in batches(len(images), batch_size):
+        x = to_tensor(images[sl], backbone.mean.device)
+        out.append(patch_features(backbone(x, strides)))
+    return torch.cat(out)
+
+
+def patches_inside(feats: torch.Tensor, masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """P x D: the patches of N x D x h x w features that lie inside the N masks (a patch counts when half of it
+    is masked; an image whose mask covers no patch that much gives its most-covered patch, so tiny defects are
+    not lost)."""
+    h, w = feats.shape[-2:]
+    m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(feats.device)
+    cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
+    inside = cover >= 0.5
+    best = cover.flatten(1).argmax(1)
+    for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
+        if cover[i].max() > 0:
+            inside[i].view(-1)[best[i]] = True
+    return feats.permute(0, 2, 3, 1)[inside]
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_BLOCK_ELEMENTS,
                      query_groups: torch.Tensor | None = None, bank_groups: torch.Tensor | None = None) \
         -> torch.Tensor:

@@ -14,7 +14,6 @@ Image score: the mean of the top-k pixel scores (as AST). Boxes: connected compo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from defectgen.detect.ast import focal_loss
 from defectgen.detect.backbone import TINY, Backbone, load_backbone
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import batches, to_tensor
+from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
 
 
@@ -155,18 +155,12 @@ class Seg(nn.Module, Detector):
         n_norm = o.batch_size - n_def
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(o.steps, 1), eta_min=o.lr * 0.05)
         self.train()
-        self.history = []
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=o.steps, desc=desc or "seg", unit="step", leave=True, mininterval=1.0)
-        start = time.perf_counter()
+        loop = StepLoop(opt, o.steps, o.lr, n_def + n_norm, progress, desc or "seg")
+        self.history = loop.history
         labels = np.asarray(labels).astype(np.uint8)  # OpenCV-backed flips and rotations take uint8 masks
         empty = np.zeros((h, w), np.uint8)
-        for step in range(o.steps):
+        for _ in range(o.steps):
             pairs = [(defects[j], labels[j]) for j in rng.integers(len(defects), size=n_def)]
             pairs += [(normals[i], empty) for i in rng.integers(len(normals), size=n_norm)]
             imgs, labs = [], []
@@ -176,18 +170,8 @@ class Seg(nn.Module, Detector):
                 labs.append(a["mask"])
             x = to_tensor(imgs, self.device)
             y = torch.from_numpy(np.stack(labs).astype(np.int64)).to(self.device)
-            loss = self.losses(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss["total"].backward()
-            opt.step()
-            sched.step()
-            self.history.append(float(loss["total"].detach()))
-            if bar is not None:
-                rate = (step + 1) * len(pairs) / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{self.history[-1]:.4f}", img_s=f"{rate:.1f}", refresh=False)
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            loop.step(self.losses(x, y)["total"])
+        loop.close()
         self.eval()
         return self
 

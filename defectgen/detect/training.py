@@ -1,4 +1,5 @@
-"""The AST training loop: batches of synthetic defects (with their clean normals and masks) mixed with normals."""
+"""The AST training loop: batches of synthetic defects (with their clean normals and masks) mixed with normals;
+and `StepLoop`, the optimiser steps, schedule, loss history and progress bar the trained detectors share."""
 
 from __future__ import annotations
 
@@ -9,6 +10,41 @@ import torch
 
 from defectgen.detect.ast import AST
 from defectgen.detect.features import to_tensor
+
+
+class StepLoop:
+    """The optimiser side of a training loop: a cosine learning-rate schedule down to 5% of `lr`, one backward
+    pass and optimiser step per loss, the loss history, and a tqdm bar with the loss and images per second."""
+
+    def __init__(self, opt: torch.optim.Optimizer, steps: int, lr: float, images_per_step: int, progress: bool,
+                 desc: str):
+        self.opt = opt
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+        self.images_per_step = images_per_step
+        self.history: list[float] = []
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, desc=desc, unit="step", leave=True, mininterval=1.0)
+        self.start = time.perf_counter()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.history.append(float(loss.detach()))
+        if self.bar is not None:
+            rate = len(self.history) * self.images_per_step / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix(loss=f"{self.history[-1]:.4f}", img_s=f"{rate:.1f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> list[float]:
+        """The loss of each step (the bar, if any, closed)."""
+        if self.bar is not None:
+            self.bar.close()
+        return self.history
 
 
 def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None,
@@ -26,19 +62,12 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
     rng = np.random.default_rng(seed)
     params = list(model.student.parameters()) + (list(model.head.parameters()) if has_defects else [])
     opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     model.student.train()
     model.head.train()
     n_def = batch_size // 2 if has_defects else 0
     n_norm = batch_size - n_def
-    history: list[float] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=True, mininterval=1.0)
-    start = time.perf_counter()
-    for step in range(steps):
+    loop = StepLoop(opt, steps, lr, batch_size, progress, desc)
+    for _ in range(steps):
         idx = rng.integers(len(normals), size=n_norm)
         # random flips keep a small set of normals from being memorised pixel by pixel
         imgs = [normals[i][:, ::-1] if rng.random() < 0.5 else normals[i] for i in idx]
@@ -52,17 +81,6 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
         x = to_tensor(imgs, model.device)
         c = to_tensor(clean, model.device)
         m = torch.from_numpy(np.stack(mk)).to(model.device)
-        loss = model.losses(x, c, m, with_head=has_defects)
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        opt.step()
-        sched.step()
-        history.append(float(loss["total"].detach()))
-        if bar is not None:
-            rate = (step + 1) * batch_size / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{history[-1]:.4f}", img_s=f"{rate:.1f}", refresh=False)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        loop.step(model.losses(x, c, m, with_head=has_defects)["total"])
     model.eval()
-    return history
+    return loop.close()

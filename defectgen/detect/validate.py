@@ -1,5 +1,6 @@
 """`defectgen validate`: train a detector with a synthetic set and with each baseline in one run, score all on
-the real test set, and write report.json, report.md, roc.png and anomaly-map overlays.
+the real test set, and write report.json, report.md, roc.png and anomaly-map overlays (`defectgen.report`
+writes the files; this module runs the experiment).
 
 Runs: `synthetic` (the normals plus the given synthetic set) and the baselines: `none` (normals only; for the
 unsupervised detectors), `draem` (the classic DRAEM-style generator applied in memory to as many normals as the
@@ -26,37 +27,25 @@ from defectgen.detect.backbone import load_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import from_float, to_float
-from defectgen.io.output import OutputFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
+from defectgen.io.images import from_float, read_image, square_mask, square_uint8
+from defectgen.io.output import OutputFolder
 from defectgen.io.sample import Sample
-from defectgen.metrics import coco_map, evaluate, roc_curve
+from defectgen.metrics import METRICS, coco_map, evaluate  # noqa: F401 - METRICS: the CLI reads it from here
+from defectgen.report import (
+    fmt_metric,
+    json_safe,
+    overlay_picks,
+    write_overlays,
+    write_roc,
+    write_validation_report,
+)
 from defectgen.runtime import hardware, pick_device
 
 BASELINES = ("none", "draem", "copypaste", "real", "real+synthetic")
 DEFAULT_BASELINES = ("none", "draem")
 NEEDS_LABELED = ("copypaste", "real", "real+synthetic")
 SUPERVISED_ONLY = ("real", "real+synthetic")  # labeled defects with no normals made into defects
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max", "pixel_f1_max")
 _SOURCE_KEYS = ("source", "source_image", "source_path", "normal", "normal_path")
-
-
-def _resize_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Any stored image -> size x size x channels uint8 (detectors work in 8 bits)."""
-    img = to_float(image)
-    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
-    img = cv2.resize(img, (size, size), interpolation=interp).reshape(size, size, -1)
-    if img.shape[2] != channels:
-        img = np.repeat(img, 3, axis=2) if channels == 3 else img.mean(axis=2, keepdims=True)
-    return from_float(img, np.uint8)
-
-
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Area-resampled and cut at one half; a defect smaller than a pixel keeps its strongest pixel."""
-    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    out = m >= 0.5
-    if mask.any() and not out.any():
-        out = m >= m.max()
-    return out
 
 
 def _scaled_box(b, h: int, w: int, size: int) -> list[float]:
@@ -113,7 +102,7 @@ def load_normals(train: Path, size: int, max_train: int | None, seed: int, progr
     ds.entries = [ds.entries[i] for i in _subset(len(ds), max_train, seed)]
     samples = ds.read_all("normals", progress)
     channels = 3 if any(s.channels == 3 for s in samples) else 1
-    return np.stack([_resize_image(s.image, size, channels) for s in samples]), [s.path for s in samples], channels
+    return np.stack([square_uint8(s.image, size, channels) for s in samples]), [s.path for s in samples], channels
 
 
 def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: int, progress: bool
@@ -134,14 +123,14 @@ def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: 
             raise DefectgenError(test, f"defect image {s.path.name if s.path else '?'} has no mask; pixel metrics "
                                  "need ground-truth masks (ground_truth/<class>/<stem>_mask.png, COCO masks or "
                                  "VOC boxes)")
-    masks = [_resize_mask(s.defect_mask(), size) if not n else np.zeros((size, size), bool)
+    masks = [square_mask(s.defect_mask(), size) if not n else np.zeros((size, size), bool)
              for s, n in zip(samples, normal, strict=True)]
     boxes = [[] if n else _boxes_of(s, m, size) for s, m, n in zip(samples, masks, normal, strict=True)]
     box_classes = sorted({b["class"] for bs in boxes for b in bs})
     if not any(normal) and len(box_classes) < 2:
         raise DefectgenError(test, "the test set has no normal images: image AUROC needs both kinds")
     return {
-        "images": np.stack([_resize_image(s.image, size, channels) for s in samples]),
+        "images": np.stack([square_uint8(s.image, size, channels) for s in samples]),
         "masks": np.stack(masks),
         "labels": np.array([not n for n in normal]),
         "classes": ["good" if n else (s.class_name or "defect") for s, n in zip(samples, normal, strict=True)],
@@ -170,13 +159,13 @@ def load_labeled(labeled: Path, size: int, channels: int, test_classes: Sequence
                              "beside each image, labeled/<class>/ in an MVTec folder, VOC boxes or COCO "
                              "annotations)")
     names: list[str] = []
-    masks = [_resize_mask(s.defect_mask(), size) for s in samples]
+    masks = [square_mask(s.defect_mask(), size) for s in samples]
     label_maps = [_label_map(s, m, size, names) for s, m in zip(samples, masks, strict=True)]
     missing = sorted(set(names) - set(test_classes))
     if missing:
         raise DefectgenError(labeled, f"labeled class(es) {', '.join(missing)} do not occur in the test set "
                              f"(its classes: {', '.join(sorted(test_classes)) or 'none'})")
-    return {"images": np.stack([_resize_image(s.image, size, channels) for s in samples]),
+    return {"images": np.stack([square_uint8(s.image, size, channels) for s in samples]),
             "masks": np.stack(masks), "labels": np.stack(label_maps), "class_names": names, "samples": samples}
 
 
@@ -246,20 +235,18 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
     images, masks, cleans, how = [], [], [], {"declared": 0, "matched": 0, "inpainted": 0, "on_labeled_canvas": 0}
     labels, names = [], []
     for s in samples:
-        img, m = _resize_image(s.image, size, channels), _resize_mask(s.mask, size)
+        img, m = square_uint8(s.image, size, channels), square_mask(s.mask, size)
         lab = _label_map(s, m, size, names)
         src = declared.get(s.path.resolve()) if s.path is not None else None
         canvas = (canvases or {}).get(src) if src is not None else None
         if canvas is not None:  # the canvas's own defects, under the painted one
-            under = _label_map(canvas, _resize_mask(canvas.defect_mask(), size), size, names)
+            under = _label_map(canvas, square_mask(canvas.defect_mask(), size), size, names)
             lab = np.where(m, lab, under)
             m = m | (under > 0)
             how["on_labeled_canvas"] += 1
         labels.append(lab)
         if src is not None:
-            from defectgen.io.images import read_image
-
-            clean, kind = _resize_image(read_image(src), size, channels), "declared"
+            clean, kind = square_uint8(read_image(src), size, channels), "declared"
         elif normals_small is not None:
             clean, kind = _clean_of(img, m, normals_small, normals)
         else:
@@ -327,103 +314,10 @@ def _per_class(test: dict[str, Any], maps: np.ndarray, scores: np.ndarray) -> di
     return result
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, amap: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image.copy()
-    if amap is not None:
-        norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
-        heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-        rgb = cv2.addWeighted(rgb, 0.5, heat, 0.5, 0)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(rgb, contours, -1, (255, 255, 255) if amap is not None else (255, 0, 0), 1)
-    return rgb
-
-
-def _write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.ndarray]]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.5))
-    FigureCanvasAgg(fig)  # Agg canvas without touching pyplot's global backend
-    for ax, (kind, title) in zip(fig.subplots(1, 2), (("image", "image ROC"), ("pixel", "pixel ROC")),
-                                 strict=True):
-        for name, c in curves.items():
-            fpr, tpr, _ = roc_curve(test["labels"] if kind == "image" else test["masks"],
-                                    c["scores"] if kind == "image" else c["maps"])
-            if fpr.size > 5000:  # millions of pixel thresholds draw the same line as a few thousand
-                keep = np.unique(np.linspace(0, fpr.size - 1, 5000).astype(int))
-                fpr, tpr = fpr[keep], tpr[keep]
-            ax.plot(fpr, tpr, label=f"{name} ({c['metrics'][kind + '_auroc']:.3f})")
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _fmt(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """The headline table plus per-class image AUROC and AUPRO."""
-    runs = results["runs"]
-    lines = [f"# defectgen validate: {results['config']['detector']}", "",
-             f"test set `{results['config']['test']}`: {results['test']['normal']} normal, "
-             f"{results['test']['defect']} defect images at {results['config']['resolution']}x"
-             f"{results['config']['resolution']}; backbone `{results['config']['backbone']}`; seed "
-             f"{results['config']['seed']}; wall time {results['wall_time_s']:.0f} s.", "",
-             "| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in METRICS) + f" | {r['train_s']:.0f} |")
-    classes = sorted({c for r in runs.values() for c in r["per_class"]})
-    if classes:
-        lines += ["", "Per class (I-AUROC / AUPRO):", "",
-                  "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-        for name, r in runs.items():
-            cells = [f"{_fmt(r['per_class'][c]['image_auroc'])} / {_fmt(r['per_class'][c]['aupro'])}"
-                     for c in classes]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    coco = {name: r["coco"] for name, r in runs.items() if r.get("coco")}
-    if coco:
-        names = sorted({c for r in coco.values() for c in r["per_class"]})
-        lines += ["", "COCO box mAP (boxes from the map's connected components; class-agnostic: every box one "
-                  "class):", "", "| run | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | " + " | ".join(
-                      f"{c} mAP@0.5" for c in names) + " |", "|---|---|---|---|" + "---|" * len(names)]
-        for name, r in coco.items():
-            lines.append(f"| {name} | {_fmt(r['map50'])} | {_fmt(r['map'])} | {_fmt(r['agnostic_map50'])} | "
-                         + " | ".join(_fmt(r["per_class"].get(c, {}).get("map50")) for c in names) + " |")
-    for run, why in results.get("skipped", {}).items():
-        lines += ["", f"Skipped `{run}`: {why}."]
-    return "\n".join(lines) + "\n"
-
-
-def run_validation(
-    detector: str, train: str | Path | None, test: str | Path, out: str | Path,
-    synthetic: str | Path | Sequence[str | Path] | None = None,
-    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str = "tiny", resolution: int = 256, seed: int = 0,
-    steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
-    n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
-    device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
-    student_width: int | None = None, positive_quantile: float | None = None,
-    real_labeled: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
-    write the report to `out`, and return the results dict (also written as report.json).
-
-    train: the normal images; None for a supervised detector on a dataset without normals (NEU-DET), which then
-    learns from defect images alone. synthetic: one set, or several pooled (one folder per class, say).
-
-    real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
-    split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
-    copypaste baselines make (default: as many as the synthetic set has, else 100)."""
-    start = time.perf_counter()
-    det_cls = get_detector(detector)
+def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence[str], real_labeled,
+                   resolution: int) -> tuple[list[str], dict[str, str]]:
+    """The runs to make (baselines without repeats or runs the detector cannot learn from) and the skipped
+    ones with why; a choice that cannot work is refused here, before any input is read."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise DefectgenError(None, f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
@@ -456,15 +350,15 @@ def run_validation(
         if no_normals:
             raise DefectgenError(None, f"baseline(s) {', '.join(no_normals)} paint defects on normal images: "
                                  "give --train normals, or leave them out")
-    train = Path(train) if train is not None else None
-    test, out = Path(test), Path(out)
-    if synthetic is not None:
-        synthetic = ([Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(p) for p in synthetic])
-    real_labeled = Path(real_labeled) if real_labeled is not None else None
-    torch.manual_seed(seed)
-    dev = pick_device(device)
+    return baselines, skipped
 
-    # every input is read and every baseline made before the output folder is touched
+
+def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, real_labeled: Path | None,
+                 resolution: int, max_train: int | None, max_test: int | None, seed: int, progress: bool,
+                 uses_labeled: bool) -> dict[str, Any]:
+    """Normals, test set, labeled defects and the synthetic set as training set (`_training_set`), read at
+    `resolution`: normals, channels, test_set, labeled (None without --real-labeled), synthetic (None without
+    --synthetic) and clean_sources (how the synthetic set's clean normals were found)."""
     if train is not None:
         normals, _, channels = load_normals(train, resolution, max_train, seed, progress)
     else:  # defect images are the only training images; detectors run on 3 channels
@@ -474,17 +368,27 @@ def run_validation(
     labeled = None
     if real_labeled is not None:  # checked even when no run uses it: a bad input is reported, not ignored
         labeled = load_labeled(real_labeled, resolution, channels, test_classes, progress)
-        if not need:
+        if not uses_labeled:
             print(f"note: no run uses --real-labeled (baselines {', '.join(NEEDS_LABELED)} do)", file=sys.stderr,
                   flush=True)
-    runs_data: dict[str, dict[str, Any]] = {}
-    clean_sources = None
+    inputs = {"normals": normals, "channels": channels, "test_set": test_set, "labeled": labeled,
+              "synthetic": None, "clean_sources": None}
     if synthetic is not None:
         canvases = {s.path.resolve(): s for s in labeled["samples"] if s.path is not None} if labeled else None
         images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, resolution, channels,
                                                                               normals, progress, canvases)
-        runs_data["synthetic"] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
-    n_syn = n_draem or (len(runs_data["synthetic"]["images"]) if synthetic is not None else 100)
+        inputs["synthetic"] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
+        inputs["clean_sources"] = clean_sources
+    return inputs
+
+
+def _training_sets(baselines: Sequence[str], inputs: dict[str, Any], n_draem: int | None, seed: int
+                   ) -> tuple[dict[str, dict[str, Any]], int]:
+    """Each run's training set by run name (the synthetic set first, then the baselines in the order given),
+    and how many defects the draem and copypaste baselines make."""
+    normals, labeled, synthetic = inputs["normals"], inputs["labeled"], inputs["synthetic"]
+    runs_data: dict[str, dict[str, Any]] = {} if synthetic is None else {"synthetic": synthetic}
+    n_syn = n_draem or (len(synthetic["images"]) if synthetic is not None else 100)
     real = None if labeled is None else _training_set(labeled["images"], labeled["masks"], None, labeled["labels"],
                                                       labeled["class_names"], real_images=len(labeled["images"]))
     for b in baselines:
@@ -500,129 +404,149 @@ def run_validation(
         elif b == "real":
             runs_data[b] = real
         else:
-            runs_data[b] = _merge(runs_data["synthetic"], real)
+            runs_data[b] = _merge(synthetic, real)
+    return runs_data, n_syn
+
+
+def _train_and_score(name: str, data: dict[str, Any], det_cls, detector: str, bb, options: DetectorOptions,
+                     normals: np.ndarray, test_set: dict[str, Any], boxes_too: bool, progress: bool):
+    """Train one run's detector on `data` and score it on the test set: (the model, the run's record for the
+    report, maps, scores)."""
+    t0 = time.perf_counter()
+    model = det_cls.from_options(bb, options)
+    model.fit(normals, data["images"], data["masks"], progress=progress, cleans=data["cleans"],
+              labels=data["labels"], class_names=data["class_names"], desc=f"[{name}] {detector}")
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    run: dict[str, Any] = {}
+    if boxes_too:
+        maps, scores, found = model.predict_with_boxes(test_set["images"])
+        run["coco"] = coco_map(test_set["boxes"], found, test_set["box_classes"])
+    else:
+        maps, scores = model.predict(test_set["images"])
+    metrics = evaluate(test_set["labels"], scores, test_set["masks"], maps)
+    per_class = _per_class(test_set, maps, scores)
+    record = {"metrics": metrics, "per_class": per_class, "train_s": train_s, "test_s": time.perf_counter() - t1,
+              "synthetic_images": int(data["synthetic_images"]), "real_images": int(data["real_images"]), **run,
+              **model.summary()}
+    if progress:
+        print(f"[{name}] " + ", ".join(f"{k} {fmt_metric(v)}" for k, v in metrics.items())
+              + (f", map50 {fmt_metric(run['coco']['map50'])}" if "coco" in run else ""), flush=True)
+    return model, record, maps, scores
+
+
+def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path] | None, real_labeled,
+                test: Path, baselines: Sequence[str], n_syn: int, dev, settings: dict[str, Any]) -> dict[str, Any]:
+    """report.json's config: what was run. settings: run_validation's arguments recorded as given, except the
+    options the detector does not use (steps, coreset_ratio, positive_quantile), recorded as None."""
+    uses = set(det_cls.options)
+    s = settings
+    return {
+        "detector": detector, "train": str(train) if train else None,
+        "synthetic": (str(synthetic[0]) if len(synthetic) == 1 else [str(p) for p in synthetic]) if synthetic
+        else None,
+        "real_labeled": str(real_labeled) if real_labeled else None,
+        "test": str(test), "baselines": list(baselines), "backbone": s["backbone"], "resolution": s["resolution"],
+        "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None, "student_width": s["student_width"],
+        "batch_size": s["batch_size"], "lr": s["lr"],
+        "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
+        "positive_quantile": s["positive_quantile"] if "positive_quantile" in uses else None,
+        "n_draem": n_syn if "draem" in baselines else None, "n_copypaste": n_syn if "copypaste" in baselines
+        else None, "max_train": s["max_train"], "max_test": s["max_test"], "device": str(dev),
+    }
+
+
+def _data_summary(inputs: dict[str, Any], boxes_too: bool) -> dict[str, Any]:
+    """report.json's train and test sections (and synthetic_clean_sources where there is a synthetic set)."""
+    test_set, labeled = inputs["test_set"], inputs["labeled"]
+    out: dict[str, Any] = {"train": {"normals": int(len(inputs["normals"])), "channels": inputs["channels"]}}
+    if labeled is not None:
+        out["train"]["labeled_defects"] = int(len(labeled["images"]))
+        out["train"]["labeled_classes"] = labeled["class_names"]
+    out["test"] = {"images": int(len(test_set["labels"])), "normal": int((~test_set["labels"]).sum()),
+                   "defect": int(test_set["labels"].sum()),
+                   "classes": {c: test_set["classes"].count(c) for c in sorted(set(test_set["classes"]))}}
+    if boxes_too:
+        out["test"]["boxes"] = {c: sum(b["class"] == c for bs in test_set["boxes"] for b in bs)
+                                for c in test_set["box_classes"]}
+    if inputs["clean_sources"] is not None:
+        out["synthetic_clean_sources"] = inputs["clean_sources"]
+    return out
+
+
+def run_validation(
+    detector: str, train: str | Path | None, test: str | Path, out: str | Path,
+    synthetic: str | Path | Sequence[str | Path] | None = None,
+    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str = "tiny", resolution: int = 256, seed: int = 0,
+    steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
+    n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
+    device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
+    student_width: int | None = None, positive_quantile: float | None = None,
+    real_labeled: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
+    write the report to `out`, and return the results dict (also written as report.json).
+
+    train: the normal images; None for a supervised detector on a dataset without normals (NEU-DET), which then
+    learns from defect images alone. synthetic: one set, or several pooled (one folder per class, say).
+
+    real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
+    split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
+    copypaste baselines make (default: as many as the synthetic set has, else 100)."""
+    start = time.perf_counter()
+    det_cls = get_detector(detector)
+    baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled, resolution)
+    train = Path(train) if train is not None else None
+    test, out = Path(test), Path(out)
+    if synthetic is not None:
+        synthetic = ([Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(p) for p in synthetic])
+    real_labeled = Path(real_labeled) if real_labeled is not None else None
+    torch.manual_seed(seed)
+    dev = pick_device(device)
+    # every input is read and every baseline made before the output folder is touched
+    inputs = _load_inputs(train, test, synthetic, real_labeled, resolution, max_train, max_test, seed, progress,
+                          uses_labeled=any(b in NEEDS_LABELED for b in baselines))
+    runs_data, n_syn = _training_sets(baselines, inputs, n_draem, seed)
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
                           protect=[train, test, *(synthetic or []), backbone, real_labeled])
     out = folder.prepare()
     try:
-
         bb = load_backbone(backbone, dev)
         options = DetectorOptions(seed=seed, sigma=4.0 * resolution / 256, steps=steps, batch_size=batch_size, lr=lr,
                                   coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width)
+        test_set = inputs["test_set"]
         boxes_too = det_cls.produces_boxes and len(test_set["box_classes"]) >= 2
-        rng = np.random.default_rng(seed)
-        show = _overlay_picks(test_set, n_overlays, rng)
+        show = overlay_picks(test_set, n_overlays, np.random.default_rng(seed))
         results: dict[str, Any] = {"runs": {}}
         curves: dict[str, dict[str, Any]] = {}
-        overlay_maps: dict[str, np.ndarray] = {}
+        overlay_maps: dict[str, tuple[np.ndarray, float, float]] = {}
         for name, data in runs_data.items():
-            t0 = time.perf_counter()
-            model = det_cls.from_options(bb, options)
-            model.fit(normals, data["images"], data["masks"], progress=progress, cleans=data["cleans"],
-                      labels=data["labels"], class_names=data["class_names"], desc=f"[{name}] {detector}")
-            train_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            run: dict[str, Any] = {}
-            if boxes_too:
-                maps, scores, found = model.predict_with_boxes(test_set["images"])
-                run["coco"] = coco_map(test_set["boxes"], found, test_set["box_classes"])
-            else:
-                maps, scores = model.predict(test_set["images"])
-            metrics = evaluate(test_set["labels"], scores, test_set["masks"], maps)
-            per_class = _per_class(test_set, maps, scores)
-            results["runs"][name] = {"metrics": metrics, "per_class": per_class, "train_s": train_s,
-                                     "test_s": time.perf_counter() - t1,
-                                     "synthetic_images": int(data["synthetic_images"]),
-                                     "real_images": int(data["real_images"]), **run, **model.summary()}
-            curves[name] = {"scores": scores, "maps": maps, "metrics": metrics}
+            model, results["runs"][name], maps, scores = _train_and_score(
+                name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress)
+            curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
             overlay_maps[name] = (maps[show], float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
             if save_models:
                 model.save(out / f"{detector}_{name}.safetensors")
-            if progress:
-                print(f"[{name}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
-                      + (f", map50 {_fmt(run['coco']['map50'])}" if "coco" in run else ""), flush=True)
-            del maps
-
-        _write_roc(out / "roc.png", test_set, curves)
+            del maps, model
+        write_roc(out / "roc.png", test_set, curves)
         curves.clear()
-        overlay_files = _write_overlays(out / "overlays", test_set, show, overlay_maps)
-        uses = set(det_cls.options)
-        results["config"] = {
-            "detector": detector, "train": str(train) if train else None,
-            "synthetic": (str(synthetic[0]) if len(synthetic) == 1 else [str(p) for p in synthetic]) if synthetic
-            else None,
-            "real_labeled": str(real_labeled) if real_labeled else None,
-            "test": str(test), "baselines": list(baselines), "backbone": backbone, "resolution": resolution,
-            "seed": seed, "steps": steps if "steps" in uses else None, "student_width": student_width,
-            "batch_size": batch_size, "lr": lr,
-            "coreset_ratio": coreset_ratio if "coreset_ratio" in uses else None,
-            "positive_quantile": positive_quantile if "positive_quantile" in uses else None,
-            "n_draem": n_syn if "draem" in baselines else None, "n_copypaste": n_syn if "copypaste" in baselines
-            else None, "max_train": max_train, "max_test": max_test, "device": str(dev),
-        }
+        overlay_files = write_overlays(out / "overlays", test_set, show, overlay_maps)
+        settings = {"backbone": backbone, "resolution": resolution, "seed": seed, "steps": steps,
+                    "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
+                    "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test}
+        results["config"] = _run_config(detector, det_cls, train, synthetic, real_labeled, test, baselines, n_syn,
+                                        dev, settings)
         if skipped:
             results["skipped"] = skipped
-        results["train"] = {"normals": int(len(normals)), "channels": channels}
-        if labeled is not None:
-            results["train"]["labeled_defects"] = int(len(labeled["images"]))
-            results["train"]["labeled_classes"] = labeled["class_names"]
-        results["test"] = {"images": int(len(test_set["labels"])), "normal": int((~test_set["labels"]).sum()),
-                           "defect": int(test_set["labels"].sum()),
-                           "classes": {c: test_set["classes"].count(c) for c in sorted(set(test_set["classes"]))}}
-        if boxes_too:
-            results["test"]["boxes"] = {c: sum(b["class"] == c for bs in test_set["boxes"] for b in bs)
-                                        for c in test_set["box_classes"]}
-        if clean_sources is not None:
-            results["synthetic_clean_sources"] = clean_sources
+        results.update(_data_summary(inputs, boxes_too))
         results["hardware"] = hardware(dev)
         results["wall_time_s"] = time.perf_counter() - start
         results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
-        results["runs"] = _json_safe(results["runs"])
-        atomic_write_text(out / "report.md", markdown_table(results))
-        atomic_write_json(out / "report.json", results)
+        results["runs"] = json_safe(results["runs"])
+        write_validation_report(out, results)
         return results
     except BaseException:
         folder.abandon()  # a report is written whole or not at all: no half report folder stays behind
         raise
-
-
-def _json_safe(obj: Any) -> Any:
-    """JSON has no NaN: undefined metrics are written as null (nested dicts and lists too)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if np.isnan(obj) else float(obj)
-    return obj
-
-
-def _overlay_picks(test: dict[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
-    """Mostly defects (that is what one looks at), one in four normal."""
-    defects, normals = np.flatnonzero(test["labels"]), np.flatnonzero(~test["labels"])
-    nd = min(len(defects), n - n // 4)
-    nn = min(len(normals), n - nd)
-    return np.sort(np.r_[rng.choice(defects, nd, replace=False), rng.choice(normals, nn, replace=False)]
-                   ).astype(int)
-
-
-def _write_overlays(folder: Path, test: dict[str, Any], show: np.ndarray,
-                    maps: dict[str, tuple[np.ndarray, float, float]]) -> list[str]:
-    """One PNG per test image: the image with its ground truth, then each run's map (white: ground truth)."""
-    from defectgen.io.images import write_image
-
-    files = []
-    for j, i in enumerate(show):
-        tiles = [_overlay(test["images"][i], test["masks"][i], None, 0, 1)]
-        tiles += [_overlay(test["images"][i], test["masks"][i], m[j], lo, hi) for m, lo, hi in maps.values()]
-        strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
-        stem = test["paths"][i].stem if test["paths"][i] is not None else f"{i:04d}"
-        name = f"{j:02d}_{test['classes'][i]}_{stem}.png"
-        write_image(folder / name, strip)
-        files.append(f"overlays/{name}")
-    if files:
-        atomic_write_text(folder / "README.txt", "columns: input with ground truth (red), then " + ", ".join(maps)
-           + " (anomaly map, blue low to red high; white: ground truth)\n")
-    return files

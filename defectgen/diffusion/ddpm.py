@@ -7,14 +7,16 @@ Two kinds share one layout:
          in_channels = 2 * C + 1. The UNet takes its class embedding as a vector (class_embed_type="identity")
          from `ConditionEmbedding` (condition/): a learned embedding per class plus a null class for
          classifier-free guidance, plus an MLP on the box geometry of the mask when the labels have boxes.
+         The folder is a `ConditionalDdpmPipeline` (model_index.json, unet/, scheduler/, condition/), so
+         `ConditionalDdpmPipeline.from_pretrained(folder)` opens it; folders saved before it had model_index.json
+         still load through `load_model`.
 Both write `defectgen.json` beside the weights (resolution, channels, classes, conditioning, data fingerprint,
-training steps, version). Weights are safetensors.
+training steps, version; see folder.py). Weights are safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,20 +25,22 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from defectgen.diffusion.training import TrainConfig, checkpoints, mask_window, match_channels, to_tensor, train_loop
+from defectgen.diffusion.folder import METADATA_FILE, PIPELINE_INDEX, has_metadata, read_metadata, update_metadata
+from defectgen.diffusion.folder import write_metadata as _write_metadata
+from defectgen.diffusion.samplers import guided_inpaint
+from defectgen.diffusion.training import TrainConfig, checkpoints, to_tensor, train_loop
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import to_float
-from defectgen.io.output import OutputFolder, atomic_write_json
+from defectgen.io.images import mask_window, match_channels, to_float
+from defectgen.io.output import OutputFolder
 from defectgen.io.sample import Box
 from defectgen.masks import MaskGenerator
 
-METADATA_FILE = "defectgen.json"
 KINDS = ("ddpm", "cddpm")
 TRAIN_TIMESTEPS = 1000
 
@@ -108,6 +112,45 @@ class ConditionalDenoiser(nn.Module):
         return self.unet(torch.cat([x_t, mask, known], dim=1), timesteps, class_labels=emb).sample
 
 
+class ConditionalDdpmPipeline(DiffusionPipeline):
+    """The conditional DDPM as a diffusers pipeline: `save_pretrained` writes model_index.json, unet/, scheduler/
+    and condition/; `ConditionalDdpmPipeline.from_pretrained(folder)` opens it again (a local folder never touches
+    the network; model_index.json names ConditionEmbedding by this module, which diffusers finds once imported).
+
+    Calling it paints a defect of `class_labels` inside `mask_image` with classifier-free guidance; the outside
+    keeps `image`. Every random draw of sample b comes from seeds[b] (default: b)."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, condition: ConditionEmbedding):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, condition=condition)
+
+    @torch.no_grad()
+    def __call__(
+        self, image: torch.Tensor, mask_image: torch.Tensor, class_labels: torch.Tensor | list[int],
+        guidance_scale: float = 3.0, num_inference_steps: int | None = None, sampler: str = "ddim",
+        seeds: list[int] | None = None, boxes: torch.Tensor | None = None, output_type: str = "pt",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """image: B x C x H x W in [-1, 1]; mask_image: B x 1 x H x W in {0, 1}; class_labels: B class indices
+        (the model's class_names order; num_classes is the null class). boxes default to the masks' extents when
+        the model was trained with box geometry. Returns images B x C x H x W in [-1, 1] (output_type "pt") or
+        B x H x W x C in [0, 1] ("np")."""
+        device = self.unet.device
+        x0 = image.to(device, torch.float32)
+        mask = mask_image.to(device, torch.float32)
+        classes = torch.as_tensor(class_labels, dtype=torch.long, device=device)
+        if boxes is None and self.condition.box_embedding is not None:
+            geo = [box_geometry(m[0].cpu().numpy() > 0.5) for m in mask]
+            boxes = torch.from_numpy(np.stack(geo)).to(device)
+        seeds = list(range(x0.shape[0])) if seeds is None else seeds
+        denoiser = ConditionalDenoiser(self.unet, self.condition).eval()
+        out = guided_inpaint(denoiser, self.scheduler, x0, mask, classes, self.condition.null_class, seeds,
+                             guidance_scale, boxes, sampler, num_inference_steps)
+        if output_type == "np":
+            out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
+        return ImagePipelineOutput(images=out) if return_dict else (out,)
+
+
 @dataclass
 class DdpmModel:
     """A built or loaded model: the UNet (and condition embedding), its noise scheduler, and its metadata."""
@@ -140,6 +183,12 @@ class DdpmModel:
         if self.conditional:
             return ConditionalDenoiser(self.unet, self.condition)
         return self.unet
+
+    def pipeline(self) -> DiffusionPipeline:
+        """The model as a diffusers pipeline (sharing its modules): a DDPMPipeline or a ConditionalDdpmPipeline."""
+        if self.conditional:
+            return ConditionalDdpmPipeline(unet=self.unet, scheduler=self.scheduler, condition=self.condition)
+        return DDPMPipeline(unet=self.unet, scheduler=self.scheduler)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module().parameters())
@@ -195,43 +244,22 @@ def _conditioning(kind: str, box_geometry: bool) -> dict[str, Any]:
 
 
 def save_model(model: DdpmModel, path: str | Path, **meta: Any) -> Path:
-    """Write the diffusers folder and defectgen.json (extra `meta` fields are merged into it)."""
+    """Write the diffusers pipeline folder, then defectgen.json (extra `meta` fields are merged into it)."""
     from defectgen import __version__
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if model.conditional:
-        model.unet.save_pretrained(path / "unet")
-        model.scheduler.save_pretrained(path / "scheduler")
-        model.condition.save_pretrained(path / "condition")
-    else:
-        DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(path)
+    model.pipeline().save_pretrained(path)
     model.meta.update(meta)
     model.meta["version"] = __version__
-
-    atomic_write_json(path / METADATA_FILE, model.meta)
+    _write_metadata(path, model.meta)
     model.path = path
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_dir():
-        raise DefectgenError(path, "model folder not found")
-    meta_path = path / METADATA_FILE
-    if not meta_path.is_file():
-        raise DefectgenError(path, f"not a defectgen model: no {METADATA_FILE} in this folder")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DefectgenError(meta_path, f"not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise DefectgenError(meta_path, "expected a JSON object")
-    return meta
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DdpmModel:
-    """Open a folder written by `save_model`; anything else is a DefectgenError naming the folder."""
+    """Open a folder written by `save_model` (or by an older defectgen, without model_index.json); anything else
+    is a DefectgenError naming the folder or its defectgen.json."""
     path = Path(path)
     meta = read_metadata(path)
     kind = meta.get("kind")
@@ -241,15 +269,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> DdpmMode
         if not isinstance(meta.get(key), int):
             raise DefectgenError(path / METADATA_FILE, f"missing or invalid {key!r}")
     try:
-        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
-        condition = ConditionEmbedding.from_pretrained(path / "condition", use_safetensors=True) \
-            if kind == "cddpm" else None
+        unet, scheduler, condition = _load_modules(path, kind)
     except Exception as e:  # diffusers and safetensors raise many types for a broken folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DefectgenError(path, f"cannot load the model weights ({first})") from None
+        raise DefectgenError(path, f"cannot load the model weights ({first[:200]})") from None
     model = DdpmModel(kind, unet.eval(), scheduler, meta, condition.eval() if condition else None, path)
     return model.to(device)
+
+
+def _load_modules(path: Path, kind: str) -> tuple[UNet2DModel, DDPMScheduler, ConditionEmbedding | None]:
+    """UNet, scheduler and condition embedding: through the pipeline class when the folder has model_index.json,
+    else (folders saved before conditional models were pipelines) one subfolder at a time."""
+    if (path / PIPELINE_INDEX).is_file():
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" is noise next to our own bars
+        pipeline_class = ConditionalDdpmPipeline if kind == "cddpm" else DDPMPipeline
+        pipe = pipeline_class.from_pretrained(path, use_safetensors=True, local_files_only=True)
+        return pipe.unet, pipe.scheduler, getattr(pipe, "condition", None)
+    unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    condition = ConditionEmbedding.from_pretrained(path / "condition", use_safetensors=True) \
+        if kind == "cddpm" else None
+    return unet, scheduler, condition
 
 
 # ---- training ------------------------------------------------------------------------------------------------
@@ -389,6 +431,46 @@ def train_ddpm(
 
     Returns the trained model (EMA weights when EMA is on), loaded back from `out`."""
     cfg = config or TrainConfig()
+    _check_training_options(normals, labeled, preset, crop, class_dropout)
+    kind = "cddpm" if labeled is not None else "ddpm"
+    normal_samples, labeled_samples = _read_training_samples(normals, labeled)
+    used = labeled_samples + normal_samples
+    channels = 3 if any(s.channels == 3 for s in used) else 1
+    if resolution is None:
+        multiple = min_resolution_multiple(preset)
+        side = min(min(s.height, s.width) for s in used)
+        resolution = max(multiple, min(256, side) // multiple * multiple)
+    class_names = sorted({s.class_name or "defect" for s in labeled_samples})
+    boxes = bool(labeled_samples) and all(s.boxes for s in labeled_samples)
+
+    folder, is_main = _prepare_run_folder(out, normals, labeled, resume, overwrite)
+    if not is_main:
+        log = lambda message: None  # noqa: E731
+    torch.manual_seed(cfg.seed)
+    model = build_model(kind, resolution, channels, preset, class_names, box_geometry=boxes)
+    data, loss_fn = _examples_and_loss(model, normal_samples, labeled_samples, crop, class_dropout, cfg.seed)
+    meta = _training_meta(kind, normals, labeled, normal_samples, labeled_samples, crop, class_dropout, cfg)
+    log(f"training {kind} ({preset}, {model.num_parameters() / 1e6:.2f}M parameters) at {resolution}x{resolution}, "
+        f"{channels} channel(s), on {len(data)} examples" + (f", classes: {', '.join(class_names)}" if
+                                                               class_names else ""))
+
+    def save_fn(module: nn.Module, folder: Path) -> None:
+        save_model(model, folder, **meta)  # `module` shares its parameters with `model`
+
+    try:
+        result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
+                            resume=resume, callback=callback, log=log)
+    except BaseException:
+        if is_main:
+            folder.abandon()  # interrupted before the first checkpoint: no empty run folder stays behind
+        raise
+    if is_main and result.loss is not None and has_metadata(out):  # for `defectgen runs`
+        update_metadata(out, {"result": {"final_loss": result.loss, "images_per_second": result.images_per_second,
+                                         "seconds": round(result.seconds, 1)}})
+    return load_model(out)
+
+
+def _check_training_options(normals, labeled, preset: str, crop: str, class_dropout: float) -> None:
     if normals is None and labeled is None:
         raise DefectgenError(None, "give --normals (unconditional model) or --labeled (conditional model)")
     if crop not in ("random", "resize"):
@@ -396,8 +478,10 @@ def train_ddpm(
     if not 0 <= class_dropout < 1:
         raise DefectgenError(None, "--class-dropout must lie in [0, 1)")
     preset_config(preset)
-    kind = "cddpm" if labeled is not None else "ddpm"
 
+
+def _read_training_samples(normals, labeled) -> tuple[list, list]:
+    """(normal samples, labeled defect samples), read into memory; an empty source is a DefectgenError."""
     normal_samples = []
     if normals is not None:
         ds = open_dataset(normals)
@@ -414,46 +498,50 @@ def train_ddpm(
         if not len(ds):
             raise DefectgenError(labeled, "no labeled defects (images with masks or boxes) found")
         labeled_samples = ds.read_all("labeled", required=True)
-    used = labeled_samples + normal_samples
-    channels = 3 if any(s.channels == 3 for s in used) else 1
-    side = min(min(s.height, s.width) for s in used)
-    multiple = min_resolution_multiple(preset)
-    if resolution is None:
-        resolution = max(multiple, min(256, side) // multiple * multiple)
+    return normal_samples, labeled_samples
 
-    class_names = sorted({s.class_name or "defect" for s in labeled_samples})
-    boxes = bool(labeled_samples) and all(s.boxes for s in labeled_samples)
+
+def _prepare_run_folder(out, normals, labeled, resume: bool, overwrite: bool) -> tuple[OutputFolder, bool]:
+    """The run folder (prepared by the main process only, under `accelerate launch`) and whether this process is
+    the main one (only it prepares, logs and records)."""
     from accelerate import PartialState
 
-    state = PartialState()  # under `accelerate launch`, only the main process prepares the folder and logs
+    state = PartialState()
     folder = OutputFolder(out, overwrite=overwrite and not resume, resume=resume, verb="train-ddpm",
                           protect=[normals, labeled], worth_keeping=lambda d: bool(checkpoints(d)))
     if state.is_main_process:
         folder.prepare()
-    else:
-        log = lambda message: None  # noqa: E731
     state.wait_for_everyone()
-    torch.manual_seed(cfg.seed)
-    model = build_model(kind, resolution, channels, preset, class_names, box_geometry=boxes)
+    return folder, state.is_main_process
 
-    if kind == "ddpm":
+
+def _examples_and_loss(model: DdpmModel, normal_samples: list, labeled_samples: list, crop: str,
+                       class_dropout: float, seed: int):
+    """The training examples and loss of `model`'s kind."""
+    resolution, channels = model.resolution, model.channels
+    if not model.conditional:
         data = ImageExamples([s.image for s in normal_samples], resolution, channels, crop)
-        loss_fn = unconditional_loss(model.scheduler)
-    else:
-        index = {c: i for i, c in enumerate(class_names)}
-        items = [(s.image, s.defect_mask(), index[s.class_name or "defect"]) for s in labeled_samples]
-        # Normals teach the null class to fill in clean surface; capped so defects are not drowned out.
-        rng = np.random.default_rng([cfg.seed, 2])
-        chosen = rng.permutation(len(normal_samples))[:max(len(items), 1)] if normal_samples else []
-        data = InpaintExamples(items, [normal_samples[i].image for i in chosen], resolution, channels,
-                               null_class=len(class_names), crop=crop, seed=cfg.seed)
-        loss_fn = conditional_loss(model.scheduler, len(class_names), class_dropout)
+        return data, unconditional_loss(model.scheduler)
+    class_names = model.class_names
+    index = {c: i for i, c in enumerate(class_names)}
+    items = [(s.image, s.defect_mask(), index[s.class_name or "defect"]) for s in labeled_samples]
+    # Normals teach the null class to fill in clean surface; capped so defects are not drowned out.
+    rng = np.random.default_rng([seed, 2])
+    chosen = rng.permutation(len(normal_samples))[:max(len(items), 1)] if normal_samples else []
+    data = InpaintExamples(items, [normal_samples[i].image for i in chosen], resolution, channels,
+                           null_class=len(class_names), crop=crop, seed=seed)
+    return data, conditional_loss(model.scheduler, len(class_names), class_dropout)
 
+
+def _training_meta(kind: str, normals, labeled, normal_samples: list, labeled_samples: list, crop: str,
+                   class_dropout: float, cfg: TrainConfig) -> dict[str, Any]:
+    """What defectgen.json records about the training run: class counts, options, and the data's fingerprint."""
     counts: dict[str, int] = {}
     for s in labeled_samples:
         counts[s.class_name or "defect"] = counts.get(s.class_name or "defect", 0) + 1
+    used = labeled_samples + normal_samples
     paths = [s.path for s in used if s.path] + [s.mask_path for s in used if s.mask_path]
-    meta = {
+    return {
         "class_counts": counts, "crop": crop, "class_dropout": class_dropout if kind == "cddpm" else None,
         "training": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
                      "mixed_precision": cfg.mixed_precision, "grad_accum": cfg.grad_accum, "ema": cfg.ema},
@@ -461,26 +549,3 @@ def train_ddpm(
                  "normal_images": len(normal_samples), "labeled_images": len(labeled_samples),
                  "fingerprint": _fingerprint(paths)},
     }
-    log(f"training {kind} ({preset}, {model.num_parameters() / 1e6:.2f}M parameters) at {resolution}x{resolution}, "
-        f"{channels} channel(s), on {len(data)} examples" + (f", classes: {', '.join(class_names)}" if
-                                                               class_names else ""))
-
-    def save_fn(module: nn.Module, folder: Path) -> None:
-        save_model(model, folder, **meta)  # `module` shares its parameters with `model`
-
-    try:
-        result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
-                            resume=resume, callback=callback, log=log)
-    except BaseException:
-        if state.is_main_process:
-            folder.abandon()  # interrupted before the first checkpoint: no empty run folder stays behind
-        raise
-    from accelerate import PartialState
-
-    meta_path = Path(out) / METADATA_FILE
-    if PartialState().is_main_process and result.loss is not None and meta_path.is_file():  # for `defectgen runs`
-        recorded = json.loads(meta_path.read_text(encoding="utf-8"))
-        recorded["result"] = {"final_loss": result.loss, "images_per_second": result.images_per_second,
-                              "seconds": round(result.seconds, 1)}
-        atomic_write_json(meta_path, recorded)
-    return load_model(out)

@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectgen.diffusion.folder import update_metadata, write_metadata
 from defectgen.errors import DefectgenError
 from defectgen.io.images import to_float
-from defectgen.io.output import atomic_write_json
 from defectgen.prompts import Material
 
-METADATA = "defectgen.json"
 LDM_PRESETS: dict[str, dict[str, Any]] = {
     # vae_blocks sets the latent downsampling (2 ** (len - 1)); the UNet runs on latents.
     "tiny": {"vae_blocks": (32, 64), "unet_blocks": (32, 64), "text_width": 32, "text_layers": 2, "heads": 4},
@@ -147,16 +146,6 @@ def load_inpaint_pipeline(model: str | Path, device: str | torch.device = "cpu",
     return pipe.to(device)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    meta = Path(path) / METADATA
-    if not meta.is_file():
-        return {}
-    try:
-        return json.loads(meta.read_text())
-    except json.JSONDecodeError:
-        raise DefectgenError(meta, "not valid JSON") from None
-
-
 # ---- training data -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -171,7 +160,7 @@ class InpaintCaptionExamples:
     resized, so small defects are seen large enough. Captions drop to "" at `caption_dropout` for guidance."""
 
     def __init__(self, items: list[LabeledDefect], tokenizer, resolution: int, caption_dropout: float = 0.1):
-        from defectgen.diffusion.training import mask_window
+        from defectgen.io.images import mask_window
 
         self._window = mask_window
         self.items = items
@@ -186,7 +175,8 @@ class InpaintCaptionExamples:
         return len(self.items)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        from defectgen.diffusion.training import match_channels, to_tensor
+        from defectgen.diffusion.training import to_tensor
+        from defectgen.io.images import match_channels
 
         it = self.items[index]
         h, w = it.mask.shape
@@ -293,7 +283,7 @@ def save_ldm(pipe, out_dir: Path, meta: dict[str, Any]) -> None:
 
     transformers_logging.disable_progress_bar()
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
-    atomic_write_json(out_dir / METADATA, {"kind": "ldm", "version": __version__, **meta})
+    write_metadata(out_dir, {"kind": "ldm", "version": __version__, **meta})
 
 
 def _labeled_defects(labeled: str | Path, fmt: str, captions_of) -> tuple[list[LabeledDefect], list[str]]:
@@ -320,9 +310,7 @@ def train_ldm(
     fmt: str = "auto", resume: bool = False, overwrite: bool = False, log=print,
 ) -> dict[str, Any]:
     """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written."""
-    import tempfile
-
-    from defectgen.diffusion.training import TrainConfig, checkpoints, train_loop
+    from defectgen.diffusion.training import checkpoints, train_loop
     from defectgen.io.output import OutputFolder
     from defectgen.prompts import load_material
 
@@ -335,29 +323,7 @@ def train_ldm(
     try:
         if base == "tiny":
             resolution = resolution or 64
-            with tempfile.TemporaryDirectory() as scratch:
-                tok = load_tokenizer(tokenizer, Path(scratch))
-                pipe = build_tiny_pipeline(resolution, tok, preset, cfg.seed)
-                if tokenizer is None:  # keep the generated tokenizer's files inside the saved pipeline
-                    pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
-                    pipe.tokenizer = type(pipe.tokenizer).from_pretrained(str(out_dir / "_tokenizer"))
-            stage = out_dir / "_vae_stage"
-            examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution, caption_dropout=0.0)
-            if resume and (stage / "vae" / "config.json").is_file():
-                from diffusers import AutoencoderKL
-
-                pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
-                log(f"resumed: VAE taken from {stage / 'vae'}")
-            else:
-                log(f"stage 1/2: training the VAE on {len(items)} images for {vae_steps} steps")
-                vae_cfg = TrainConfig(**{**cfg.__dict__, "steps": vae_steps, "ema": False, "warmup_steps": 0,
-                                         "lr": max(cfg.lr, 1e-4) * 4, "lr_schedule": "constant",
-                                         "checkpoint_every": 10**9, "tensorboard": False,
-                                         "save_on_interrupt": False})
-                train_loop(pipe.vae, vae_loss(), examples, stage, vae_cfg,
-                           save_fn=lambda module, folder: module.save_pretrained(str(folder / "vae")), resume=False,
-                           log=log)
-            pipe.vae.register_to_config(scaling_factor=calibrate_latent_scale(pipe.vae, examples, seed=cfg.seed))
+            pipe = _tiny_pipeline(items, out_dir, cfg, resolution, preset, tokenizer, vae_steps, resume, log)
         else:
             pipe = load_inpaint_pipeline(base)
             resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -370,28 +336,15 @@ def train_ldm(
         examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution)
         log(f"{'stage 2/2: ' if base == 'tiny' else ''}fine-tuning the inpainting UNet"
             f"{f' with LoRA rank {lora_rank}' if lora_rank else ''} on {len(items)} labeled defects, {cfg.steps} steps")
-
-        meta: dict[str, Any] = {}
-
-        def save_fn(trained: nn.Module, folder: Path) -> None:
-            unet = trained.unet
-            if lora_rank > 0:  # merge into a copy: the loop still holds (and restores) the adapter parameters
-                import copy
-
-                unet = copy.deepcopy(unet)
-                merge_lora(unet)
-            pipe.unet, pipe.text_encoder = unet, trained.text_encoder
-            meta.update({
-                "classes": classes, "captions": captions_for(classes, material, cfg.seed),
-                "prompts": str(prompts) if prompts else None, "material": material.name if material else None,
-                "negative_prompt": material.negative if material else "", "normal_prompt": material.normal if material
-                else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": preset,
-                "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
-            })
-            save_ldm(pipe, folder, meta)
-
-        result = train_loop(module, inpaint_loss(pipe.scheduler), examples, out_dir, cfg, save_fn, resume=resume,
-                            log=log)
+        meta: dict[str, Any] = {
+            "classes": classes, "captions": captions_for(classes, material, cfg.seed),
+            "prompts": str(prompts) if prompts else None, "material": material.name if material else None,
+            "negative_prompt": material.negative if material else "", "normal_prompt": material.normal if material
+            else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": preset,
+            "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
+        }
+        result = train_loop(module, inpaint_loss(pipe.scheduler), examples, out_dir, cfg,
+                            _pipeline_saver(pipe, meta, lora_rank), resume=resume, log=log)
     except BaseException:
         folder.abandon()  # interrupted before anything resumable was saved: no empty run folder stays behind
         raise
@@ -400,5 +353,58 @@ def train_ldm(
     shutil.rmtree(out_dir / "_vae_stage", ignore_errors=True)
     shutil.rmtree(out_dir / "_tokenizer", ignore_errors=True)
     meta.update({"final_loss": result.loss, "images_per_second": result.images_per_second})
-    atomic_write_json(out_dir / METADATA, {**json.loads((out_dir / METADATA).read_text()), **meta})
+    update_metadata(out_dir, meta)
     return meta
+
+
+def _tiny_pipeline(items: list[LabeledDefect], out_dir: Path, cfg, resolution: int, preset: str,
+                   tokenizer: str | Path | None, vae_steps: int, resume: bool, log):
+    """A from-scratch pipeline whose VAE is trained (stage 1) on the labeled images, or taken from the VAE stage
+    of the run being resumed; its latent scale is calibrated on the same images."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        tok = load_tokenizer(tokenizer, Path(scratch))
+        pipe = build_tiny_pipeline(resolution, tok, preset, cfg.seed)
+        if tokenizer is None:  # keep the generated tokenizer's files inside the saved pipeline
+            pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
+            pipe.tokenizer = type(pipe.tokenizer).from_pretrained(str(out_dir / "_tokenizer"))
+    stage = out_dir / "_vae_stage"
+    examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution, caption_dropout=0.0)
+    if resume and (stage / "vae" / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
+        log(f"resumed: VAE taken from {stage / 'vae'}")
+    else:
+        _train_vae(pipe.vae, examples, stage, cfg, vae_steps, log)
+    pipe.vae.register_to_config(scaling_factor=calibrate_latent_scale(pipe.vae, examples, seed=cfg.seed))
+    return pipe
+
+
+def _train_vae(vae, examples: InpaintCaptionExamples, stage: Path, cfg, vae_steps: int, log) -> None:
+    """Stage 1: the VAE alone (no EMA, constant LR, no checkpoints but the final one in `stage`/vae)."""
+    from defectgen.diffusion.training import TrainConfig, train_loop
+
+    log(f"stage 1/2: training the VAE on {len(examples)} images for {vae_steps} steps")
+    vae_cfg = TrainConfig(**{**cfg.__dict__, "steps": vae_steps, "ema": False, "warmup_steps": 0,
+                             "lr": max(cfg.lr, 1e-4) * 4, "lr_schedule": "constant",
+                             "checkpoint_every": 10**9, "tensorboard": False, "save_on_interrupt": False})
+    train_loop(vae, vae_loss(), examples, stage, vae_cfg,
+               save_fn=lambda module, folder: module.save_pretrained(str(folder / "vae")), resume=False, log=log)
+
+
+def _pipeline_saver(pipe, meta: dict[str, Any], lora_rank: int):
+    """The loop's `save_fn`: the trained UNet (LoRA merged) and text encoder into `pipe`, saved with `meta`."""
+
+    def save_fn(trained: nn.Module, folder: Path) -> None:
+        unet = trained.unet
+        if lora_rank > 0:  # merge into a copy: the loop still holds (and restores) the adapter parameters
+            import copy
+
+            unet = copy.deepcopy(unet)
+            merge_lora(unet)
+        pipe.unet, pipe.text_encoder = unet, trained.text_encoder
+        save_ldm(pipe, folder, meta)
+
+    return save_fn

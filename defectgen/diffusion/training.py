@@ -13,7 +13,6 @@ checkpoint, a resumed run takes the same batches and noise as an uninterrupted o
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import time
@@ -230,6 +229,31 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+@dataclass
+class _Run:
+    """One training run's prepared parts: the accelerator, the wrapped model, optimizer, LR schedule and EMA."""
+
+    accelerator: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    ema: Any  # diffusers.training_utils.EMAModel or None
+
+    def trainable(self) -> list[nn.Parameter]:
+        return _trainable(self.accelerator.unwrap_model(self.model))
+
+
+@dataclass
+class _Progress:
+    """Where the loop is: the last finished step, its loss, and the images/s measured since the last log."""
+
+    done: int
+    loss: float | None = None
+    rate: float | None = None
+    images: int = 0
+    since: float = 0.0
+
+
 def train_loop(
     module: nn.Module,
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
@@ -246,8 +270,6 @@ def train_loop(
     `save_fn(module, out_dir)` writes the final model; it is called on the main process with the EMA weights
     swapped in. `callback(step, loss)` runs after every optimizer step (tests use it to interrupt a run).
     """
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -256,9 +278,50 @@ def train_loop(
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise DefectgenError(None, "steps, batch size and gradient accumulation must be at least 1")
     started = time.perf_counter()
+    run = _prepare_run(module, cfg, out_dir)
+    accelerator = run.accelerator
+    start_step, resumed_from = 0, None
+    if resume:
+        resumed_from = _load_latest_checkpoint(accelerator, out_dir, log)
+        start_step = resumed_from or 0
+    if cfg.tensorboard:
+        accelerator.init_trackers("defectgen", config={k: v for k, v in asdict(cfg).items()
+                                                      if isinstance(v, (int, float, str, bool))})
+    batches = _batch_iterator(data, cfg, accelerator, start_step)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (cfg.progress and accelerator.is_local_main_process))
+    run.model.train()
+    progress = _Progress(done=start_step, since=time.perf_counter())
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            _optimizer_step(run, cfg, loss_fn, batches, progress)
+            progress.done = step
+            _log_step(run, cfg, step, progress, bar)
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                _save_checkpoint(accelerator, out_dir, step, cfg.keep_checkpoints)
+            if callback is not None:
+                callback(step, progress.loss)
+    except KeyboardInterrupt:
+        bar.close()
+        done = progress.done
+        raise Interrupted(done, _checkpoint_on_interrupt(accelerator, out_dir, cfg, done, start_step)) from None
+    bar.close()
+    if start_step < cfg.steps:
+        _save_checkpoint(accelerator, out_dir, cfg.steps, cfg.keep_checkpoints)
+    _save_final(run, save_fn, out_dir)
+    if cfg.tensorboard:
+        accelerator.end_training()
+    return TrainResult(cfg.steps, progress.loss, progress.rate, resumed_from, time.perf_counter() - started)
+
+
+def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
+    """The accelerator, then (seeded the same on every process) the optimizer, LR schedule and EMA of `module`,
+    registered so that checkpoints hold them."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     accelerator = _make_accelerator(cfg, out_dir)
     torch.manual_seed(cfg.seed)  # same starting RNG state on every process; batches shard by rank below
-
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
     fused = cfg.fused_optimizer and accelerator.device.type == "cuda"
@@ -279,123 +342,80 @@ def train_loop(
                        inv_gamma=1.0, power=3 / 4)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    return _Run(accelerator, model, optimizer, lr_scheduler, ema)
 
-    start_step, resumed_from = 0, None
-    if resume:
-        resumed_from = _load_latest_checkpoint(accelerator, out_dir, log)
-        start_step = resumed_from or 0
-    if cfg.tensorboard:
-        accelerator.init_trackers("defectgen", config={k: v for k, v in asdict(cfg).items()
-                                                      if isinstance(v, (int, float, str, bool))})
 
+def _batch_iterator(data: TrainingData, cfg: TrainConfig, accelerator, start_step: int):
+    """This process's batches from micro-step `start_step * grad_accum` on, prefetched by a DataLoader."""
     batches = _StepBatches(data, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     micro = range(start_step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
     # Own generator: the loader must not draw from the global RNG that checkpoints restore for the noise.
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=micro, num_workers=cfg.num_workers,
                                          pin_memory=accelerator.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
-    it = iter(loader)
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and accelerator.is_local_main_process))
-    model.train()
-    loss_value, rate, images, t_rate = None, None, 0, time.perf_counter()
-    done = start_step
-    try:
-        for step in range(start_step + 1, cfg.steps + 1):
-            total = 0.0
-            for m in range(cfg.grad_accum):
-                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(it).items()}
-                if cfg.channels_last:
-                    batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
-                             for k, v in batch.items()}
-                sync = m == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = loss_fn(model, batch)
-                    accelerator.backward(loss / cfg.grad_accum)
-                total += loss.detach().float().item() / cfg.grad_accum
-                images += next(iter(batch.values())).shape[0] * accelerator.num_processes
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(_trainable(model), cfg.max_grad_norm)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule where it was
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(_trainable(accelerator.unwrap_model(model)))
-            done = step
-            loss_value = total
-            now = time.perf_counter()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rate = images / max(now - t_rate, 1e-9)
-                images, t_rate = 0, now
-                logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": rate}
-                if ema is not None and ema.cur_decay_value is not None:
-                    logs["ema_decay"] = ema.cur_decay_value
-                if cfg.tensorboard:
-                    accelerator.log(logs, step=step)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
-            bar.update(1)
-            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_checkpoint(accelerator, out_dir, step, cfg.keep_checkpoints)
-            if callback is not None:
-                callback(step, loss_value)
-    except KeyboardInterrupt:
-        bar.close()
-        raise Interrupted(done, _checkpoint_on_interrupt(accelerator, out_dir, cfg, done, start_step)) from None
-    bar.close()
-    if start_step < cfg.steps:
-        _save_checkpoint(accelerator, out_dir, cfg.steps, cfg.keep_checkpoints)
+    return iter(loader)
 
+
+def _optimizer_step(run: _Run, cfg: TrainConfig, loss_fn, batches, progress: _Progress) -> None:
+    """One optimizer step over `cfg.grad_accum` micro-batches (gradients synchronised on the last only), then the
+    LR schedule and EMA; the step's mean loss and the images seen go into `progress`."""
+    accelerator, model = run.accelerator, run.model
+    total = 0.0
+    for m in range(cfg.grad_accum):
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+        if cfg.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                     for k, v in batch.items()}
+        sync = m == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            loss = loss_fn(model, batch)
+            accelerator.backward(loss / cfg.grad_accum)
+        total += loss.detach().float().item() / cfg.grad_accum
+        progress.images += next(iter(batch.values())).shape[0] * accelerator.num_processes
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(_trainable(model), cfg.max_grad_norm)
+    run.optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule where it was
+        run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(run.trainable())
+    progress.loss = total
+
+
+def _log_step(run: _Run, cfg: TrainConfig, step: int, progress: _Progress, bar) -> None:
+    """Every `cfg.log_every` steps (and the last): images/s and, with TensorBoard, the logs; the bar every step."""
+    now = time.perf_counter()
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        progress.rate = progress.images / max(now - progress.since, 1e-9)
+        progress.images, progress.since = 0, now
+        logs = {"loss": progress.loss, "lr": run.lr_scheduler.get_last_lr()[0], "images_per_s": progress.rate}
+        if run.ema is not None and run.ema.cur_decay_value is not None:
+            logs["ema_decay"] = run.ema.cur_decay_value
+        if cfg.tensorboard:
+            run.accelerator.log(logs, step=step)
+    rate = progress.rate
+    bar.set_postfix(loss=f"{progress.loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
+    bar.update(1)
+
+
+def _save_final(run: _Run, save_fn: Callable[[nn.Module, Path], None], out_dir: Path) -> None:
+    """`save_fn` on the main process, with the EMA weights swapped in (and the trained ones restored after)."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.store(_trainable(unwrapped))
-            ema.copy_to(_trainable(unwrapped))
+        unwrapped = accelerator.unwrap_model(run.model)
+        if run.ema is not None:
+            run.ema.store(_trainable(unwrapped))
+            run.ema.copy_to(_trainable(unwrapped))
         save_fn(unwrapped, out_dir)
-        if ema is not None:
-            ema.restore(_trainable(unwrapped))
+        if run.ema is not None:
+            run.ema.restore(_trainable(unwrapped))
     accelerator.wait_for_everyone()
-    if cfg.tensorboard:
-        accelerator.end_training()
-    return TrainResult(cfg.steps, loss_value, rate, resumed_from, time.perf_counter() - started)
 
 
 # ---- image helpers shared by the DDPM and LDM datasets -------------------------------------------------------
 
-def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """H x W x C float -> H x W x `channels` (gray repeated to RGB, RGB to luma)."""
-    c = image.shape[2]
-    if c == channels:
-        return image
-    if channels == 3:
-        return np.repeat(image, 3, axis=2)
-    weights = np.array([0.299, 0.587, 0.114], np.float32)
-    return (image[:, :, :3] @ weights)[:, :, None].astype(np.float32)
-
-
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """H x W x C float in [0, 1] -> C x H x W in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() * 2.0 - 1.0
-
-
-def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: int,
-                rng: np.random.Generator | None = None, margin: float = 1.25) -> tuple[int, int, int, int]:
-    """A window (y0, x0, h, w) of side max(resolution, mask extent * margin), clipped to the image, around the
-    mask (jittered by `rng` so the mask is not always centred). Without a mask: a random (or centre) window."""
-    side = resolution
-    cy, cx = height / 2, width / 2
-    if mask is not None and mask.any():
-        ys, xs = np.nonzero(mask)
-        y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        side = max(resolution, math.ceil(max(y_hi - y_lo, x_hi - x_lo) * margin))
-        cy, cx = (y_lo + y_hi) / 2, (x_lo + x_hi) / 2
-        if rng is not None:
-            slack = max(side - max(y_hi - y_lo, x_hi - x_lo), 0) / 2
-            cy, cx = cy + rng.uniform(-slack, slack), cx + rng.uniform(-slack, slack)
-    elif rng is not None:
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-    h, w = min(side, height), min(side, width)
-    y0 = int(np.clip(round(cy - h / 2), 0, height - h))
-    x0 = int(np.clip(round(cx - w / 2), 0, width - w))
-    return y0, x0, h, w

@@ -7,11 +7,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from defectgen.errors import DefectgenError
 from defectgen.io.output import atomic_write_json
+from defectgen.io.sample import Sample
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -34,51 +36,112 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
-class CocoBuilder:
-    """Collects images and mask annotations and writes one COCO file.
+def regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The connected regions (8-connectivity) of a bool mask, each as a bool mask of the same size."""
+    count, labels = cv2.connectedComponents(np.asarray(mask, dtype=np.uint8), connectivity=8)
+    return [labels == k for k in range(1, count)]
 
-    One annotation per defect mask: RLE segmentation, the mask's bbox and area, iscrowd 0. Category ids follow
-    the order in which class names are first seen, starting at 1.
+
+class CocoBuilder:
+    """Collects samples and writes one COCO file, under one rule for every writer (masks, synthesize, filter):
+
+    - `add(sample)` adds the sample's image and one annotation per connected region (8-connectivity) of its defect
+      mask: RLE segmentation, the region's bbox and area, iscrowd 0, the sample's class (or "defect").
+    - Image ids and annotation ids start at 1. Annotation ids follow the image ids (then the regions' order), so
+      the file is the same whatever order the samples were added in (a resumed run writes what a fresh one does).
+    - Category ids start at 1: the names given to the constructor first, then the others in the order they first
+      appear in image-id order.
     """
 
-    def __init__(self, categories: list[str] | None = None, supercategory: str = "defect"):
+    def __init__(self, categories: list[str] | None = None, supercategory: str = "defect",
+                 root: str | Path | None = None, default_category: str = "defect"):
         self.supercategory = supercategory
-        self.categories: dict[str, int] = {}
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
-        for name in categories or []:
-            self.category_id(name)
+        self.root = Path(root) if root is not None else None  # file names are written relative to it
+        self.default_category = default_category
+        self._given = list(dict.fromkeys(categories or []))
+        self._images: dict[int, dict[str, Any]] = {}
+        self._regions: dict[int, list[tuple[str, dict[str, Any]]]] = {}
 
-    def category_id(self, name: str) -> int:
-        if name not in self.categories:
-            self.categories[name] = len(self.categories) + 1
-        return self.categories[name]
+    def _relative(self, path: Path | None) -> str | None:
+        if path is None:
+            return None
+        if self.root is not None:
+            try:
+                return Path(path).relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return Path(path).as_posix()
+
+    def add(self, sample: Sample, file_name: str | None = None, *, image_id: int | None = None,
+            **extra: Any) -> int:
+        """Add `sample`'s image (file_name: given, else sample.path relative to the builder's root) with its
+        mask_file (sample.mask_path), source and seed when the sample has them, plus `extra`, and annotate every
+        connected region of its defect mask. Returns the image id."""
+        name = file_name if file_name is not None else self._relative(sample.path)
+        if name is None:
+            raise ValueError("the sample has no path; give file_name")
+        record: dict[str, Any] = {}
+        if sample.mask_path is not None:
+            record["mask_file"] = self._relative(sample.mask_path)
+        if sample.source is not None:
+            record["source"] = str(sample.source)
+        if sample.seed is not None:
+            record["seed"] = int(sample.seed)
+        image_id = self.add_image(name, sample.height, sample.width, image_id, **record, **extra)
+        if not sample.is_normal:
+            self._annotate(image_id, sample.defect_mask(), sample.class_name or self.default_category)
+        return image_id
 
     def add_image(self, file_name: str, height: int, width: int, image_id: int | None = None, **extra: Any) -> int:
-        image_id = len(self.images) + 1 if image_id is None else int(image_id)
+        """An image entry without annotations (`add` calls it; so may a test building a file by hand)."""
+        image_id = max(self._images, default=0) + 1 if image_id is None else int(image_id)
+        if image_id < 1 or image_id in self._images:
+            raise ValueError(f"image id {image_id} is taken or below 1")
         record = {"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)}
-        self.images.append({**record, **extra})
+        self._images[image_id] = {**record, **extra}
+        self._regions[image_id] = []
         return image_id
 
     def add_mask(self, image_id: int, mask: np.ndarray, category: str, **extra: Any) -> int | None:
-        """Annotate `mask` on `image_id`; an empty mask adds nothing and returns None."""
-        mask = np.asarray(mask, dtype=bool)
-        if not mask.any():
-            return None
-        rle = encode_rle(mask)
-        compressed = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        ann_id = len(self.annotations) + 1
-        self.annotations.append({
-            "id": ann_id,
-            "image_id": int(image_id),
-            "category_id": self.category_id(category),
-            "segmentation": rle,
-            "area": int(mask_utils.area(compressed)),
-            "bbox": [float(v) for v in mask_utils.toBbox(compressed)],
-            "iscrowd": 0,
-            **extra,
-        })
-        return ann_id
+        """Annotate `mask` on an added image under the same rule as `add` (one annotation per connected region).
+        Returns the number of annotations added, or None for an empty mask."""
+        return self._annotate(image_id, mask, category, **extra) or None
+
+    def _annotate(self, image_id: int, mask: np.ndarray, category: str, **extra: Any) -> int:
+        parts = regions(mask)
+        for part in parts:
+            rle = encode_rle(part)
+            compressed = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+            self._regions[int(image_id)].append((category, {
+                "segmentation": rle,
+                "area": int(mask_utils.area(compressed)),
+                "bbox": [float(v) for v in mask_utils.toBbox(compressed)],
+                "iscrowd": 0,
+                **extra,
+            }))
+        return len(parts)
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return [self._images[k] for k in sorted(self._images)]
+
+    def _numbered(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        categories = {name: k + 1 for k, name in enumerate(self._given)}
+        annotations = []
+        for image_id in sorted(self._images):
+            for name, ann in self._regions[image_id]:
+                categories.setdefault(name, len(categories) + 1)
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": categories[name], **ann})
+        return categories, annotations
+
+    @property
+    def annotations(self) -> list[dict[str, Any]]:
+        return self._numbered()[1]
+
+    @property
+    def categories(self) -> dict[str, int]:
+        return self._numbered()[0]
 
     def to_dict(self, info: dict[str, Any] | None = None) -> dict[str, Any]:
         from defectgen import __version__
@@ -88,13 +151,14 @@ class CocoBuilder:
             "version": __version__,
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        categories, annotations = self._numbered()
         return {
             "info": {**base_info, **(info or {})},
             "licenses": [],
-            "images": sorted(self.images, key=lambda im: im["id"]),
-            "annotations": self.annotations,
+            "images": self.images,
+            "annotations": annotations,
             "categories": [
-                {"id": cid, "name": name, "supercategory": self.supercategory} for name, cid in self.categories.items()
+                {"id": cid, "name": name, "supercategory": self.supercategory} for name, cid in categories.items()
             ],
         }
 

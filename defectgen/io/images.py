@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -124,6 +125,70 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     write_image(path, (np.asarray(mask) > 0).astype(np.uint8) * 255)
 
 
+# ---- pixel operations: resize, crop windows, channels ---------------------------------------------------------
+
+def resize(image: np.ndarray, height: int, width: int, nearest: bool = False,
+           interpolation: int | None = None) -> np.ndarray:
+    """`image` (H x W or H x W x C, C kept even when 1) at height x width; returned as is when already that size.
+    The interpolation is `interpolation` if given, else nearest, else area when the height shrinks, else linear."""
+    if image.shape[:2] == (height, width):
+        return image
+    if interpolation is None:
+        interpolation = cv2.INTER_NEAREST if nearest else (
+            cv2.INTER_AREA if image.shape[0] > height else cv2.INTER_LINEAR)
+    out = cv2.resize(image, (width, height), interpolation=interpolation)
+    return out.reshape(height, width, -1) if image.ndim == 3 else out
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """H x W x C float -> H x W x `channels` (gray repeated to RGB, RGB to luma)."""
+    c = image.shape[2]
+    if c == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    return (image[:, :, :3] @ weights)[:, :, None].astype(np.float32)
+
+
+def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: int,
+                rng: np.random.Generator | None = None, margin: float = 1.25) -> tuple[int, int, int, int]:
+    """A window (y0, x0, h, w) of side max(resolution, mask extent * margin), clipped to the image, around the
+    mask (jittered by `rng` so the mask is not always centred). Without a mask: a random (or centre) window."""
+    side = resolution
+    cy, cx = height / 2, width / 2
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        side = max(resolution, math.ceil(max(y_hi - y_lo, x_hi - x_lo) * margin))
+        cy, cx = (y_lo + y_hi) / 2, (x_lo + x_hi) / 2
+        if rng is not None:
+            slack = max(side - max(y_hi - y_lo, x_hi - x_lo), 0) / 2
+            cy, cx = cy + rng.uniform(-slack, slack), cx + rng.uniform(-slack, slack)
+    elif rng is not None:
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    h, w = min(side, height), min(side, width)
+    y0 = int(np.clip(round(cy - h / 2), 0, height - h))
+    x0 = int(np.clip(round(cx - w / 2), 0, width - w))
+    return y0, x0, h, w
+
+
+def padded_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.5, min_side: int = 32) -> np.ndarray:
+    """The mask's extent grown by `pad` of its size on each side (at least min_side), clipped to the image; the
+    whole image for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return image
+    h, w = mask.shape
+    y_lo, y_hi, x_lo, x_hi = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side_y = max((y_hi - y_lo) * (1 + 2 * pad), min_side)
+    side_x = max((x_hi - x_lo) * (1 + 2 * pad), min_side)
+    cy, cx = (y_lo + y_hi) / 2, (x_lo + x_hi) / 2
+    y0, y1 = int(max(0, cy - side_y / 2)), int(min(h, math.ceil(cy + side_y / 2)))
+    x0, x1 = int(max(0, cx - side_x / 2)), int(min(w, math.ceil(cx + side_x / 2)))
+    return image[y0:y1, x0:x1]
+
+
 def dtype_max(dtype: np.dtype) -> float:
     return 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
 
@@ -142,3 +207,23 @@ def from_float(image: np.ndarray, dtype: np.dtype = np.uint8) -> np.ndarray:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """For display: 16-bit images scaled down to 8 bits."""
     return image if image.dtype == np.uint8 else from_float(to_float(image), np.uint8)
+
+
+def square_uint8(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Any stored image -> size x size x channels uint8 (what the detectors work on): area-resampled when
+    shrinking, bilinear when growing; gray repeated to RGB, or RGB averaged to gray."""
+    interp = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
+    img = resize(to_float(image).reshape(*image.shape[:2], -1), size, size, interpolation=interp)
+    if img.shape[2] != channels:
+        img = np.repeat(img, 3, axis=2) if channels == 3 else img.mean(axis=2, keepdims=True)
+    return from_float(img, np.uint8)
+
+
+def square_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask at size x size: area-resampled and cut at one half; a defect smaller than a pixel keeps its
+    strongest pixel."""
+    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    out = m >= 0.5
+    if mask.any() and not out.any():
+        out = m >= m.max()
+    return out

@@ -46,6 +46,8 @@ class Sample:
     mask:  H x W bool array (True = defect) or None when the source has no pixel annotation.
     class_name: the defect class, or "good" for a normal image, or None when the layout does not say.
     boxes: defect boxes (from VOC/COCO, or derived from the mask by readers that have only masks).
+    path / mask_path: where the image and mask are (read from, or to be written to).
+    source: for a synthesized sample, the normal image it was painted on; seed: the sample's seed.
     """
 
     image: np.ndarray
@@ -55,6 +57,8 @@ class Sample:
     path: Path | None = None
     mask_path: Path | None = None
     split: str | None = None
+    source: Path | None = None
+    seed: int | None = None
 
     @property
     def height(self) -> int:

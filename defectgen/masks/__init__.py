@@ -1,4 +1,4 @@
-"""Where defects go: Perlin masks, box masks, shapes from a folder; presets in the repository's masks/ folder.
+"""Where defects go: Perlin masks, box masks, shapes from a folder; presets in the packaged data/masks/ folder.
 
 Every random draw comes from `mask_rng(seed, index)`, so mask i depends only on (seed, i): the same seed gives
 the same masks whatever the batch size or resume point.
@@ -7,6 +7,7 @@ the same masks whatever the batch size or resume point.
 from __future__ import annotations
 
 from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ from defectgen.masks.perlin import PerlinConfig, perlin_mask
 from defectgen.masks.shapes import ShapeBank
 
 KINDS = ("perlin", "bbox")
-PRESET_DIR = Path(__file__).resolve().parents[2] / "masks"
+# Inside the package (defectgen/data/masks/*.yaml), so editable installs and wheels both carry the presets.
+PRESET_DIR = resources.files("defectgen") / "data" / "masks"
 
 __all__ = [
     "KINDS", "BoxConfig", "MaskGenerator", "PerlinConfig", "ShapeBank", "box_mask", "box_stats_from",
-    "estimate_foreground", "load_preset", "mask_rng", "perlin_mask",
+    "estimate_foreground", "load_preset", "mask_generator", "mask_rng", "perlin_mask", "synthesis_masks",
 ]
 
 
@@ -51,12 +53,13 @@ def estimate_foreground(image: np.ndarray) -> np.ndarray:
 
 
 def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
-    """A YAML preset, by name (a file in masks/) or path: returns (kind, config fields)."""
+    """A YAML preset, by name (a file in defectgen/data/masks/) or path: returns (kind, config fields)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+        names = [p.name for p in PRESET_DIR.iterdir()] if PRESET_DIR.is_dir() else []
+        known = sorted(n[: -len(".yaml")] for n in names if n.endswith(".yaml"))
         raise DefectgenError(path, f"mask preset not found (known presets: {', '.join(known) or 'none'})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -119,3 +122,35 @@ class MaskGenerator:
             return box_mask(height, width, rng, self.config, foreground, label)
         box = Box.from_mask(mask, label)
         return mask, [box] if box else []
+
+
+def mask_generator(kind: str = "perlin", *, seed: int = 0, preset: str | None = None, shape: str | None = None,
+                   min_area: float | None = None, max_area: float | None = None, threshold: float | None = None,
+                   like_labeled: str | Path | None = None, fmt: str = "auto") -> MaskGenerator:
+    """Perlin or box masks (`defectgen masks`): min_area, max_area and threshold shape Perlin masks; shape and the
+    box sizes of the labeled set `like_labeled` (read in layout `fmt`) shape box masks. None: the preset's value."""
+    options: dict[str, Any] = {"min_area": min_area, "max_area": max_area, "threshold": threshold} \
+        if kind == "perlin" else {}
+    if kind == "bbox":
+        options["shape"] = shape
+        if like_labeled is not None:
+            from defectgen.io import open_dataset
+
+            stats = box_stats_from(open_dataset(like_labeled, fmt).select(normal=False))
+            if not stats:
+                raise DefectgenError(like_labeled, "no boxes or masks found to take sizes from")
+            options["stats"] = stats
+    return MaskGenerator(kind, seed=seed, preset=preset, **options)
+
+
+def synthesis_masks(masks: str | Path = "perlin", masks_from: str | Path | None = None, seed: int = 0,
+                    mask_preset: str | None = None) -> Any:
+    """What `synthesize(masks=...)` takes: `masks` as given (perlin, bbox or a folder), or, with `masks_from`, the
+    masks of the real defects in that labeled set (`RealMasks`)."""
+    if masks_from is None:
+        return masks
+    if mask_preset:
+        raise DefectgenError(None, "`mask_preset` applies to `masks` perlin or bbox, not to `masks_from`")
+    from defectgen.masks.real import RealMasks
+
+    return RealMasks(masks_from, seed=seed)

@@ -14,6 +14,7 @@ from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import check_image_size, write_mask
 from defectgen.io.output import output_folder
+from defectgen.io.sample import Sample
 from defectgen.masks import MaskGenerator, estimate_foreground
 
 # Working memory of one Perlin or box mask per pixel: float32 noise, its rotation and quantile copies, the bool
@@ -55,18 +56,18 @@ def write_mask_set(
     else:
         check_image_size(*size, MASK_BYTES_PER_PIXEL, "mask size")
         refs, skipped = [(size[0], size[1], None, None)], 0
-    coco = CocoBuilder([category])
     areas = []
     # A failed or interrupted run leaves no half mask set behind (it cannot be resumed).
     with output_folder(out_dir, overwrite=overwrite, resumable=False, verb="masks", protect=[like]) as out_dir:
+        coco = CocoBuilder([category], root=out_dir)
         for i in tqdm(range(n), desc="masks", unit="mask", disable=not sys.stderr.isatty()):
             h, w, fg, source = refs[i % len(refs)]
-            mask, _ = generator(i, h, w, foreground=fg, label=category)
-            name = f"masks/{i:06d}.png"
-            write_mask(out_dir / name, mask)
-            extra = {"source_image": source} if source else {}
-            image_id = coco.add_image(name, h, w, image_id=i, **extra)
-            coco.add_mask(image_id, mask, category)
+            mask, boxes = generator(i, h, w, foreground=fg, label=category)
+            # the mask is the image of this set: one sample per mask, written and annotated like any other
+            sample = Sample(mask[:, :, None].astype(np.uint8) * 255, mask, category, boxes,
+                            path=out_dir / "masks" / f"{i:06d}.png")
+            write_mask(sample.path, mask)
+            coco.add(sample, image_id=i + 1, **({"source_image": source} if source else {}))
             areas.append(float(mask.mean()))
         coco.save(out_dir / "annotations.json", {"defectgen": {
             "command": "masks", "params": params or {}, "generator": generator.describe(),

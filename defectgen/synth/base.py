@@ -1,10 +1,17 @@
-"""The contract every defect generator meets, so that all of them share one pipeline and one output format."""
+"""The contract every defect generator meets, so that all of them share one pipeline and one output format, and
+the registry `load_generator` resolves --model through (like the detectors' `register_detector`)."""
 
 from __future__ import annotations
 
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from defectgen.errors import DefectgenError
 
 
 @runtime_checkable
@@ -32,3 +39,96 @@ class DefectGenerator(Protocol):
         depends only on its seed, not on the batch it is in). Returns float32 arrays of the same shapes. The
         pipeline itself restores the pixels outside each mask bit-exactly, so generators need not."""
         ...
+
+
+# ---- the registry: --model NAME or a model folder -> a generator ------------------------------------------------
+
+Factory = Callable[..., DefectGenerator]
+
+# Generators without a model folder, by the name given as --model; the built-in ones register themselves when
+# their module is imported (see _BUILTIN). A factory is called as factory(name, **options).
+GENERATORS: dict[str, Factory] = {}
+# Generators of model folders, by the "kind" their defectgen.json records: "module:callable" (imported when used)
+# or a callable, called as factory(folder, **options).
+MODEL_KINDS: dict[str, str | Factory] = {
+    "ddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
+    "cddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
+    "ldm": "defectgen.synth.ldm_generator:LdmGenerator",
+}
+_BUILTIN = ("defectgen.synth.draem", "defectgen.synth.copypaste")
+
+
+def register_generator(name: str, factory: Factory | str | None = None, *, kind: bool = False):
+    """Make a generator factory available as `--model NAME` (or, with kind=True, for model folders whose
+    defectgen.json says kind NAME). A decorator (`@register_generator("draem")`) or a call with the factory."""
+
+    def deco(f):
+        (MODEL_KINDS if kind else GENERATORS)[name] = f
+        return f
+
+    return deco if factory is None else deco(factory)
+
+
+def _builtin() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def generator_names() -> list[str]:
+    """The names --model takes besides a model folder."""
+    _builtin()
+    return sorted(GENERATORS)
+
+
+def get_generator(name: str) -> Factory:
+    """The factory registered as `name`."""
+    _builtin()
+    if name not in GENERATORS:
+        raise DefectgenError(None, f"unknown generator {name!r}; choose from {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[name]
+
+
+def _resolve(factory: str | Factory) -> Factory:
+    if callable(factory):
+        return factory
+    module, _, attr = factory.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
+    """The generator for `model`: a registered name (draem, copypaste, ...), or a model folder whose
+    defectgen.json names its kind. Options that are None are dropped, so factories keep their own defaults."""
+    options = {k: v for k, v in options.items() if v is not None}
+    name = str(model)
+    if name in generator_names():
+        return get_generator(name)(name, **options)
+    path = Path(model)
+    meta_path = path / "defectgen.json"
+    if _is_foreign_inpainting_model(path):  # a diffusers inpainting folder or hub id not trained here
+        return _resolve(MODEL_KINDS["ldm"])(name, **options)
+    if not path.exists():
+        raise DefectgenError(path, f"no such model folder (or generator name: {', '.join(generator_names())})")
+    if not meta_path.is_file():
+        raise DefectgenError(path, "not a defectgen model: no defectgen.json in this folder")
+    try:
+        kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise DefectgenError(meta_path, "not valid defectgen model metadata (JSON object expected)") from None
+    if kind not in MODEL_KINDS:
+        raise DefectgenError(meta_path, f"unknown model kind {kind!r}; known: {', '.join(sorted(MODEL_KINDS))}")
+    return _resolve(MODEL_KINDS[kind])(path, **options)
+
+
+def _is_foreign_inpainting_model(path: Path) -> bool:
+    """A local diffusers pipeline folder without defectgen.json, or something shaped like a hub id (owner/name)
+    that is not a local path: both go to the text-guided generator, which loads them with from_pretrained."""
+    if path.exists():
+        index = path / "model_index.json"
+        if (path / "defectgen.json").exists() or not index.is_file():
+            return False
+        try:
+            return "Inpaint" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        except (json.JSONDecodeError, AttributeError):
+            return False
+    parts = str(path).split("/")
+    return len(parts) == 2 and all(parts) and not str(path).startswith((".", "~"))

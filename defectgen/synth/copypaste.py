@@ -19,11 +19,11 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from defectgen.diffusion.training import match_channels
 from defectgen.errors import DefectgenError
-from defectgen.io.images import from_float, to_float
+from defectgen.io.images import from_float, match_channels, resize, to_float
 from defectgen.io.sample import Sample
 from defectgen.masks import estimate_foreground
+from defectgen.synth.base import register_generator
 
 BLENDS = ("paste", "seamless")
 _MARGIN = 2  # context kept around a defect's box: the linear interpolation of a rotation reads one pixel out
@@ -80,8 +80,8 @@ def _resize(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.nda
         return image, mask
     shrink = h < image.shape[0] or w < image.shape[1]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    out = cv2.resize(image, (w, h), interpolation=interp).reshape(h, w, image.shape[2])
-    cover = cv2.resize(mask.astype(np.float32), (w, h), interpolation=interp)
+    out = resize(image, h, w, interpolation=interp)
+    cover = resize(mask.astype(np.float32), h, w, interpolation=interp)
     peak = float(cover.max())
     return out, (cover >= min(0.5, 0.5 * peak)) if peak > 0 else np.zeros((h, w), bool)
 
@@ -307,6 +307,7 @@ def copypaste_set(normals: np.ndarray, labeled: list[Sample], n: int, seed: int,
     return np.stack(images), np.stack(masks), np.stack(cleans), names
 
 
+@register_generator("copypaste")
 def from_options(name: str = "copypaste", labeled: str | Path | None = None, blend: str | None = None,
                  **_: object) -> CopyPasteGenerator:
     """Factory for `defectgen synthesize --model copypaste --labeled DIR [--blend paste|seamless]`."""

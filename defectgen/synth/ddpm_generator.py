@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-from defectgen.diffusion.ddpm import box_geometry, load_model
-from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, guided_inpaint, perturb_and_denoise
+from defectgen.diffusion.ddpm import load_model
+from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, perturb_and_denoise
 from defectgen.errors import DefectgenError
 from defectgen.runtime import pick_device
 
@@ -49,7 +49,8 @@ class DdpmGenerator:
             {c: counts.get(c, 0) / total for c in names} if total else
             ({c: 1 / len(names) for c in names} if names else None)
         )
-        self.denoiser = self.model.module().eval() if self.model.conditional else None
+        # The conditional model samples through its diffusers pipeline (ConditionalDdpmPipeline).
+        self.pipeline = self.model.pipeline() if self.model.conditional else None
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -95,14 +96,8 @@ class DdpmGenerator:
                 self.check_class(c)
             # No class given and no distribution: the first class (the pipeline normally draws one).
             idx = [names.index(c) if c is not None else 0 for c in class_names]
-            classes = torch.tensor(idx, device=self.device, dtype=torch.long)
-            boxes = None
-            if self.model.meta.get("conditioning", {}).get("box_geometry"):
-                geo = [box_geometry(m[0].cpu().numpy() > 0.5) for m in mask]
-                boxes = torch.from_numpy(np.stack(geo)).to(self.device)
-            out = guided_inpaint(self.denoiser, self.model.scheduler, x0, mask, classes,
-                                 self.model.condition.null_class, seeds, self.guidance, boxes,
-                                 self.sampler, self.steps)
+            out = self.pipeline(x0, mask, idx, guidance_scale=self.guidance, num_inference_steps=self.steps,
+                                sampler=self.sampler, seeds=seeds).images
         else:
             out = perturb_and_denoise(self.model.unet, self.model.scheduler, x0, mask, seeds, self.strength,
                                       self.sigma, self.sampler, self.steps)

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.images import from_float, is_image_file, read_image, to_float
+from defectgen.io.images import from_float, is_image_file, read_image, resize, to_float
+from defectgen.synth.base import register_generator
 
 # DRAEM draws three of these per anomaly; they change colour statistics and geometry so the pasted texture
 # does not simply continue the surface around it.
@@ -86,7 +87,7 @@ class DraemGenerator:
         tex = np.ascontiguousarray(self._texture(rng, normal))
         if tex.ndim == 2:
             tex = tex[:, :, None]
-        tex = cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+        tex = resize(tex, h, w, interpolation=cv2.INTER_LINEAR)
         # albumentations' colour transforms want 3-channel uint8
         rgb = np.repeat(tex, 3, axis=2) if tex.shape[2] == 1 else tex[:, :, :3]
         rgb8 = from_float(rgb, np.uint8)
@@ -105,6 +106,7 @@ class DraemGenerator:
         return [self._one(np.asarray(n, np.float32), m, s) for n, m, s in zip(normals, masks, seeds, strict=True)]
 
 
+@register_generator("draem")
 def from_options(name: str = "draem", textures: str | Path | None = None, **_: object) -> DraemGenerator:
     """Factory for `defectgen synthesize --model draem [--textures DIR]`; other options do not apply."""
     return DraemGenerator(textures)

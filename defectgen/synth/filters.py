@@ -7,8 +7,8 @@
   probability of the defect text. Sample t of T is kept when the score exceeds tau_t = tau_0 * exp(-lambda * t / T).
 
 `filter_output` applies them to an output folder: rejected samples move to OUT/rejected/ with their scores, kept
-ones are renumbered so ids stay contiguous, and annotations.json is rewritten (its info block records the filters
-and how many each removed).
+ones are renumbered so ids stay contiguous, annotations.json is rewritten (its info block records the filters
+and how many each removed) and the contact sheet is drawn again from the kept samples.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder, load_coco_json
-from defectgen.io.images import read_image, read_mask, to_float, to_uint8
+from defectgen.io.images import padded_crop, read_image, read_mask, to_float, to_uint8
 from defectgen.io.output import atomic_write_json, resolve_inside
-from defectgen.io.sample import Box
+from defectgen.io.sample import Sample
 
 FILTERS = ("change", "clip")
 
@@ -51,20 +51,6 @@ class ChangeFilter:
 
     def keep(self, score: float, index: int, total: int) -> bool:
         return score >= self.min_change
-
-
-def padded_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.5, min_side: int = 32) -> np.ndarray:
-    """The mask's extent grown by `pad` of its size on each side (at least min_side), clipped to the image."""
-    box = Box.from_mask(mask)
-    h, w = mask.shape
-    if box is None:
-        return image
-    side_y = max(box.height * (1 + 2 * pad), min_side)
-    side_x = max(box.width * (1 + 2 * pad), min_side)
-    cy, cx = (box.y0 + box.y1) / 2, (box.x0 + box.x1) / 2
-    y0, y1 = int(max(0, cy - side_y / 2)), int(min(h, math.ceil(cy + side_y / 2)))
-    x0, x1 = int(max(0, cx - side_x / 2)), int(min(w, math.ceil(cx + side_x / 2)))
-    return image[y0:y1, x0:x1]
 
 
 class ClipFilter:
@@ -147,100 +133,134 @@ def make_filters(names: list[str], *, clip_model: str | None = None, tau0: float
     return filters
 
 
+@dataclass
+class _Entry:
+    """One sample of the set being filtered: its COCO image entry, its files, its class, and its fate."""
+
+    image: dict[str, Any]
+    path: Path
+    mask_path: Path
+    class_name: str | None
+    annotated: bool
+    scores: dict[str, float] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+
 def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
-    """Score every sample of `out` with every filter; move rejected ones to out/rejected and renumber the rest."""
+    """Score every sample of `out` with every filter; move rejected ones to out/rejected, renumber the rest,
+    rewrite annotations.json (under the one COCO rule) and redraw the contact sheet from the kept samples."""
     out = Path(out)
     ann_path = out / "annotations.json"
     data = load_coco_json(ann_path)
     categories = {c["id"]: c["name"] for c in data["categories"]}
-    anns_by_image: dict[int, list[dict]] = {}
+    entries = _entries(out, data, ann_path, categories)  # every path checked before any file is touched
+    coco = CocoBuilder([categories[k] for k in sorted(categories)], root=out)
+    kept: list[_Entry] = []
+    for t, entry in enumerate(entries):
+        sample = _score(entry, filters, t, len(entries), ann_path)
+        if not entry.failed:
+            new_index = len(kept)
+            kept.append(entry)
+            sample.path = out / "images" / f"{new_index:06d}.png"
+            sample.mask_path = out / "masks" / f"{new_index:06d}.png"
+            extra = {k: v for k, v in entry.image.items() if k not in _REWRITTEN}
+            coco.add(sample, image_id=new_index + 1, filter_scores=entry.scores, **extra)
+    rejected_dir = resolve_inside(out, "rejected", what="folder")
+    rejected_records = _move_rejected(out, [e for e in entries if e.failed], rejected_dir)
+    _renumber(out, [(e.path, e.mask_path) for e in kept])
+    removed = {f.name: sum(1 for e in entries if f.name in e.failed) for f in filters}
+    info = dict(data.get("info", {}))
+    info["defectgen"] = {**info.get("defectgen", {}), "filters": {
+        f.name: {**f.params(), "removed": removed[f.name]} for f in filters}, "kept": len(kept),
+        "generated": len(entries)}
+    if rejected_records:
+        previous = rejected_dir / "scores.json"
+        earlier = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else []
+        atomic_write_json(previous, (earlier if isinstance(earlier, list) else []) + rejected_records)
+    atomic_write_json(ann_path, {**coco.to_dict(info), "info": info})
+    if (out / "contact_sheet.png").is_file():  # it showed the removed samples too: draw it again from the kept
+        from defectgen.synth.pipeline import write_contact_sheet
+
+        write_contact_sheet(out, [(out / im["file_name"], out / im["mask_file"], e.class_name)
+                                  for im, e in zip(coco.images, kept, strict=True)])
+    log(f"filters kept {len(kept)} of {len(entries)} samples; removed " +
+        ", ".join(f"{k}: {v}" for k, v in removed.items()) + (f"; rejected samples in {rejected_dir}" if
+                                                              rejected_records else ""))
+    return FilterSummary(len(entries), len(kept), removed)
+
+
+# what filter_output writes anew for each kept image; the rest of its entry (source, seed, ...) is kept
+_REWRITTEN = ("id", "file_name", "height", "width", "mask_file", "source", "seed", "filter_scores")
+
+
+def _entries(out: Path, data: dict[str, Any], ann_path: Path, categories: dict[int, str]) -> list[_Entry]:
+    """The set's samples in image-id order, each with its files (required to lie inside the set) and class."""
+    classes: dict[int, str] = {}
     for a in data["annotations"]:
-        anns_by_image.setdefault(a["image_id"], []).append(a)
-    # Every file this verb moves must lie inside the set: check them all before touching any.
+        classes.setdefault(a["image_id"], categories[a["category_id"]])
     checked = sorted(((im, _sample_paths(out, im, ann_path)) for im in data["images"]), key=lambda p: p[0]["id"])
-    images, paths = [im for im, _ in checked], [p for _, p in checked]
-    total = len(images)
-    named = [p.resolve() for pair in paths for p in pair]
+    named = [p.resolve() for _, pair in checked for p in pair]
     if len(set(named)) != len(named):
         raise DefectgenError(ann_path, "two image entries name the same image or mask file")
-    decisions = []
-    for t, (im, (image_path, mask_path)) in enumerate(zip(images, paths, strict=True)):
-        generated = read_image(image_path)
-        mask = read_mask(mask_path, generated.shape[:2], image_path)
-        anns = anns_by_image.get(im["id"], [])
-        class_name = categories[anns[0]["category_id"]] if anns else None
-        normal = None
-        if any(f.name == "change" for f in filters):
-            source = im.get("source")
-            if not source:
-                raise DefectgenError(ann_path, f"image {im['file_name']} records no 'source' normal image; "
-                                     "the change filter needs it")
-            normal = read_image(source)
-            if normal.shape != generated.shape:
-                raise DefectgenError(source, f"normal image is {normal.shape}, generated {im['file_name']} is "
-                                     f"{generated.shape}")
-        scores, failed = {}, []
-        for f in filters:
-            s = f.score(generated=generated, normal=normal, mask=mask, class_name=class_name)
-            scores[f.name] = round(s, 6)
-            if not f.keep(s, t, total):
-                failed.append(f.name)
-        decisions.append((im, mask_path, scores, failed))
+    return [_Entry(im, image_path, mask_path, classes.get(im["id"]), im["id"] in classes)
+            for im, (image_path, mask_path) in checked]
 
-    rejected_dir = resolve_inside(out, "rejected", what="folder")
-    kept = [d for d in decisions if not d[3]]
-    coco = CocoBuilder([categories[k] for k in sorted(categories)])
-    rejected_records = []
-    for (im, mask_path, scores, failed), (image_path, _) in zip(decisions, paths, strict=True):
-        if failed:
-            moved = {}
-            for src, sub in ((image_path, "images"), (mask_path, "masks")):
-                dest = _free_name(rejected_dir / sub / src.name)  # an earlier filter run's rejects stay
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dest)
-                moved[sub] = str(dest.relative_to(out))
-            rejected_records.append({"file_name": im["file_name"], "id": im["id"], "scores": scores,
-                                     "failed": failed, "source": im.get("source"), "moved_to": moved})
-    # Renumber the kept samples in two passes (through temporary names), so that no rename can land on a file
-    # that another kept sample still needs.
+
+def _score(entry: _Entry, filters: list, t: int, total: int, ann_path: Path) -> Sample:
+    """Score sample t of `total` with every filter, recording the scores and the filters it fails; returns it as a
+    `Sample` (the mask counts as a defect only where the set annotated one)."""
+    im = entry.image
+    generated = read_image(entry.path)
+    mask = read_mask(entry.mask_path, generated.shape[:2], entry.path)
+    normal = None
+    if any(f.name == "change" for f in filters):
+        source = im.get("source")
+        if not source:
+            raise DefectgenError(ann_path, f"image {im['file_name']} records no 'source' normal image; "
+                                 "the change filter needs it")
+        normal = read_image(source)
+        if normal.shape != generated.shape:
+            raise DefectgenError(source, f"normal image is {normal.shape}, generated {im['file_name']} is "
+                                 f"{generated.shape}")
+    for f in filters:
+        s = f.score(generated=generated, normal=normal, mask=mask, class_name=entry.class_name)
+        entry.scores[f.name] = round(s, 6)
+        if not f.keep(s, t, total):
+            entry.failed.append(f.name)
+    source, seed = im.get("source"), im.get("seed")
+    return Sample(generated, mask if entry.annotated else None, entry.class_name,
+                  source=Path(source) if source else None, seed=seed if isinstance(seed, int) else None)
+
+
+def _move_rejected(out: Path, rejected: list[_Entry], rejected_dir: Path) -> list[dict[str, Any]]:
+    """Move the rejected samples' files to out/rejected (an earlier filter run's rejects stay); their records."""
+    records = []
+    for e in rejected:
+        moved = {}
+        for src, sub in ((e.path, "images"), (e.mask_path, "masks")):
+            dest = _free_name(rejected_dir / sub / src.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            moved[sub] = str(dest.relative_to(out))
+        records.append({"file_name": e.image["file_name"], "id": e.image["id"], "scores": e.scores,
+                        "failed": e.failed, "source": e.image.get("source"), "moved_to": moved})
+    return records
+
+
+def _renumber(out: Path, kept: list[tuple[Path, Path]]) -> None:
+    """Rename the kept samples' files to 000000.. in two passes (through temporary names), so that no rename can
+    land on a file that another kept sample still needs."""
     staged = []
-    kept_paths = [p for d, p in zip(decisions, paths, strict=True) if not d[3]]
-    for new_index, sources in enumerate(kept_paths):
-        pair = []
+    for new_index, sources in enumerate(kept):
         for src, sub in zip(sources, ("images", "masks"), strict=True):
             final = out / sub / f"{new_index:06d}.png"
             if src != final:
                 tmp = out / sub / f".{new_index:06d}.filter-{os.getpid()}.png"
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, tmp)
-                pair.append((tmp, final))
-        staged.append(pair)
-    for pair in staged:
-        for tmp, final in pair:
-            os.replace(tmp, final)
-    for new_index, (im, _, scores, _) in enumerate(kept):
-        new_image = f"images/{new_index:06d}.png"
-        new_mask = f"masks/{new_index:06d}.png"
-        extra = {k: v for k, v in im.items() if k not in ("id", "file_name", "height", "width", "mask_file")}
-        image_id = coco.add_image(new_image, im["height"], im["width"], image_id=new_index + 1, mask_file=new_mask,
-                                  filter_scores=scores, **extra)
-        for a in anns_by_image.get(im["id"], []):
-            coco.annotations.append({**a, "id": len(coco.annotations) + 1, "image_id": image_id})
-    removed = {f.name: sum(1 for d in decisions if f.name in d[3]) for f in filters}
-    info = dict(data.get("info", {}))
-    info.setdefault("defectgen", {})
-    info["defectgen"] = {**info["defectgen"], "filters": {
-        f.name: {**f.params(), "removed": removed[f.name]} for f in filters}, "kept": len(kept), "generated": total}
-    if rejected_records:
-        previous = rejected_dir / "scores.json"
-        earlier = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else []
-        atomic_write_json(previous, (earlier if isinstance(earlier, list) else []) + rejected_records)
-    atomic_write_json(ann_path, {**coco.to_dict(info), "info": info})
-    summary = FilterSummary(total, len(kept), removed)
-    log(f"filters kept {len(kept)} of {total} samples; removed " +
-        ", ".join(f"{k}: {v}" for k, v in removed.items()) + (f"; rejected samples in {rejected_dir}" if
-                                                              rejected_records else ""))
-    return summary
+                staged.append((tmp, final))
+    for tmp, final in staged:
+        os.replace(tmp, final)
 
 
 def _sample_paths(out: Path, im: Any, ann_path: Path) -> tuple[Path, Path]:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectgen.diffusion.ldm import load_inpaint_pipeline, read_metadata
+from defectgen.diffusion.folder import read_metadata
+from defectgen.diffusion.ldm import load_inpaint_pipeline
 from defectgen.diffusion.samplers import generators, make_scheduler
 from defectgen.prompts import ResolvedPrompt, resolve_prompt
 from defectgen.runtime import pick_device
@@ -34,7 +35,7 @@ class LdmGenerator:
         # Resolve the prompt first: an unknown library name fails before minutes of model loading.
         self.resolved: ResolvedPrompt | None = resolve_prompt(prompt) if prompt else None
         self.model = str(model)
-        self.meta = read_metadata(model) if Path(model).exists() else {}
+        self.meta = read_metadata(model, required=False)  # {} for a diffusers folder or hub id not trained here
         dev = str(pick_device(device))
         if dtype is None and dev == "cuda":
             dtype = torch.float16

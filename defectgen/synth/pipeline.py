@@ -13,96 +13,43 @@ pixels outside the mask are bit-exact copies of the normal image whatever the ge
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from defectgen.diffusion.training import mask_window, match_channels
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
-from defectgen.io.images import from_float, is_image_file, read_image, read_mask, to_float, write_image, write_mask
+from defectgen.io.images import (
+    from_float,
+    is_image_file,
+    mask_window,
+    match_channels,
+    read_image,
+    read_mask,
+    resize,
+    to_float,
+    write_image,
+    write_mask,
+)
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.sample import Box, Sample
 from defectgen.masks import MaskGenerator
 from defectgen.report import contact_sheet
+from defectgen.synth.base import GENERATORS as GENERATORS
 from defectgen.synth.base import DefectGenerator
+from defectgen.synth.base import load_generator as load_generator
+from defectgen.synth.base import register_generator as register_generator
 
 SETTINGS_FILE = ".defectgen-synthesize.json"  # the run's settings, so --resume can refuse a different run
 DEFAULT_CATEGORY = "defect"
-
-# Generator factories by model kind ("kind" in a model folder's defectgen.json) or by a bare name given as
-# --model (for generators without a model folder). Values are "module:callable" (imported when used) or
-# callables; each is called as factory(model, **options) and ignores options it has no use for.
-GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
-    "ddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
-    "cddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
-    "ldm": "defectgen.synth.ldm_generator:LdmGenerator",
-}
-NAMED_GENERATORS: dict[str, str | Callable[..., DefectGenerator]] = {
-    "draem": "defectgen.synth.draem:from_options",
-    "copypaste": "defectgen.synth.copypaste:from_options",
-}
-
-
-def register_generator(kind: str, factory: str | Callable[..., DefectGenerator], named: bool = False) -> None:
-    """Add a generator: by model kind (named=False), or as a bare --model name such as "draem" (named=True)."""
-    (NAMED_GENERATORS if named else GENERATORS)[kind] = factory
-
-
-def _resolve(factory: str | Callable[..., DefectGenerator]) -> Callable[..., DefectGenerator]:
-    if callable(factory):
-        return factory
-    module, _, attr = factory.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
-    """The generator for `model`: a bare name from NAMED_GENERATORS, or a model folder whose defectgen.json
-    names its kind. Options that are None are dropped, so factories keep their own defaults."""
-    options = {k: v for k, v in options.items() if v is not None}
-    name = str(model)
-    if name in NAMED_GENERATORS:
-        return _resolve(NAMED_GENERATORS[name])(name, **options)
-    path = Path(model)
-    meta_path = path / "defectgen.json"
-    if _is_foreign_inpainting_model(path):  # a diffusers inpainting folder or hub id not trained here
-        return _resolve(GENERATORS["ldm"])(name, **options)
-    if not path.exists():
-        known = ", ".join(sorted(NAMED_GENERATORS))
-        raise DefectgenError(path, "no such model folder" + (f" (or generator name: {known})" if known else ""))
-    if not meta_path.is_file():
-        raise DefectgenError(path, "not a defectgen model: no defectgen.json in this folder")
-    try:
-        kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise DefectgenError(meta_path, "not valid defectgen model metadata (JSON object expected)") from None
-    if kind not in GENERATORS:
-        raise DefectgenError(meta_path, f"unknown model kind {kind!r}; known: {', '.join(sorted(GENERATORS))}")
-    return _resolve(GENERATORS[kind])(path, **options)
-
-
-def _is_foreign_inpainting_model(path: Path) -> bool:
-    """A local diffusers pipeline folder without defectgen.json, or something shaped like a hub id (owner/name)
-    that is not a local path: both go to the text-guided generator, which loads them with from_pretrained."""
-    if path.exists():
-        index = path / "model_index.json"
-        if (path / "defectgen.json").exists() or not index.is_file():
-            return False
-        try:
-            return "Inpaint" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-        except (json.JSONDecodeError, AttributeError):
-            return False
-    parts = str(path).split("/")
-    return len(parts) == 2 and all(parts) and not str(path).startswith((".", "~"))
 
 
 # ---- masks ----------------------------------------------------------------------------------------------------
@@ -181,14 +128,6 @@ def _from_model(generated: np.ndarray, window_float: np.ndarray) -> np.ndarray:
     return window_float + (generated - match_channels(window_float, 1))
 
 
-def _resize_to(image: np.ndarray, h: int, w: int, nearest: bool = False) -> np.ndarray:
-    if image.shape[:2] == (h, w):
-        return image
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_LINEAR)
-    out = cv2.resize(image, (w, h), interpolation=interp)
-    return out.reshape(h, w, -1) if image.ndim == 3 else out
-
-
 def composite(normal: np.ndarray, generated: np.ndarray, mask: np.ndarray, y0: int = 0, x0: int = 0) -> np.ndarray:
     """Paste the generated window (float [0, 1], normal's channels) into a copy of `normal` inside `mask` only,
     converting to the normal's dtype first, so every pixel outside the mask stays bit-exact."""
@@ -198,6 +137,113 @@ def composite(normal: np.ndarray, generated: np.ndarray, mask: np.ndarray, y0: i
     m = mask[y0:y0 + h, x0:x0 + w]
     region[m] = from_float(generated, normal.dtype)[m]
     return out
+
+
+# ---- one sample on its way through the generator ------------------------------------------------------------
+
+@dataclass
+class _Job:
+    """Output sample `index` between its mask and its defect: the sample (its image is still the normal), the
+    window of the normal the model works on, and what the model is given."""
+
+    index: int
+    sample: Sample
+    window: tuple[int, int, int, int]  # y0, x0, h, w
+    model_in: np.ndarray
+    model_mask: np.ndarray
+
+
+class _Run:
+    """The per-sample work of one synthesize run. What sample i is (its normal and its class) is drawn once from
+    (seed, i); the output `Sample` is then filled as it goes: mask and boxes from the mask source, the generated
+    defect, and written to disk and to the COCO builder from that one record."""
+
+    def __init__(self, generator: DefectGenerator, dataset: Dataset, mask_source: Any, out: Path, seed: int,
+                 class_name: str | None):
+        self.generator, self.dataset, self.mask_source = generator, dataset, mask_source
+        self.out, self.seed, self.class_name = out, int(seed), class_name
+        self.distribution = getattr(generator, "class_distribution", None)
+        self._plans: dict[int, tuple[int, str | None]] = {}
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def paths(self, i: int) -> tuple[Path, Path]:
+        return self.out / "images" / f"{i:06d}.png", self.out / "masks" / f"{i:06d}.png"
+
+    def plan(self, i: int) -> tuple[int, str | None]:
+        """(normal index, class) of sample i, drawn once."""
+        if i not in self._plans:
+            self._plans[i] = (choose_normal(self.seed, i, len(self.dataset)),
+                              choose_class(self.seed, i, self.class_name, self.distribution))
+        return self._plans[i]
+
+    def _normal(self, j: int) -> np.ndarray:
+        if j not in self._cache:
+            self._cache[j] = self.dataset[j].image
+            if len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        return self._cache[j]
+
+    def sample(self, i: int, image: np.ndarray | None = None) -> Sample:
+        """Output sample i: its class, source, seed and files; its image is `image`, else the normal it is
+        painted on."""
+        j, cls = self.plan(i)
+        image_path, mask_path = self.paths(i)
+        return Sample(self._normal(j) if image is None else image, class_name=cls, path=image_path,
+                      mask_path=mask_path, source=self.dataset.entries[j].image_path,
+                      seed=sample_seed(self.seed, i))
+
+    def written(self, i: int) -> Sample:
+        """Sample i as it lies on disk (made earlier, by a resumed run or by another shard), for annotation: its
+        mask read back; the mask stands in for the image, of which only the size is used."""
+        mask = read_mask(self.paths(i)[1])
+        sample = self.sample(i, image=mask[:, :, None])
+        sample.mask = mask
+        return sample
+
+    def job(self, i: int) -> _Job:
+        s = self.sample(i)
+        h, w = s.height, s.width
+        if self.mask_source is self.generator:  # the defect's own mask, placed from the sample's seed
+            s.mask = self.generator.make_mask(s.image, s.class_name, s.seed)
+            box = Box.from_mask(s.mask, s.class_name)
+            s.boxes = [box] if box else []
+        else:
+            kwargs = {"image_path": s.source} if isinstance(self.mask_source, MaskFolder) else {}
+            s.mask, s.boxes = self.mask_source(i, h, w, label=s.class_name, **kwargs)
+        resolution = self.generator.resolution
+        y0, x0, wh, ww = (0, 0, h, w) if resolution is None else mask_window(h, w, s.mask, resolution)
+        model_in = _to_model(s.image[y0:y0 + wh, x0:x0 + ww], self.generator.channels)
+        window_mask = s.mask[y0:y0 + wh, x0:x0 + ww]
+        model_mask = window_mask
+        if resolution is not None:
+            model_in = resize(model_in, resolution, resolution)
+            model_mask = resize(window_mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
+            if window_mask.any() and not model_mask.any():  # a sliver lost in the resize still gets generated
+                model_mask = resize(window_mask.astype(np.float32), resolution, resolution) > 0
+        return _Job(i, s, (y0, x0, wh, ww), model_in, model_mask)
+
+    def finish(self, job: _Job, generated: np.ndarray) -> Sample:
+        """The job's sample with the generated window pasted inside its mask."""
+        s = job.sample
+        y0, x0, wh, ww = job.window
+        gen = resize(np.asarray(generated, np.float32), wh, ww)
+        gen = _from_model(gen, to_float(s.image[y0:y0 + wh, x0:x0 + ww]))
+        s.image = composite(s.image, gen, s.mask, y0, x0)
+        return s
+
+    def generate(self, todo: list[int], batch_size: int, coco: CocoBuilder, bar) -> None:
+        """Make, write and annotate samples `todo`, a batch at a time."""
+        for b in range(0, len(todo), batch_size):
+            jobs = [self.job(i) for i in todo[b:b + batch_size]]
+            generated = self.generator.generate([jb.model_in for jb in jobs], [jb.model_mask for jb in jobs],
+                                                [jb.sample.seed for jb in jobs],
+                                                [jb.sample.class_name for jb in jobs])
+            for jb, gen in zip(jobs, generated, strict=True):
+                sample = self.finish(jb, gen)
+                write_mask(sample.mask_path, sample.mask)
+                write_image(sample.path, sample.image)  # written last: an image on disk means the sample is complete
+                coco.add(sample, image_id=jb.index + 1)
+                bar.update(1)
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
@@ -220,6 +266,105 @@ def _normals(normals: str | Path | Dataset) -> Dataset:
     if not len(ds):
         raise DefectgenError(getattr(ds, "root", normals), "no normal images found")
     return ds
+
+
+def _mask_source(generator: DefectGenerator, masks: Any, mask_preset: str | None, seed: int) -> Any:
+    if hasattr(generator, "make_mask"):  # it pastes real defects, so the masks are theirs (copypaste)
+        if str(masks) != "perlin" or mask_preset:
+            raise DefectgenError(None, f"--model {generator.name} brings its own masks (the pasted defects'); "
+                                 "leave out --masks, --masks-from and --mask-preset")
+        return generator
+    return masks if callable(masks) else make_masks(masks, seed, mask_preset)
+
+
+def _settings(generator: DefectGenerator, dataset: Dataset, mask_source: Any, class_name: str | None,
+              prompt: str | None, seed: int) -> dict[str, Any]:
+    settings = {
+        "generator": generator.info(), "normals": str(dataset.root), "normal_images": len(dataset),
+        "masks": mask_source.describe() if hasattr(mask_source, "describe") else repr(mask_source),
+        "class": class_name, "prompt": prompt, "seed": int(seed),
+    }
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _shard(shard: tuple[int, int] | None, resume: bool, overwrite: bool, out: str | Path):
+    """(accelerate state or None, rank, world, resume): under `accelerate launch` the shard is the process's."""
+    state = None
+    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate / torchrun
+        from accelerate import PartialState
+
+        state = PartialState()
+        shard = (state.process_index, state.num_processes)
+    rank, world = shard or (0, 1)
+    if not 0 <= rank < world:
+        raise DefectgenError(None, f"shard {rank}/{world} does not exist; shards are 0/K .. K-1/K")
+    if world > 1 and state is None and overwrite:
+        raise DefectgenError(out, "--overwrite cannot be combined with --shard: the shards share this folder")
+    if world > 1:
+        resume = resume or state is None or not state.is_main_process  # shards fill one folder together
+    return state, rank, world, resume
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """--resume only continues the run that made `out`."""
+    settings_path = out / SETTINGS_FILE
+    if not settings_path.is_file():
+        return
+    try:
+        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        previous = None
+    if not isinstance(previous, dict):
+        raise DefectgenError(settings_path, "not valid JSON settings; use --overwrite to start again")
+    changed = sorted(k for k in settings if previous.get(k) != settings[k])
+    if changed:
+        raise DefectgenError(out, f"--resume with different settings ({', '.join(changed)}) than the run that "
+                             "made this folder; use --overwrite to start again")
+
+
+def _start(out: Path, settings: dict[str, Any], resume: bool, log: Callable[[str], None]) -> None:
+    if resume:
+        removed = remove_stale_temporaries(out)
+        if removed:
+            log(f"removed {removed} temporary file(s) left by an interrupted run")
+    atomic_write_json(out / SETTINGS_FILE, settings)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+
+
+def _info(generator: DefectGenerator, prompt: str | None, seed: int, n: int,
+          settings: dict[str, Any]) -> dict[str, Any]:
+    from defectgen import __version__
+
+    info = generator.info()
+    return {"defectgen": {
+        "model": info.get("model", getattr(generator, "name", None)),
+        "generator": getattr(generator, "name", None), "prompt": prompt, "seed": int(seed),
+        "sampler": info.get("sampler"), "steps": info.get("steps"),
+        "version": __version__, "n": n, "settings": settings,
+    }}
+
+
+def _write_set(run: _Run, coco: CocoBuilder, n: int, info: dict[str, Any], sheet_size: int) -> int:
+    """annotations.json for samples 0..n-1 (those made by earlier runs or other shards read back from disk) and
+    the contact sheet of the first `sheet_size`. Returns the number of annotations."""
+    added = {im["id"] for im in coco.images}
+    for i in range(n):
+        if i + 1 not in added:
+            coco.add(run.written(i), image_id=i + 1)
+    coco.save(run.out / "annotations.json", info)
+    write_contact_sheet(run.out, [(*run.paths(i), run.plan(i)[1]) for i in range(min(n, sheet_size))])
+    return len(coco.annotations)
+
+
+def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None]], size: int = 32) -> None:
+    """out/contact_sheet.png: the first `size` samples of `files` (image, mask, class name), with mask outlines
+    and class names; no sheet when `files` is empty."""
+    tiles = [Sample(read_image(image), read_mask(mask), cls or DEFAULT_CATEGORY) for image, mask, cls in files[:size]]
+    if tiles:
+        contact_sheet(tiles, out / "contact_sheet.png")
+    else:
+        (out / "contact_sheet.png").unlink(missing_ok=True)
 
 
 def synthesize(
@@ -248,11 +393,7 @@ def synthesize(
     shard=(k, K) writes only samples i with i % K == k, into the same folder as the other shards; the COCO file
     and contact sheet are written once every sample is on disk. Under `accelerate launch` the shard is taken from
     the process index, and the main process writes them after all processes are done."""
-    import time
-
     from tqdm.auto import tqdm
-
-    from defectgen import __version__
 
     started = time.perf_counter()
     if n < 1:
@@ -262,144 +403,41 @@ def synthesize(
     if hasattr(generator, "check_class"):
         generator.check_class(class_name)
     dataset = _normals(normals)
-    if hasattr(generator, "make_mask"):  # it pastes real defects, so the masks are theirs (copypaste)
-        if str(masks) != "perlin" or mask_preset:
-            raise DefectgenError(None, f"--model {generator.name} brings its own masks (the pasted defects'); "
-                                 "leave out --masks, --masks-from and --mask-preset")
-        mask_source = generator
-    else:
-        mask_source = masks if callable(masks) else make_masks(masks, seed, mask_preset)
-
-    settings = {
-        "generator": generator.info(), "normals": str(dataset.root), "normal_images": len(dataset),
-        "masks": mask_source.describe() if hasattr(mask_source, "describe") else repr(mask_source),
-        "class": class_name, "prompt": prompt, "seed": int(seed),
-    }
-    settings = json.loads(json.dumps(settings, default=str))
-    state = None
-    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate / torchrun
-        from accelerate import PartialState
-
-        state = PartialState()
-        shard = (state.process_index, state.num_processes)
-    rank, world = shard or (0, 1)
-    if not 0 <= rank < world:
-        raise DefectgenError(None, f"shard {rank}/{world} does not exist; shards are 0/K .. K-1/K")
-    if world > 1 and state is None and overwrite:
-        raise DefectgenError(out, "--overwrite cannot be combined with --shard: the shards share this folder")
-    if world > 1:
-        resume = resume or state is None or not state.is_main_process  # shards fill one folder together
+    mask_source = _mask_source(generator, masks, mask_preset, seed)
+    settings = _settings(generator, dataset, mask_source, class_name, prompt, seed)
+    state, rank, world, resume = _shard(shard, resume, overwrite, out)
     out = Path(out)
-    settings_path = out / SETTINGS_FILE
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process prepares the folder first
     if resume and out.is_dir():
         _check_resumable(out, n)
-    if resume and settings_path.is_file():
-        try:
-            previous = json.loads(settings_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            previous = None
-        if not isinstance(previous, dict):
-            raise DefectgenError(settings_path, "not valid JSON settings; use --overwrite to start again")
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        if changed:
-            raise DefectgenError(out, f"--resume with different settings ({', '.join(changed)}) than the run that "
-                                 "made this folder; use --overwrite to start again")
+        _check_settings(out, settings)
     folder = OutputFolder(out, overwrite=overwrite, resume=resume, verb="synthesize",
                           protect=[dataset.root, getattr(mask_source, "folder", None), *protect],
                           worth_keeping=lambda d: any((d / "images").glob("*.png")))
     out = folder.prepare()
     try:
-        if resume:
-            removed = remove_stale_temporaries(out)
-            if removed:
-                log(f"removed {removed} temporary file(s) left by an interrupted run")
-        atomic_write_json(settings_path, settings)
-        (out / "images").mkdir(exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
+        _start(out, settings, resume, log)
         if state is not None and state.is_main_process:
             state.wait_for_everyone()
-
-        def names(i: int) -> tuple[Path, Path]:
-            return out / "images" / f"{i:06d}.png", out / "masks" / f"{i:06d}.png"
-
-        done = {i for i in range(n) if all(p.is_file() for p in names(i))} if resume else set()
+        run = _Run(generator, dataset, mask_source, out, seed, class_name)
+        done = {i for i in range(n) if all(p.is_file() for p in run.paths(i))} if resume else set()
         if done:
             log(f"resuming: {len(done)} of {n} samples already written")
-        distribution = getattr(generator, "class_distribution", None)
-        cache: OrderedDict[int, np.ndarray] = OrderedDict()
-
-        def normal_image(j: int) -> np.ndarray:
-            if j not in cache:
-                cache[j] = dataset[j].image
-                if len(cache) > 64:
-                    cache.popitem(last=False)
-            return cache[j]
-
-        resolution, channels = generator.resolution, generator.channels
         todo = [i for i in range(n) if i not in done and i % world == rank]
-        bar = tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True, disable=not progress)
-        for b in range(0, len(todo), batch_size):
-            jobs = []
-            for i in todo[b:b + batch_size]:
-                j = choose_normal(seed, i, len(dataset))
-                normal = normal_image(j)
-                h, w = normal.shape[:2]
-                cls = choose_class(seed, i, class_name, distribution)
-                kwargs = {"image_path": dataset.entries[j].image_path} if isinstance(mask_source, MaskFolder) else {}
-                if mask_source is generator:  # the defect's own mask, placed from the sample's seed
-                    mask = generator.make_mask(normal, cls, sample_seed(seed, i))
-                else:
-                    mask, _ = mask_source(i, h, w, label=cls, **kwargs)
-                if resolution is None:
-                    y0, x0, wh, ww = 0, 0, h, w
-                else:
-                    y0, x0, wh, ww = mask_window(h, w, mask, resolution)
-                window = normal[y0:y0 + wh, x0:x0 + ww]
-                model_in = _to_model(window, channels)
-                model_mask = mask[y0:y0 + wh, x0:x0 + ww]
-                if resolution is not None:
-                    model_in = _resize_to(model_in, resolution, resolution)
-                    model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
-                    if mask.any() and not model_mask.any():  # a sliver lost in the resize still gets generated
-                        model_mask = _resize_to(model_mask.astype(np.uint8), resolution, resolution) > 0
-                jobs.append((i, normal, mask, cls, (y0, x0, wh, ww), model_in, model_mask))
-            generated = generator.generate([jb[5] for jb in jobs], [jb[6] for jb in jobs],
-                                           [sample_seed(seed, jb[0]) for jb in jobs], [jb[3] for jb in jobs])
-            for (i, normal, mask, _cls, (y0, x0, wh, ww), _, _), gen in zip(jobs, generated, strict=True):
-                gen = _resize_to(np.asarray(gen, np.float32), wh, ww)
-                gen = _from_model(gen, to_float(normal[y0:y0 + wh, x0:x0 + ww]))
-                image = composite(normal, gen, mask, y0, x0)
-                image_path, mask_path = names(i)
-                write_mask(mask_path, mask)
-                write_image(image_path, image)  # written last: an image on disk means the sample is complete
-                bar.update(1)
-        bar.close()
+        coco = CocoBuilder(root=out, default_category=DEFAULT_CATEGORY)
+        with tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True,
+                  disable=not progress) as bar:
+            run.generate(todo, batch_size, coco, bar)
         if state is not None:
             state.wait_for_everyone()
             if not state.is_main_process:
                 return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
-        elif world > 1 and not all(p.is_file() for i in range(n) for p in names(i)):
+        elif world > 1 and not all(p.is_file() for i in range(n) for p in run.paths(i)):
             log(f"shard {rank}/{world}: wrote {len(todo)} sample(s); annotations.json is written by the shard that "
                 "completes the set (or by `synthesize --resume` with the same settings)")
             return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
-
-        info = {
-            "defectgen": {
-                "model": generator.info().get("model", getattr(generator, "name", None)),
-                "generator": getattr(generator, "name", None), "prompt": prompt, "seed": int(seed),
-                "sampler": generator.info().get("sampler"), "steps": generator.info().get("steps"),
-                "version": __version__, "n": n, "settings": settings,
-            }
-        }
-        n_ann = write_annotations(out, n, seed, class_name, distribution, dataset, info)
-        samples = []
-        for i in range(min(n, sheet_size)):
-            image_path, mask_path = names(i)
-            cls = choose_class(seed, i, class_name, distribution) or DEFAULT_CATEGORY
-            samples.append(Sample(read_image(image_path), read_mask(mask_path), cls))
-        contact_sheet(samples, out / "contact_sheet.png")
+        n_ann = _write_set(run, coco, n, _info(generator, prompt, seed, n, settings), sheet_size)
         return SynthesisResult(out, len(todo), len(done), n_ann, time.perf_counter() - started)
     except BaseException:
         folder.abandon()  # a run that failed before its first sample leaves nothing behind
@@ -420,22 +458,3 @@ def _check_resumable(out: Path, n: int) -> None:
         last = max(indices)
         raise DefectgenError(out, f"folder holds samples up to {last:06d}.png but --n is {n}; --resume cannot shrink "
                              f"a set: give --n {last + 1} or more, or --overwrite to start again")
-
-
-def write_annotations(out: Path, n: int, seed: int, class_name: str | None, distribution, dataset: Dataset,
-                      info: dict[str, Any]) -> int:
-    """COCO for samples 0..n-1 from the mask files on disk (so resumed and fresh samples are treated alike):
-    one annotation per connected region of each mask."""
-    coco = CocoBuilder()
-    for i in range(n):
-        mask = read_mask(out / "masks" / f"{i:06d}.png")
-        h, w = mask.shape
-        j = choose_normal(seed, i, len(dataset))
-        cls = choose_class(seed, i, class_name, distribution) or DEFAULT_CATEGORY
-        image_id = coco.add_image(f"images/{i:06d}.png", h, w, image_id=i + 1, mask_file=f"masks/{i:06d}.png",
-                                  source=str(dataset.entries[j].image_path), seed=sample_seed(seed, i))
-        count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-        for k in range(1, count):
-            coco.add_mask(image_id, labels == k, cls)
-    coco.save(out / "annotations.json", info)
-    return len(coco.annotations)
