@@ -204,8 +204,8 @@ def train_ldm(
                                         "defectgen.json (default: runs/ldm-N)."),
     base: str = typer.Option("tiny", "--base", help="'tiny' (built from scratch, offline), or a diffusers inpainting "
                              "folder or hub id such as a Stable Diffusion inpainting model."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (prompts/*.yaml): captions from the "
-                                        "class names."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (e.g. "
+                                        "defectgen/data/prompts/tile.yaml): captions from the class names."),
     lora_rank: int = typer.Option(0, "--lora-rank", min=0, help="LoRA rank through peft (0: full fine-tuning)."),
     train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
                                             "(frozen by default)."),
@@ -225,7 +225,7 @@ def train_ldm(
 
     Examples:
 
-        defectgen train-ldm --labeled labeled/ --prompts prompts/tile.yaml --out runs/ldm
+        defectgen train-ldm --labeled labeled/ --prompts defectgen/data/prompts/tile.yaml --out runs/ldm
 
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
@@ -280,14 +280,15 @@ def synthesize(
                                         "(default: synth/<model>-N)."),
     masks: str = typer.Option("perlin", "--masks", help="perlin, bbox, or a folder of masks (used in name "
                               "order; each must match its normal image's size)."),
-    mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset from masks/ or a YAML path."),
+    mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset "
+                                            "(defectgen/data/masks/) or a YAML path."),
     masks_from: Path | None = typer.Option(None, "--masks-from", help="Instead of --masks: reuse the masks (or "
                                            "boxes) of the real defects in this labeled set, each of the sample's "
                                            "class, resized to the normal image and randomly flipped."),
     class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
                                           "drawn from the training classes). COCO category otherwise."),
     prompt: str | None = typer.Option(None, "--prompt", help="Text-guided models: free text, or material/defect "
-                                      "from the prompt library (prompts/), e.g. tile/crack."),
+                                      "from the prompt library (defectgen/data/prompts/), e.g. tile/crack."),
     negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Text-guided models (default: the "
                                                "prompt library's negative prompt)."),
     mask_crop: int | None = typer.Option(None, "--mask-crop", min=0, help="Text-guided models: generate in the "
@@ -458,8 +459,9 @@ def masks(
     like: Path | None = typer.Option(None, "--like", help="Take mask sizes (and foregrounds) from these images."),
     fmt: str = typer.Option("auto", "--format", help="Layout of --like/--like-labeled: auto, folder, "
                             "mvtec, pairs, voc, coco."),
-    preset: str | None = typer.Option(None, "--preset", help="A preset name from masks/ (perlin, perlin-small, "
-                                         "perlin-large, bbox, scratches) or a YAML path."),
+    preset: str | None = typer.Option(None, "--preset", help="A preset name "
+                                         "(defectgen/data/masks/: perlin, perlin-small, perlin-large, bbox, "
+                                         "scratches) or a YAML path."),
     like_labeled: Path | None = typer.Option(None, "--like-labeled", help="bbox: draw box sizes from the boxes "
                                                 "(or mask extents) of this labeled set."),
     shape: str | None = typer.Option(None, "--shape", help="bbox: rect, ellipse or mixed."),
