@@ -57,7 +57,9 @@ def proof_train_config(steps: int, batch: int, lr: float, seed: int, gpu: bool):
 
 def reusable_model(folder: Path, reuse: bool) -> dict | None:
     """The timing record of a model kept from an earlier run in `folder`, or None when it must be trained."""
-    if reuse and (folder / "defectgen.json").is_file():
+    from defectgen.diffusion.folder import has_metadata
+
+    if reuse and has_metadata(folder):
         return {"train_s": None, "reused": rel(folder)}
     return None
 

@@ -165,9 +165,9 @@ def synthesize_defaults(ws: Workspace, model: str | None, normals: str | Path | 
         model = str(ws.absolute(entry["path"]))
         notes.append(note("model", entry["path"], why))
     if normals is None:
-        from defectgen.diffusion.ddpm import read_metadata
+        from defectgen.diffusion.folder import read_metadata  # no torch import just to read a JSON file
 
-        meta = read_metadata(model) if (Path(model) / "defectgen.json").is_file() else {}
+        meta = read_metadata(model, required=False)
         trained_on = (meta.get("data") or {}).get("normals")
         if not trained_on:
             raise DefectgenError(None, f"no `normals` given and {model} records no normal images it was trained "

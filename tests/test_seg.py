@@ -343,8 +343,7 @@ def test_dataset_without_normals_trains_seg_on_pooled_sets_painted_on_labeled_ca
         sets.append(folder)
 
     labeled = load_labeled(lab, S, 3, ["spot", "hole"], progress=False)
-    canvases = {s.path.resolve(): s for s in labeled["samples"]}
-    _, masks, _, how, labels, names = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False, canvases)
+    _, masks, _, how, labels, names = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False, labeled)
     assert len(masks) == 6 and how["on_labeled_canvas"] == 6 and set(names) == {"spot", "hole"}
     x, y, w, h = boxes[1]  # canvas 001 holds a labeled hole: in every mask painted on it, with its class
     for k in (1, 4):

@@ -212,14 +212,15 @@ def _inpainted(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, normals: np.ndarray, progress: bool,
-                   canvases: dict[Path, Sample] | None = None
+                   labeled: dict[str, Any] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], np.ndarray, list[str]]:
     """Synthetic defect images, masks and their clean normals at `size`, how the cleans were found, and the
     class label maps with their class names (see `_label_map`). Several sets (one per class, say) are pooled.
 
-    canvases: real labeled images by resolved path. A synthetic image painted on one of them (a dataset without
-    normal images, such as NEU-DET, paints on its labeled defects) keeps that image's own labeled defects in its
-    mask and label map: they are in the picture, and training on them as background would teach a lie."""
+    labeled: the real labeled defects as `load_labeled` gives them. A synthetic image painted on one of them (a
+    dataset without normal images, such as NEU-DET, paints on its labeled defects) keeps that image's own labeled
+    defects in its mask and label map: they are in the picture, and training on them as background would teach a
+    lie. Its clean image is the labeled image already in memory."""
     folders = [Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(f) for f in synthetic]
     samples, declared = [], {}
     for folder in folders:
@@ -234,18 +235,22 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
                               .reshape(32, 32, -1) for n in normals]) if len(normals) else None
     images, masks, cleans, how = [], [], [], {"declared": 0, "matched": 0, "inpainted": 0, "on_labeled_canvas": 0}
     labels, names = [], []
+    canvas_index = {s.path.resolve(): i for i, s in enumerate(labeled["samples"]) if s.path is not None} \
+        if labeled else {}
     for s in samples:
         img, m = square_uint8(s.image, size, channels), square_mask(s.mask, size)
         lab = _label_map(s, m, size, names)
         src = declared.get(s.path.resolve()) if s.path is not None else None
-        canvas = (canvases or {}).get(src) if src is not None else None
+        canvas = canvas_index.get(src) if src is not None else None
         if canvas is not None:  # the canvas's own defects, under the painted one
-            under = _label_map(canvas, square_mask(canvas.defect_mask(), size), size, names)
+            under = _relabel(labeled["labels"][canvas], labeled["class_names"], names)
             lab = np.where(m, lab, under)
             m = m | (under > 0)
             how["on_labeled_canvas"] += 1
         labels.append(lab)
-        if src is not None:
+        if canvas is not None:
+            clean, kind = labeled["images"][canvas], "declared"
+        elif src is not None:
             clean, kind = square_uint8(read_image(src), size, channels), "declared"
         elif normals_small is not None:
             clean, kind = _clean_of(img, m, normals_small, normals)
@@ -256,6 +261,17 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
         masks.append(m)
         cleans.append(clean)
     return np.stack(images), np.stack(masks), np.stack(cleans), how, np.stack(labels), names
+
+
+def _relabel(label_map: np.ndarray, from_names: Sequence[str], names: list[str]) -> np.ndarray:
+    """A label map indexed by `from_names`, re-indexed by `names` (extended with the classes it holds)."""
+    remap = np.zeros(len(from_names) + 1, np.uint8)
+    for k in np.unique(label_map[label_map > 0]):
+        name = from_names[k - 1]
+        if name not in names:
+            names.append(name)
+        remap[k] = names.index(name) + 1
+    return remap[label_map]
 
 
 def draem_set(normals: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -374,9 +390,8 @@ def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, r
     inputs = {"normals": normals, "channels": channels, "test_set": test_set, "labeled": labeled,
               "synthetic": None, "clean_sources": None}
     if synthetic is not None:
-        canvases = {s.path.resolve(): s for s in labeled["samples"] if s.path is not None} if labeled else None
         images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, resolution, channels,
-                                                                              normals, progress, canvases)
+                                                                              normals, progress, labeled)
         inputs["synthetic"] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
         inputs["clean_sources"] = clean_sources
     return inputs

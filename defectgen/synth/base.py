@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from defectgen.diffusion.folder import has_metadata, metadata_path, read_metadata
 from defectgen.errors import DefectgenError
 
 
@@ -103,19 +104,14 @@ def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
     if name in generator_names():
         return get_generator(name)(name, **options)
     path = Path(model)
-    meta_path = path / "defectgen.json"
     if _is_foreign_inpainting_model(path):  # a diffusers inpainting folder or hub id not trained here
         return _resolve(MODEL_KINDS["ldm"])(name, **options)
     if not path.exists():
         raise DefectgenError(path, f"no such model folder (or generator name: {', '.join(generator_names())})")
-    if not meta_path.is_file():
-        raise DefectgenError(path, "not a defectgen model: no defectgen.json in this folder")
-    try:
-        kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise DefectgenError(meta_path, "not valid defectgen model metadata (JSON object expected)") from None
+    kind = read_metadata(path).get("kind")  # one-line errors for a missing or corrupt defectgen.json
     if kind not in MODEL_KINDS:
-        raise DefectgenError(meta_path, f"unknown model kind {kind!r}; known: {', '.join(sorted(MODEL_KINDS))}")
+        known = ", ".join(sorted(MODEL_KINDS))
+        raise DefectgenError(metadata_path(path), f"unknown model kind {kind!r}; known: {known}")
     return _resolve(MODEL_KINDS[kind])(path, **options)
 
 
@@ -124,7 +120,7 @@ def _is_foreign_inpainting_model(path: Path) -> bool:
     that is not a local path: both go to the text-guided generator, which loads them with from_pretrained."""
     if path.exists():
         index = path / "model_index.json"
-        if (path / "defectgen.json").exists() or not index.is_file():
+        if has_metadata(path) or not index.is_file():
             return False
         try:
             return "Inpaint" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
