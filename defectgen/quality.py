@@ -23,7 +23,7 @@ import torch
 
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import to_float
+from defectgen.io.images import resize, to_float
 from defectgen.io.sample import Box
 
 
@@ -39,8 +39,7 @@ def defect_crop(image: np.ndarray, mask: np.ndarray, size: int = 64, pad: float 
     y0 = int(np.clip(round(cy - side / 2), 0, h - side))
     x0 = int(np.clip(round(cx - side / 2), 0, w - side))
     crop = to_float(image[y0:y0 + side, x0:x0 + side])
-    out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
-    return out.reshape(size, size, -1)
+    return resize(crop.reshape(side, side, -1), size, size)
 
 
 @torch.no_grad()
@@ -92,9 +91,8 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
     from defectgen.metrics import evaluate
 
     def square(img, nearest=False):
-        interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-        out = cv2.resize(img, (resolution, resolution), interpolation=interp)
-        return out.reshape(resolution, resolution, -1) if not nearest else out
+        img = img if nearest else img.reshape(*img.shape[:2], -1)
+        return resize(img, resolution, resolution, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
     bank = patches_inside(image_features(backbone, [square(g) for g in generated], strides),
                           [square(m.astype(np.uint8), True) for m in masks])

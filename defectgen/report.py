@@ -99,6 +99,44 @@ def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def sheet_selection(samples: list[Sample], n: int) -> list[Sample]:
+    """Defects first (they are what people look for), classes taken in turn so every class shows up."""
+    by_class: dict[str, list] = {}
+    for s in samples:
+        by_class.setdefault("~normal" if s.is_normal else (s.class_name or "defect"), []).append(s)
+    queues = [by_class[k] for k in sorted(by_class)]
+    picked, i = [], 0
+    while len(picked) < n and any(i < len(q) for q in queues):
+        picked += [q[i] for q in queues if i < len(q) and (q is not by_class.get("~normal") or len(by_class) == 1)]
+        i += 1
+    if len(picked) < n:  # fill up with normals
+        picked += by_class.get("~normal", [])[: n - len(picked)] if len(by_class) > 1 else []
+    return picked[:n]
+
+
+def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", sheet: Path | None = None,
+                    n_sheet: int = 32, against: Path | None = None, backbone: str = "tiny", resolution: int = 256,
+                    progress: bool = False) -> dict[str, Any]:
+    """`defectgen inspect`: the dataset summary, a contact sheet of `n_sheet` samples (default
+    inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones."""
+    from tqdm import tqdm
+
+    from defectgen.io import open_dataset
+
+    dataset = open_dataset(path, fmt, on_bad=on_bad)
+    samples = list(tqdm(dataset, total=len(dataset), desc="reading", unit="img", disable=not progress))
+    summary = dataset_summary(dataset, samples)
+    if n_sheet and samples:
+        sheet = sheet or Path(f"inspect_{Path(path).resolve().name or 'dataset'}.png")
+        contact_sheet(sheet_selection(samples, n_sheet), sheet)
+        summary["contact_sheet"] = str(sheet)
+    if against is not None:
+        from defectgen.quality import quality_report
+
+        summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution)
+    return summary
+
+
 # ---- the files of a `defectgen validate` report: report.md, report.json, roc.png, overlays/ -------------------
 
 

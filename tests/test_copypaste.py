@@ -106,7 +106,7 @@ def test_cli_errors(mvtec_dir, tmp_path, run_cli):
 
 
 def test_load_generator_errors(tmp_path):
-    with pytest.raises(DefectgenError, match="--labeled"):
+    with pytest.raises(DefectgenError, match="`labeled`"):
         load_generator("copypaste")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DefectgenError, match="empty"):

@@ -134,7 +134,7 @@ class Seg(nn.Module, Detector):
         Without `labels` every defect pixel is of one class: class_names[0], or 'defect'."""
         if defects is None or len(defects) == 0 or masks is None or not np.any(masks):
             raise DefectgenError(None, "seg is supervised and got no defect images with masks to learn from "
-                                 "(give a synthetic set with masks, or --real-labeled)")
+                                 "(give a synthetic set with masks, or `real_labeled`)")
         if len(masks) != len(defects) or (labels is not None and len(labels) != len(defects)):
             raise ValueError("one mask (and label map) per defect image is needed")
         if labels is None:

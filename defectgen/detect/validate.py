@@ -348,24 +348,24 @@ def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence
         raise DefectgenError(None, f"baseline(s) {', '.join(wrong)} train on labeled defects alone, which only a "
                              f"supervised detector can use ({supervised}); {detector} cannot")
     if synthetic is None and not baselines:
-        raise DefectgenError(None, "nothing to run: give --synthetic or at least one baseline"
+        raise DefectgenError(None, "nothing to run: give `synthetic` or at least one baseline"
                              + (f" ({skipped['none']})" if skipped else ""))
     need = [b for b in baselines if b in NEEDS_LABELED]
     if need and real_labeled is None:
-        raise DefectgenError(None, f"baseline(s) {', '.join(need)} need --real-labeled: a folder of real labeled "
+        raise DefectgenError(None, f"baseline(s) {', '.join(need)} need `real_labeled`: a folder of real labeled "
                              "defects with masks or boxes")
     if "real+synthetic" in baselines and synthetic is None:
-        raise DefectgenError(None, "baseline real+synthetic needs --synthetic")
+        raise DefectgenError(None, "baseline real+synthetic needs `synthetic`")
     if resolution < 32 or resolution % 32:
-        raise DefectgenError(None, f"--resolution must be a multiple of 32 and at least 32, got {resolution}")
+        raise DefectgenError(None, f"`resolution` must be a multiple of 32 and at least 32, got {resolution}")
     if train is None:
         if not det_cls.supervised:
             raise DefectgenError(None, f"{detector} learns what normal looks like: it needs normal training "
-                                 "images (--train)")
+                                 "images (`train`)")
         no_normals = [b for b in baselines if b in ("draem", "copypaste")]
         if no_normals:
             raise DefectgenError(None, f"baseline(s) {', '.join(no_normals)} paint defects on normal images: "
-                                 "give --train normals, or leave them out")
+                                 "give `train` normals, or leave them out")
     return baselines, skipped
 
 

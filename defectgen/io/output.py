@@ -111,10 +111,10 @@ def _check_inputs(path: Path, protect: Iterable[str | Path | None], clearing: bo
         other = Path(p).resolve()
         if real == other or other.is_relative_to(real):
             relation = "is" if real == other else "contains"
-            raise DefectgenError(path, f"output folder {relation} the input {p}; choose another --out")
+            raise DefectgenError(path, f"output folder {relation} the input {p}; choose another `out_dir`")
         if clearing and real.is_relative_to(other):
             raise DefectgenError(path, f"output folder lies inside the input {p}; refusing to clear it with "
-                                 "--overwrite")
+                                 "`overwrite`")
 
 
 class OutputFolder:
@@ -144,22 +144,22 @@ class OutputFolder:
         clearing = non_empty and self.overwrite and not self.resume
         _check_inputs(path, self.protect, clearing)
         if non_empty and not (self.overwrite or self.resume):
-            hint = "pass --overwrite to replace it" + (" or --resume to continue" if self.resumable else "")
+            hint = "pass `overwrite` to replace it" + (" or `resume` to continue" if self.resumable else "")
             raise DefectgenError(path, f"output folder is not empty; {hint}")
         if non_empty and self.resume and not made_by_defectgen(path):
             raise DefectgenError(path, "this folder was not made by defectgen (no .defectgen-*.json marker "
-                                 "inside); --resume continues only defectgen's own runs")
+                                 "inside); `resume` continues only defectgen's own runs")
         if clearing:
             real, cwd = path.resolve(), Path.cwd().resolve()
             if real in (Path.home().resolve(), Path(real.anchor)) or cwd.is_relative_to(real):
                 raise DefectgenError(path, "refusing to clear the working folder, a folder that contains it, home "
-                                     "or the root with --overwrite; name a dedicated output folder")
+                                     "or the root with `overwrite`; name a dedicated output folder")
             if path.is_symlink():
-                raise DefectgenError(path, "output folder is a symbolic link; refusing to clear it with --overwrite")
+                raise DefectgenError(path, "output folder is a symbolic link; refusing to clear it with `overwrite`")
             if not made_by_defectgen(path):
                 raise DefectgenError(path, "folder is not empty and was not made by defectgen (no "
-                                     ".defectgen-*.json marker inside); --overwrite clears only defectgen's own "
-                                     "folders: delete it yourself or choose another --out")
+                                     ".defectgen-*.json marker inside); `overwrite` clears only defectgen's own "
+                                     "folders: delete it yourself or choose another `out_dir`")
             shutil.rmtree(path)
         self._existed = path.is_dir()
         self._created_from = _first_missing(path)

@@ -312,5 +312,5 @@ def from_options(name: str = "copypaste", labeled: str | Path | None = None, ble
                  **_: object) -> CopyPasteGenerator:
     """Factory for `defectgen synthesize --model copypaste --labeled DIR [--blend paste|seamless]`."""
     if labeled is None:
-        raise DefectgenError(None, "--model copypaste needs --labeled DIR: a labeled set whose defects it pastes")
+        raise DefectgenError(None, "the copypaste generator needs `labeled`: a labeled set whose defects it pastes")
     return CopyPasteGenerator(labeled, blend=blend or "paste")

@@ -29,11 +29,11 @@ class DdpmGenerator:
         if sampler not in SAMPLERS:
             raise DefectgenError(None, f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if not 0 < strength <= 1:
-            raise DefectgenError(None, f"--strength must lie in (0, 1], got {strength}")
+            raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         if sigma < 0:
-            raise DefectgenError(None, f"--sigma must be >= 0, got {sigma}")
+            raise DefectgenError(None, f"`sigma` must be >= 0, got {sigma}")
         if steps is not None and steps < 1:
-            raise DefectgenError(None, f"--steps must be at least 1, got {steps}")
+            raise DefectgenError(None, f"`steps` must be at least 1, got {steps}")
         self.device = str(pick_device(device))
         self.model = load_model(model, self.device)
         self.path = Path(model)

@@ -126,7 +126,7 @@ def make_filters(names: list[str], *, clip_model: str | None = None, tau0: float
             filters.append(ChangeFilter(min_change))
         elif name == "clip":
             if not clip_model:
-                raise DefectgenError(None, "the clip filter needs --clip-model (a CLIP folder or hub id)")
+                raise DefectgenError(None, "the clip filter needs `clip_model` (a CLIP folder or hub id)")
             filters.append(ClipFilter(clip_model, tau0, lam, material))
         else:
             raise DefectgenError(None, f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")

@@ -84,7 +84,7 @@ def make_masks(masks: str | Path, seed: int = 0, preset: str | None = None, **op
     if str(masks) in ("perlin", "bbox"):
         return MaskGenerator(str(masks), seed=seed, preset=preset, **options)
     if preset:
-        raise DefectgenError(None, "--mask-preset applies to perlin or bbox masks, not to a mask folder")
+        raise DefectgenError(None, "`mask_preset` applies to perlin or bbox masks, not to a mask folder")
     return MaskFolder(masks)
 
 
@@ -271,8 +271,8 @@ def _normals(normals: str | Path | Dataset) -> Dataset:
 def _mask_source(generator: DefectGenerator, masks: Any, mask_preset: str | None, seed: int) -> Any:
     if hasattr(generator, "make_mask"):  # it pastes real defects, so the masks are theirs (copypaste)
         if str(masks) != "perlin" or mask_preset:
-            raise DefectgenError(None, f"--model {generator.name} brings its own masks (the pasted defects'); "
-                                 "leave out --masks, --masks-from and --mask-preset")
+            raise DefectgenError(None, f"`model` {generator.name} brings its own masks (the pasted defects'); "
+                                 "leave out `masks`, `masks_from` and `mask_preset`")
         return generator
     return masks if callable(masks) else make_masks(masks, seed, mask_preset)
 
@@ -299,7 +299,7 @@ def _shard(shard: tuple[int, int] | None, resume: bool, overwrite: bool, out: st
     if not 0 <= rank < world:
         raise DefectgenError(None, f"shard {rank}/{world} does not exist; shards are 0/K .. K-1/K")
     if world > 1 and state is None and overwrite:
-        raise DefectgenError(out, "--overwrite cannot be combined with --shard: the shards share this folder")
+        raise DefectgenError(out, "`overwrite` cannot be combined with `shard`: the shards share this folder")
     if world > 1:
         resume = resume or state is None or not state.is_main_process  # shards fill one folder together
     return state, rank, world, resume
@@ -315,11 +315,11 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         previous = None
     if not isinstance(previous, dict):
-        raise DefectgenError(settings_path, "not valid JSON settings; use --overwrite to start again")
+        raise DefectgenError(settings_path, "not valid JSON settings; use `overwrite` to start again")
     changed = sorted(k for k in settings if previous.get(k) != settings[k])
     if changed:
-        raise DefectgenError(out, f"--resume with different settings ({', '.join(changed)}) than the run that "
-                             "made this folder; use --overwrite to start again")
+        raise DefectgenError(out, f"`resume` with different settings ({', '.join(changed)}) than the run that "
+                             "made this folder; use `overwrite` to start again")
 
 
 def _start(out: Path, settings: dict[str, Any], resume: bool, log: Callable[[str], None]) -> None:
@@ -397,9 +397,9 @@ def synthesize(
 
     started = time.perf_counter()
     if n < 1:
-        raise DefectgenError(None, "--n must be at least 1")
+        raise DefectgenError(None, "`n` must be at least 1")
     if batch_size < 1:
-        raise DefectgenError(None, "--batch-size must be at least 1")
+        raise DefectgenError(None, "`batch_size` must be at least 1")
     if hasattr(generator, "check_class"):
         generator.check_class(class_name)
     dataset = _normals(normals)
@@ -456,5 +456,5 @@ def _check_resumable(out: Path, n: int) -> None:
                 indices.append(int(p.stem))
     if indices and max(indices) >= n:
         last = max(indices)
-        raise DefectgenError(out, f"folder holds samples up to {last:06d}.png but --n is {n}; --resume cannot shrink "
-                             f"a set: give --n {last + 1} or more, or --overwrite to start again")
+        raise DefectgenError(out, f"folder holds samples up to {last:06d}.png but `n` is {n}; `resume` cannot shrink "
+                             f"a set: give `n` {last + 1} or more, or `overwrite` to start again")

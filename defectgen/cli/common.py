@@ -1,0 +1,124 @@
+"""What every verb shares: the Typer app, the consoles, the options declared once (each verb sets its own
+default), and the small parsers and printers the verbs call."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="defectgen",
+    help="Synthetic defect data for industrial visual inspection: train diffusion generators on normal and "
+    "labeled images, paint defects inside masks, write exact COCO annotations, and validate detectors with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+if hasattr(typer.core.TyperOption, "display_type_rich"):  # typer >= 0.20 prints "<bool>" after value-less flags
+    _display_type_rich = typer.core.TyperOption.display_type_rich
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: (
+        None if self.is_flag and not self.count else _display_type_rich(self, ctx))
+
+console = Console(stderr=True)
+out = Console()
+
+OVERWRITE_HELP = ("Clear a non-empty --out first; only a folder defectgen made (it holds a .defectgen-*.json "
+                  "marker), never one with other files, an input or the model.")
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
+Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu, ... (default: a GPU if there "
+                                            "is one).")]
+Fmt = Annotated[str, typer.Option("--format", help="Layout of the input: auto, folder, mvtec, pairs, voc, coco.")]
+OnBad = Annotated[str, typer.Option("--on-bad", help="error: stop at an unreadable image; skip: skip it.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Backbone = Annotated[str, typer.Option("--backbone", help="Feature extractor: a transformers folder or hub id, "
+                                       "e.g. ../shared/weights/mobilenet_v2_1.0_224, or tiny (random weights, "
+                                       "for tests).")]
+# training: train-ddpm, train-ldm
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per device per micro-step.")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule after warm-up).")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Learning-rate warm-up steps.")]
+MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation micro-steps.")]
+Ema = Annotated[bool, typer.Option("--ema/--no-ema", help="Keep and save an EMA of the weights.")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps.")]
+Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Log to --out/logs for TensorBoard.")]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, noise.")]
+TrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+# filters: synthesize --filter ..., filter
+Filters = Annotated[str | None, typer.Option(
+    "--filter", help="Comma-separated filters: change (see --min-change), clip (see --clip-model, --tau0, "
+    "--lambda).")]
+ClipModel = Annotated[str | None, typer.Option("--clip-model", help="CLIP folder or hub id for the clip filter.")]
+Tau0 = Annotated[float, typer.Option("--tau0", help="clip: starting threshold on P(defect text).")]
+Lam = Annotated[float, typer.Option(
+    "--lambda", help="clip: decay of the threshold over the set, tau_t = tau0 * exp(-lambda * t / T).")]
+MinChange = Annotated[float, typer.Option(
+    "--min-change", help="change: least mean absolute change inside the mask (0-1 intensity).")]
+
+
+def flags(text: str) -> str:
+    """`out_dir` -> --out: the library names parameters, the user typed flags."""
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    by_name = {p.name: p.opts[0] for c in commands.values() for p in c.params if p.param_type_name == "option"}
+    return re.sub(r"`(\w+)`", lambda m: by_name.get(m.group(1), m.group(0)), text)
+
+
+def say(notes: list[str] | str) -> None:
+    """Every default taken from the workspace is said in one line."""
+    for line in [notes] if isinstance(notes, str) else notes:
+        console.print(flags(line), highlight=False, soft_wrap=True)
+
+
+def workspace():
+    from defectgen.workspace import Workspace
+
+    return Workspace()
+
+
+def output(out_dir: Path | None, kind: str, stem: str, resume: bool = False) -> Path:
+    """--out, or the workspace's next free folder for this kind of run (said on stderr)."""
+    from defectgen.workspace import output_folder
+
+    out_dir, notes = output_folder(workspace(), out_dir, kind, stem, resume)
+    say(notes)
+    return out_dir
+
+
+def record(kind: str, path: Path, **fields) -> None:
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one record per run, also under `accelerate launch`
+        workspace().record(kind, path, **fields)
+
+
+def names(text: str | None) -> list[str]:
+    return [f.strip() for f in (text or "").split(",") if f.strip()]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, total = (int(v) for v in text.split("/"))
+        if not 0 <= k < total:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected K/N with 0 <= K < N, such as 0/2, got {text!r}") from None
+    return k, total
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW such as 256x256, got {text!r}") from None
+    return h, w
+

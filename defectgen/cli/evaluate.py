@@ -1,0 +1,226 @@
+"""Measuring verbs: validate (detectors trained with a set, scored on real defects), inspect (what a folder
+holds, and how close its generated defects are to real ones) and runs (the workspace index)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from defectgen.cli.common import (
+    AsJson,
+    Backbone,
+    Device,
+    Fmt,
+    OnBad,
+    Overwrite,
+    app,
+    names,
+    out,
+    record,
+    say,
+    workspace,
+)
+from defectgen.report import fmt_metric
+
+
+@app.command("validate")
+def validate(
+    detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors) or seg (supervised "
+                                 "segmentation; also box mAP on multi-class test sets)."),
+    train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
+                                      "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
+                                      "dataset without normal images, such as NEU-DET)."),
+    test: Path | None = typer.Option(None, "--test", help="Real test set with masks: MVTec layout (test/, "
+                                     "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
+                                     "normals' train/good)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Report folder: report.json, report.md, roc.png, "
+                                        "overlays/ (default: reports/<detector>-N)."),
+    synthetic: list[Path] | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
+                                                   "images/, masks/); repeat it to pool several (one per class, "
+                                                   "say) (default: the workspace's most recent set, if any; "
+                                                   "'none' runs the baselines only)."),
+    baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated (or '' for none): none (no "
+                                  "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
+                                  "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
+                                  "real and real+synthetic need --real-labeled."),
+    real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
+                                             "boxes, any layout (an MVTec root: its labeled/ split)."),
+    backbone: Backbone = "tiny",
+    resolution: int = typer.Option(256, "--resolution", help="Images are resized to this square side."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
+    batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AST, seg: Adam learning rate."),
+    coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
+                                        "the negative bank (greedy k-center)."),
+    positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
+                                            help="ExDD: drop synthetic-defect patches closer to the normal bank "
+                                            "than this quantile of unseen normal patches are (0 keeps all)."),
+    n_draem: int | None = typer.Option(None, "--n-draem", help="draem and copypaste baselines: how many "
+                                          "defects (default: as many as --synthetic has, else 100)."),
+    max_train: int | None = typer.Option(None, "--max-train", help="Use a random subset of this many normals."),
+    max_test: int | None = typer.Option(None, "--max-test", help="Use a random subset of this many test images."),
+    overlays: int = typer.Option(8, "--overlays", min=0, help="How many test images get anomaly-map overlays."),
+    device: Device = None,
+    save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a detector (AST or ExDD anomaly detectors, or the supervised seg model) with a synthetic set and
+    with each baseline in one run, and measure all on real defects. Baselines: none (no defects), draem (classic
+    DRAEM-style defects, same count), copypaste (the real labeled defects pasted onto normals), real (the labeled
+    defects alone, seg) and real+synthetic (labeled defects plus the set, seg).
+
+    Examples:
+
+        defectgen validate --detector exdd --train ../shared/datasets/magnetic-tile --synthetic synth/
+        --test ../shared/datasets/magnetic-tile --backbone ../shared/weights/mobilenet_v2_1.0_224 --out report/
+
+        defectgen validate --detector ast --train good/ --test test-set/ --synthetic none --out report/
+
+        defectgen validate --detector seg --train good/ --test test-set/ --synthetic synth/ --real-labeled labeled/
+        --baselines real,real+synthetic,copypaste,draem --out report/
+    """
+    from defectgen.detect.validate import run_validation
+    from defectgen.workspace import validate_defaults
+
+    synthetic, train, test, out_dir, notes = validate_defaults(workspace(), detector, synthetic, train, test,
+                                                               out_dir)
+    say(notes)
+    results = run_validation(
+        detector, train, test, out_dir, synthetic=synthetic, baselines=names(baselines), backbone=backbone,
+        resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
+        n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
+        overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
+        positive_quantile=positive_quantile or None, real_labeled=real_labeled,
+    )
+    out.print(_runs_table(detector, test, results))
+    out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
+    figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+               for name, run in results["runs"].items()}
+    record("report", out_dir, type=detector, figures=figures,
+           inputs={"train": train, "test": test, "real_labeled": real_labeled,
+                   "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic},
+           params={"backbone": backbone, "resolution": resolution, "baselines": names(baselines), "seed": seed})
+
+
+def _runs_table(detector: str, test: Path, results: dict) -> Table:
+    """One row per run: the metrics, and COCO box mAP@0.5 where the test set has several classes."""
+    from defectgen.metrics import METRICS
+
+    table = Table(title=f"{detector} on {test} ({results['test']['normal']} normal, "
+                  f"{results['test']['defect']} defect images)")
+    table.add_column("run", style="bold")
+    for key in METRICS:
+        table.add_column(key.replace("_", " "), justify="right")
+    with_map = any("coco" in run for run in results["runs"].values())
+    if with_map:
+        table.add_column("mAP@0.5", justify="right")
+    for name, run in results["runs"].items():
+        cells = [fmt_metric(run["metrics"].get(k)) for k in METRICS]
+        if with_map:
+            cells.append(fmt_metric(run.get("coco", {}).get("map50")))
+        table.add_row(name, *cells)
+    return table
+
+
+@app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="A dataset or output folder (any layout), or a COCO .json file."),
+    fmt: Fmt = "auto",
+    as_json: AsJson = False,
+    sheet: Path | None = typer.Option(None, "--sheet", help="Where to write the contact sheet PNG "
+                                         "(default: inspect_<name>.png in the current folder)."),
+    n_sheet: int = typer.Option(32, "--sheet-n", min=0, help="How many samples on the contact sheet (0: none)."),
+    on_bad: OnBad = "error",
+    against: Path | None = typer.Option(None, "--against", help="Real defects (an MVTec folder: its test split; "
+                                        "or any set with masks): add KID, diversity and realism of PATH's "
+                                        "generated defects against them."),
+    backbone: Backbone = "tiny",
+    resolution: int = typer.Option(256, "--resolution", help="--against: side the realism score works at."),
+) -> None:
+    """Summarise a dataset or output folder: images, sizes, channels, classes, masks, mask areas; contact sheet.
+
+    With --against REAL, also measure the generated defects: KID against real defect crops (lower: closer to
+    real), diversity (mean pairwise feature distance; higher: more varied) and realism (I-AUROC / P-AUROC of the
+    real test set scored by closeness to the generated defects' patches; above 0.5: real defects resemble them).
+
+    Examples:
+
+        defectgen inspect synth/
+
+        defectgen inspect ../shared/datasets/magnetic-tile --json
+
+        defectgen inspect synth/ --against ../shared/datasets/magnetic-tile --backbone \\
+            ../shared/weights/mobilenet_v2_1.0_224
+    """
+    from defectgen.report import inspect_dataset
+
+    summary = inspect_dataset(path, fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet, against=against,
+                              backbone=backbone, resolution=resolution, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(_summary_table(path, summary))
+    if summary["skipped"]:
+        out.print(f"skipped {len(summary['skipped'])} unreadable file(s); first: {summary['skipped'][0]}")
+
+
+def _summary_table(path: Path, summary: dict) -> Table:
+    table = Table(title=f"{path} ({summary['format']} layout)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key in ("images", "splits", "classes", "sizes", "channels", "bit_depth", "masks", "empty_masks", "boxes",
+                "mask_area_fraction", "contact_sheet"):
+        value = summary.get(key)
+        if isinstance(value, dict):
+            items = list(value.items())
+            more = f", ... ({len(items)} in all)" if len(items) > 8 else ""
+            value = ", ".join(f"{k}: {v}" for k, v in items[:8]) + more
+        label = "sizes (HxW)" if key == "sizes" else key.replace("_", " ")
+        table.add_row(label, str(value if value not in ("", None) else "-"))
+    q = summary.get("quality")
+    if q:
+        table.add_row("KID vs real", f"{q['kid']:.4f} +- {q['kid_std']:.4f} ({q['generated_samples']} generated, "
+                      f"{q['real_defects']} real defect crops)")
+        table.add_row("diversity", f"{q['diversity']:.3f} (real defects: {q['diversity_real']:.3f})")
+        if "realism" in q:
+            r = q["realism"]
+            table.add_row("realism", f"I-AUROC {fmt_metric(r['image_auroc'])}, "
+                          f"P-AUROC {fmt_metric(r.get('pixel_auroc'))}")
+        for c, v in q.get("per_class", {}).items():
+            table.add_row(f"KID {c}", f"{v['kid']:.4f} +- {v['kid_std']:.4f} ({v['generated']} generated, "
+                          f"{v['real']} real)")
+    return table
+
+
+@app.command("runs")
+def runs(as_json: AsJson = False) -> None:
+    """List this folder's workspace: trained models, synthesized sets and validation reports, newest last.
+
+    Examples:
+
+        defectgen runs
+
+        defectgen runs --json
+    """
+    from defectgen.workspace import figures_text
+
+    ws = workspace()
+    entries = ws.entries()
+    if as_json:
+        print(json.dumps({"workspace": str(ws.path), "entries": entries}, indent=2))
+        return
+    if not entries:
+        out.print(f"no runs recorded in {ws.root} yet (train-ddpm, train-ldm, synthesize and validate record theirs)")
+        return
+    table = Table(title=f"workspace {ws.root}")
+    for col in ("kind", "type", "path", "created", "key figures"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["kind"], e["type"], e["path"] + ("" if ws.absolute(e["path"]).exists() else " (deleted)"),
+                      e["created"].replace("T", " ")[:16], figures_text(e))
+    out.print(table)

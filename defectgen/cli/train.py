@@ -1,0 +1,136 @@
+"""Training verbs: train-ddpm (the DDPMs) and train-ldm (the text-guided inpainting LDM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from defectgen.cli.common import (
+    BatchSize,
+    CheckpointEvery,
+    Ema,
+    Fmt,
+    GradAccum,
+    Lr,
+    MixedPrecision,
+    Overwrite,
+    Steps,
+    Tensorboard,
+    TrainResume,
+    TrainSeed,
+    Warmup,
+    app,
+    console,
+    out,
+    output,
+    record,
+)
+
+
+def _train_config(mixed_precision: str, **fields):
+    from defectgen.diffusion.training import TrainConfig
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise typer.BadParameter("--mixed-precision must be no, fp16 or bf16")
+    return TrainConfig(mixed_precision=mixed_precision, **fields)
+
+
+@app.command("train-ddpm")
+def train_ddpm(
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder: the diffusers model, defectgen.json, "
+                                        "checkpoints/ (default: runs/ddpm-N or runs/cddpm-N)."),
+    normals: Path | None = typer.Option(None, "--normals", help="Normal images (a folder, or MVTec: train/good)."),
+    labeled: Path | None = typer.Option(None, "--labeled", help="Labeled defects (pairs, MVTec, VOC or COCO): "
+                                        "trains the class- and mask-conditional model."),
+    preset: str = typer.Option("small", "--preset", help="UNet size: tiny (CPU tests), small, base (~35M)."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Training side in pixels (default: the "
+                                          "shortest image side, at most 256)."),
+    steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
+    mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
+    checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False,
+    crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
+    class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
+                                        "(for classifier-free guidance)."),
+    tensorboard: Tensorboard = False,
+    workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
+    seed: TrainSeed = 0, overwrite: Overwrite = False,
+) -> None:
+    """Train a DDPM on normal images, or a class- and mask-conditional DDPM on labeled defects.
+
+    Examples:
+
+        defectgen train-ddpm --normals good/ --out runs/ddpm
+
+        defectgen train-ddpm --labeled labeled/ --normals good/ --out runs/cddpm --preset base --mixed-precision bf16
+
+        defectgen train-ddpm --normals good/ --out runs/ddpm --resume
+
+        accelerate launch -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
+    """
+    from defectgen.diffusion.ddpm import train_ddpm as train
+
+    cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                        mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
+    out_dir = output(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
+    model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
+                  class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
+    result = model.meta.get("result", {})
+    record("model", out_dir, type=model.kind, inputs={"normals": normals, "labeled": labeled},
+            params={"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size,
+                    "seed": seed},
+            figures={"steps": steps, "final_loss": result.get("final_loss"), "classes": model.class_names})
+    out.print(f"saved {model.kind} model ({model.resolution}x{model.resolution}, {model.channels} channel(s)"
+              + (f", classes: {', '.join(model.class_names)}" if model.class_names else "") + f") to {out_dir}")
+
+
+@app.command("train-ldm")
+def train_ldm(
+    labeled: Path = typer.Option(..., "--labeled", help="Labeled defects with masks (pairs, MVTec labeled/, COCO, "
+                                 "VOC boxes)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder: a diffusers inpainting pipeline + "
+                                        "defectgen.json (default: runs/ldm-N)."),
+    base: str = typer.Option("tiny", "--base", help="'tiny' (built from scratch, offline), or a diffusers inpainting "
+                             "folder or hub id such as a Stable Diffusion inpainting model."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (e.g. "
+                                        "defectgen/data/prompts/tile.yaml): captions from the class names."),
+    lora_rank: int = typer.Option(0, "--lora-rank", min=0, help="LoRA rank through peft (0: full fine-tuning)."),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
+                                            "(frozen by default)."),
+    preset: str = typer.Option("tiny", "--preset", help="Size of a --base tiny model: tiny or small."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Training resolution (multiple of 8; default "
+                                          "64 for tiny, the base model's own otherwise)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder for --base tiny, e.g. "
+                                          "../shared/weights/clip-tokenizer (default: a byte-level one)."),
+    vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),
+    steps: Steps = 5000, batch_size: BatchSize = 8, lr: Lr = 1e-4, warmup: Warmup = 100,
+    mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
+    checkpoint_every: CheckpointEvery = 500, tensorboard: Tensorboard = False,
+    fmt: Fmt = "auto",
+    seed: TrainSeed = 0, resume: TrainResume = False, overwrite: Overwrite = False,
+) -> None:
+    """Fine-tune a text-guided inpainting latent diffusion model on labeled defects with their real masks.
+
+    Examples:
+
+        defectgen train-ldm --labeled labeled/ --prompts defectgen/data/prompts/tile.yaml --out runs/ldm
+
+        defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
+    """
+    from defectgen.diffusion.ldm import train_ldm as train
+
+    cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                        mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed)
+    out_dir = output(out_dir, "model", "ldm", resume)
+    meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
+                 resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
+                 train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
+                 log=console.print)
+    record("model", out_dir, type="ldm", inputs={"labeled": labeled, "base": base, "prompts": prompts},
+            params={"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank,
+                    "seed": seed},
+            figures={"steps": steps, "final_loss": meta.get("final_loss"), "classes": meta["classes"]})
+    out.print(f"saved inpainting LDM ({meta['resolution']}x{meta['resolution']}, classes: "
+              f"{', '.join(meta['classes'])}, final loss {meta.get('final_loss') or float('nan'):.4f}) to {out_dir}")
