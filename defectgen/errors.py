@@ -14,3 +14,14 @@ class DefectgenError(Exception):
         self.path = None if path is None else str(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class DefectgenWarning(UserWarning):
+    """Something the user should know before trusting a result (random backbone features, an hours-long run on a
+    CPU). The command line prints it as one `warning:` line on stderr, with parameters shown as its flags."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, DefectgenWarning, stacklevel=2)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from defectgen.errors import DefectgenError
+from defectgen.errors import DefectgenError, warn
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import resize, to_float
 from defectgen.io.sample import Box
@@ -153,12 +153,12 @@ def _defects(dataset, limit: int | None, seed: int):
     return samples
 
 
-def quality_report(generated: str | Path, real: str | Path, backbone: str = "tiny", resolution: int = 256,
+def quality_report(generated: str | Path, real: str | Path, backbone: str | None = None, resolution: int = 256,
                    crop: int = 64, max_samples: int | None = 200, seed: int = 0, device: str | None = None) \
         -> dict[str, Any]:
     """KID, diversity and realism of the generated set at `generated` against the real defects at `real`
-    (an MVTec folder: its test split; or any dataset with masks or boxes)."""
-    from defectgen.detect.backbone import load_backbone
+    (an MVTec folder: its test split; or any dataset with masks or boxes). backbone: see `resolve_backbone`."""
+    from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
     from defectgen.runtime import pick_device
 
     gen_ds = open_dataset(generated)
@@ -171,12 +171,16 @@ def quality_report(generated: str | Path, real: str | Path, backbone: str = "tin
         raise DefectgenError(generated, "needs at least two generated samples with masks")
     if len(real_defects) < 2:
         raise DefectgenError(real, "needs at least two real defects with masks or boxes")
+    backbone = resolve_backbone(backbone)
     net = load_backbone(backbone, pick_device(device))
+    if not is_pretrained(backbone):
+        warn(TINY_WARNING)
     gen_feats = crop_features(net, [defect_crop(s.image, s.defect_mask(), crop) for s in gen])
     real_feats = crop_features(net, [defect_crop(s.image, s.defect_mask(), crop) for s in real_defects])
     kid_mean, kid_std = kid(gen_feats, real_feats, seed=seed)
     report: dict[str, Any] = {
         "generated": str(generated), "real": str(real), "backbone": backbone, "crop": crop,
+        "backbone_pretrained": is_pretrained(backbone),
         "generated_samples": len(gen), "real_defects": len(real_defects),
         "kid": kid_mean, "kid_std": kid_std,
         "diversity": diversity(gen_feats), "diversity_real": diversity(real_feats),

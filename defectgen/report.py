@@ -115,8 +115,8 @@ def sheet_selection(samples: list[Sample], n: int) -> list[Sample]:
 
 
 def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", sheet: Path | None = None,
-                    n_sheet: int = 32, against: Path | None = None, backbone: str = "tiny", resolution: int = 256,
-                    progress: bool = False) -> dict[str, Any]:
+                    n_sheet: int = 32, against: Path | None = None, backbone: str | None = None,
+                    resolution: int = 256, progress: bool = False) -> dict[str, Any]:
     """`defectgen inspect`: the dataset summary, a contact sheet of `n_sheet` samples (default
     inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones."""
     from tqdm import tqdm
@@ -200,6 +200,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += _per_class_lines(runs) + _coco_lines(runs)
     for run, why in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{run}`: {why}."]
+    if config.get("backbone_pretrained") is False:
+        lines[2:2] = ["**Warning: the backbone has random weights (tiny); these metrics are meaningless.**", ""]
     return "\n".join(lines) + "\n"
 
 

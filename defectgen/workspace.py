@@ -27,6 +27,7 @@ from defectgen.io.output import atomic_write_json
 INDEX = "defectgen-workspace.json"
 CONFIG = "defectgen.yaml"
 KINDS = ("model", "set", "report")
+ALL_VERBS = "*"  # load_config's key for options set once for every verb that has them
 DEFAULT_DIRS = {"model": "runs", "set": "synth", "report": "reports"}
 
 
@@ -49,9 +50,14 @@ def load_config(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise DefectgenError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise DefectgenError(path, "expected a mapping of verb -> {option: value}")
-    return {str(verb): {str(k).replace("-", "_"): v for k, v in opts.items()} for verb, opts in data.items()}
+    if not isinstance(data, dict):
+        raise DefectgenError(path, "expected a mapping of verb -> {option: value} (and option: value for all verbs)")
+    config = {str(verb): {str(k).replace("-", "_"): v for k, v in opts.items()}
+              for verb, opts in data.items() if isinstance(opts, dict)}
+    shared = {str(k).replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    if shared:  # `backbone: FOLDER` at the top: the default of every verb that has that option
+        config[ALL_VERBS] = shared
+    return config
 
 
 class Workspace:

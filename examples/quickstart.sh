@@ -15,6 +15,12 @@ train-ddpm: {preset: tiny, steps: 300, batch-size: 8, lr: 0.001, warmup: 20, che
 synthesize: {sampler: ddim, steps: 25, strength: 0.4, sigma: 1.0}
 validate: {resolution: 64, coreset-ratio: 0.25, steps: 200, overlays: 8}
 YAML
+# The detectors' backbone: a pretrained folder (yours through DEFECTGEN_BACKBONE, else the one beside this repository
+# in development). The quickstart downloads nothing, so without one it falls back to the random `tiny` backbone,
+# and validate says that its metrics are then meaningless.
+backbone="${DEFECTGEN_BACKBONE:-$root/../shared/weights/mobilenet_v2_1.0_224}"
+[ -n "${DEFECTGEN_BACKBONE:-}" ] || [ -d "$backbone" ] || backbone=tiny
+echo "backbone: $backbone" >> defectgen.yaml
 
 defectgen inspect "$data" --sheet dataset.png
 defectgen masks --kind perlin --n 16 --like "$data/train/good" --seed 0 --out masks

@@ -45,6 +45,10 @@ def _isolated_workspace(tmp_path, monkeypatch):
     """Every test runs in its own folder, so the workspace index and default outputs never land in the repo."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DEFECTGEN_CONFIG", raising=False)
+    # No test reaches the network: the default backbone is the random tiny one unless a test says otherwise, and
+    # the hub answers from the local cache only.
+    monkeypatch.setenv("DEFECTGEN_BACKBONE", "tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

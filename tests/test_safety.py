@@ -309,12 +309,12 @@ def test_resume_falls_back_from_a_truncated_optimizer_file(tmp_path, mvtec_dir):
     _train(tmp_path, mvtec_dir, 4)
     found = checkpoints(tmp_path / "run")
     assert [s for s, _ in found] == [2, 4]
-    newest = found[-1][1] / "optimizer.bin"
+    newest = found[-1][1] / "optimizer.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     messages = []
     _train(tmp_path, mvtec_dir, 4, resume=True, log=messages.append)
     text = "\n".join(messages)
-    assert "optimizer.bin" in text and "warning" in text and "resuming from" in text and "step 2" in text
+    assert "optimizer.safetensors" in text and "warning" in text and "resuming from" in text and "step 2" in text
 
 
 def test_resume_with_only_damaged_checkpoints_names_the_file(tmp_path, mvtec_dir, run_cli):
@@ -322,12 +322,12 @@ def test_resume_with_only_damaged_checkpoints_names_the_file(tmp_path, mvtec_dir
 
     _train(tmp_path, mvtec_dir, 2)
     (only,) = [p for _, p in checkpoints(tmp_path / "run")]
-    (only / "optimizer.bin").write_bytes(b"PK\x03\x04 truncated")
+    (only / "optimizer.safetensors").write_bytes(b"PK\x03\x04 truncated")
     code, _, err = run_cli("train-ddpm", "--normals", mvtec_dir / "train" / "good", "--preset", "tiny",
                            "--resolution", "32", "--steps", "3", "--batch-size", "2", "--out", tmp_path / "run",
                            "--resume")
     one_line_error(code, err)
-    assert "optimizer.bin" in err
+    assert "optimizer.safetensors" in err
 
 
 def test_sigint_stops_training_with_130_and_resume_completes_it(tmp_path, mvtec_dir):

@@ -8,14 +8,15 @@ the verb's flags (--out). The verbs live in train.py, synth.py and evaluate.py; 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 
 from defectgen import __version__
 from defectgen.cli import evaluate, synth, train  # noqa: F401  (importing a module registers its verbs)
-from defectgen.cli.common import app, console, flags
-from defectgen.errors import DefectgenError
+from defectgen.cli.common import app, console, flags, say
+from defectgen.errors import DefectgenError, DefectgenWarning
 
 __all__ = ["app", "main"]
 
@@ -40,7 +41,16 @@ def _check_config(config: dict[str, dict], path: Path | None) -> dict[str, dict]
     (`out`, `mask-preset`) or as the option's name (`out_dir`)."""
     import difflib
 
+    from defectgen.workspace import ALL_VERBS
+
     commands = getattr(typer.main.get_command(app), "commands", {})
+    config = dict(config)
+    for key, value in config.pop(ALL_VERBS, {}).items():  # a top-level option: every verb that has it
+        having = [v for v, c in commands.items() if any(p.name == key for p in c.params)]
+        if not having:
+            raise DefectgenError(path, f"{key.replace('_', '-')}: no verb has this option")
+        for verb in having:
+            config.setdefault(verb, {}).setdefault(key, value)
     checked: dict[str, dict] = {}
     for verb, options in config.items():
         command = commands.get(verb)
@@ -75,8 +85,21 @@ def _interrupted(message: str) -> None:
     sys.exit(130)
 
 
+def _show_warning(message, category, *args, **kwargs) -> None:
+    """DefectgenWarnings as one `warning:` line naming flags; other libraries' warnings as Python shows them."""
+    if issubclass(category, DefectgenWarning):
+        say(f"[yellow]warning:[/yellow] {message}")
+    else:
+        _python_showwarning(message, category, *args, **kwargs)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def _run() -> None:
     from defectgen.workspace import config_file, load_config
+
+    warnings.showwarning = _show_warning
 
     default_map = _check_config(load_config(), config_file())  # defectgen.yaml: per-verb option defaults
     code = app(standalone_mode=False, default_map=default_map)
@@ -94,6 +117,7 @@ def main() -> None:
         import os
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # its retry chatter while offline
     try:
         _run()
     except DefectgenError as e:

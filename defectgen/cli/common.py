@@ -35,9 +35,11 @@ Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu,
 Fmt = Annotated[str, typer.Option("--format", help="Layout of the input: auto, folder, mvtec, pairs, voc, coco.")]
 OnBad = Annotated[str, typer.Option("--on-bad", help="error: stop at an unreadable image; skip: skip it.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Backbone = Annotated[str, typer.Option("--backbone", help="Feature extractor: a transformers folder or hub id, "
-                                       "e.g. ../shared/weights/mobilenet_v2_1.0_224, or tiny (random weights, "
-                                       "for tests).")]
+Backbone = Annotated[str | None, typer.Option("--backbone", help="Feature extractor: a transformers folder or hub "
+                                              "id, e.g. ../shared/weights/mobilenet_v2_1.0_224, or tiny (random "
+                                              "weights, for tests only) (default: $DEFECTGEN_BACKBONE, else "
+                                              "google/mobilenet_v2_1.0_224, downloaded once; set it for a "
+                                              "workspace with 'backbone: FOLDER' in defectgen.yaml).")]
 # training: train-ddpm, train-ldm
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per device per micro-step.")]
@@ -50,6 +52,9 @@ CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=0, help=
 Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Log to --out/logs for TensorBoard.")]
 TrainSeed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, noise.")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+TrustCheckpoint = Annotated[bool, typer.Option("--trust-checkpoint", help="--resume: also load a checkpoint that "
+                                               "holds pickle files (older defectgen, accelerate); only one you "
+                                               "made yourself: unpickling can run code.")]
 # filters: synthesize --filter ..., filter
 Filters = Annotated[str | None, typer.Option(
     "--filter", help="Comma-separated filters: change (see --min-change), clip (see --clip-model, --tau0, "

@@ -49,7 +49,7 @@ def validate(
                                   "real and real+synthetic need --real-labeled."),
     real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
                                              "boxes, any layout (an MVTec root: its labeled/ split)."),
-    backbone: Backbone = "tiny",
+    backbone: Backbone = None,
     resolution: int = typer.Option(256, "--resolution", help="Images are resized to this square side."),
     steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
     batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
@@ -139,7 +139,7 @@ def inspect(
     against: Path | None = typer.Option(None, "--against", help="Real defects (an MVTec folder: its test split; "
                                         "or any set with masks): add KID, diversity and realism of PATH's "
                                         "generated defects against them."),
-    backbone: Backbone = "tiny",
+    backbone: Backbone = None,
     resolution: int = typer.Option(256, "--resolution", help="--against: side the realism score works at."),
 ) -> None:
     """Summarise a dataset or output folder: images, sizes, channels, classes, masks, mask areas; contact sheet.

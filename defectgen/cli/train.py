@@ -19,6 +19,7 @@ from defectgen.cli.common import (
     Tensorboard,
     TrainResume,
     TrainSeed,
+    TrustCheckpoint,
     Warmup,
     app,
     console,
@@ -48,7 +49,7 @@ def train_ddpm(
                                           "shortest image side, at most 256)."),
     steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
-    checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False,
+    checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
     crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
     class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
                                         "(for classifier-free guidance)."),
@@ -75,7 +76,8 @@ def train_ddpm(
                         checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
     out_dir = output(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
     model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
-                  class_dropout=class_dropout, config=cfg, resume=resume, overwrite=overwrite, log=console.print)
+                  class_dropout=class_dropout, config=cfg, resume=resume, trust_checkpoint=trust_checkpoint,
+                  overwrite=overwrite, log=console.print)
     result = model.meta.get("result", {})
     record("model", out_dir, type=model.kind, inputs={"normals": normals, "labeled": labeled},
             params={"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size,
@@ -108,7 +110,8 @@ def train_ldm(
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
     checkpoint_every: CheckpointEvery = 500, tensorboard: Tensorboard = False,
     fmt: Fmt = "auto",
-    seed: TrainSeed = 0, resume: TrainResume = False, overwrite: Overwrite = False,
+    seed: TrainSeed = 0, resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fine-tune a text-guided inpainting latent diffusion model on labeled defects with their real masks.
 
@@ -126,7 +129,8 @@ def train_ldm(
     out_dir = output(out_dir, "model", "ldm", resume)
     meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
                  resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
-                 train_text_encoder=train_text_encoder, fmt=fmt, resume=resume, overwrite=overwrite,
+                 train_text_encoder=train_text_encoder, fmt=fmt, resume=resume,
+                 trust_checkpoint=trust_checkpoint, overwrite=overwrite,
                  log=console.print)
     record("model", out_dir, type="ldm", inputs={"labeled": labeled, "base": base, "prompts": prompts},
             params={"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank,

@@ -10,6 +10,7 @@ the usual PatchCore/DeSTSeg choice (for the shared MobileNetV2 at 256: stride 4 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from torch import nn
 from defectgen.errors import DefectgenError
 
 TINY = "tiny"
+# The default of validate and inspect --against: a real ImageNet model, fetched from the hub on first use (as
+# diffusers and anomalib fetch theirs) and cached; offline, a local folder is given once instead.
+DEFAULT_BACKBONE = "google/mobilenet_v2_1.0_224"
+BACKBONE_ENV = "DEFECTGEN_BACKBONE"
+TINY_WARNING = ("backbone tiny has random weights: its features are random and these metrics are meaningless "
+                "(it exists for tests); give `backbone` a pretrained model")
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -143,8 +150,20 @@ def _normalisation(spec: str) -> tuple[Sequence[float], Sequence[float]]:
     return _IMAGENET
 
 
-def load_backbone(spec: str = TINY, device: str | torch.device = "cpu") -> Backbone:
-    """A frozen backbone from a local folder or hub id (transformers `from_pretrained`), or `tiny`."""
+def resolve_backbone(spec: str | None) -> str:
+    """The backbone to use: `spec` when given, else $DEFECTGEN_BACKBONE, else DEFAULT_BACKBONE. (A workspace sets
+    it once with `backbone: FOLDER` in defectgen.yaml, which reaches here as `spec`.)"""
+    return str(spec) if spec else os.environ.get(BACKBONE_ENV) or DEFAULT_BACKBONE
+
+
+def is_pretrained(spec: str) -> bool:
+    return spec != TINY
+
+
+def load_backbone(spec: str | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """A frozen backbone from a local folder or hub id (transformers `from_pretrained`), or `tiny`; None means
+    `resolve_backbone`'s default."""
+    spec = resolve_backbone(spec)
     if spec == TINY:
         return Backbone(tiny_model(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), TINY, False).to(device)
     from transformers import AutoBackbone, AutoConfig, AutoModel
@@ -163,7 +182,19 @@ def load_backbone(spec: str = TINY, device: str | torch.device = "cpu") -> Backb
                 model = AutoModel.from_pretrained(spec)
                 backbone_api = False
     except (OSError, ValueError) as e:
+        if not Path(spec).exists() and _offline_miss(e):
+            raise DefectgenError(spec, "backbone is not in the local Hugging Face cache and the hub cannot be "
+                                 "reached: give `backbone` a local transformers folder (such as "
+                                 "../shared/weights/mobilenet_v2_1.0_224), or set it once with "
+                                 f"{BACKBONE_ENV}=FOLDER or 'backbone: FOLDER' in defectgen.yaml") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DefectgenError(where, f"cannot load a transformers backbone ({first})") from None
     mean, std = _normalisation(spec)
     return Backbone(model, mean, std, str(spec), backbone_api).to(device)
+
+
+def _offline_miss(error: Exception) -> bool:
+    """Whether transformers failed because the model is neither cached nor downloadable (no network, or
+    HF_HUB_OFFLINE), rather than because the model is broken."""
+    text = str(error).lower()
+    return any(k in text for k in ("offline", "connect", "cached", "couldn't", "internet", "resolve", "network"))

@@ -3,6 +3,7 @@ and `StepLoop`, the optimiser steps, schedule, loss history and progress bar the
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -18,7 +19,12 @@ class StepLoop:
 
     def __init__(self, opt: torch.optim.Optimizer, steps: int, lr: float, images_per_step: int, progress: bool,
                  desc: str):
+        from defectgen.runtime import RunEstimate
+
         self.opt = opt
+        device = next((p.device for g in opt.param_groups for p in g["params"]), None)
+        # the estimate is said where the bar is shown (a terminal), above it
+        self.estimate = RunEstimate(steps, device, _bar_line if progress else None, what=desc)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
         self.images_per_step = images_per_step
         self.history: list[float] = []
@@ -35,6 +41,7 @@ class StepLoop:
         self.opt.step()
         self.sched.step()
         self.history.append(float(loss.detach()))
+        self.estimate.update(len(self.history))
         if self.bar is not None:
             rate = len(self.history) * self.images_per_step / max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix(loss=f"{self.history[-1]:.4f}", img_s=f"{rate:.1f}", refresh=False)
@@ -45,6 +52,12 @@ class StepLoop:
         if self.bar is not None:
             self.bar.close()
         return self.history
+
+
+def _bar_line(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None,

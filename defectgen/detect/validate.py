@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from defectgen.detect.backbone import load_backbone
+from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
-from defectgen.errors import DefectgenError
+from defectgen.errors import DefectgenError, warn
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import from_float, read_image, square_mask, square_uint8
 from defectgen.io.output import OutputFolder
@@ -461,7 +461,8 @@ def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path
         "synthetic": (str(synthetic[0]) if len(synthetic) == 1 else [str(p) for p in synthetic]) if synthetic
         else None,
         "real_labeled": str(real_labeled) if real_labeled else None,
-        "test": str(test), "baselines": list(baselines), "backbone": s["backbone"], "resolution": s["resolution"],
+        "test": str(test), "baselines": list(baselines), "backbone": s["backbone"],
+        "backbone_pretrained": is_pretrained(s["backbone"]), "resolution": s["resolution"],
         "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None, "student_width": s["student_width"],
         "batch_size": s["batch_size"], "lr": s["lr"],
         "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
@@ -492,7 +493,7 @@ def _data_summary(inputs: dict[str, Any], boxes_too: bool) -> dict[str, Any]:
 def run_validation(
     detector: str, train: str | Path | None, test: str | Path, out: str | Path,
     synthetic: str | Path | Sequence[str | Path] | None = None,
-    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str = "tiny", resolution: int = 256, seed: int = 0,
+    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str | None = None, resolution: int = 256, seed: int = 0,
     steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
     n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
@@ -507,7 +508,8 @@ def run_validation(
 
     real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
     split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
-    copypaste baselines make (default: as many as the synthetic set has, else 100)."""
+    copypaste baselines make (default: as many as the synthetic set has, else 100). backbone: see
+    `resolve_backbone` (None: the pretrained default)."""
     start = time.perf_counter()
     det_cls = get_detector(detector)
     baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled, resolution)
@@ -518,6 +520,10 @@ def run_validation(
     real_labeled = Path(real_labeled) if real_labeled is not None else None
     torch.manual_seed(seed)
     dev = pick_device(device)
+    backbone = resolve_backbone(backbone)
+    bb = load_backbone(backbone, dev)  # before anything is read or written: offline, the error comes first
+    if not is_pretrained(backbone):
+        warn(TINY_WARNING)
     # every input is read and every baseline made before the output folder is touched
     inputs = _load_inputs(train, test, synthetic, real_labeled, resolution, max_train, max_test, seed, progress,
                           uses_labeled=any(b in NEEDS_LABELED for b in baselines))
@@ -528,7 +534,6 @@ def run_validation(
                           protect=[train, test, *(synthetic or []), backbone, real_labeled])
     out = folder.prepare()
     try:
-        bb = load_backbone(backbone, dev)
         options = DetectorOptions(seed=seed, sigma=4.0 * resolution / 256, steps=steps, batch_size=batch_size, lr=lr,
                                   coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width)
         test_set = inputs["test_set"]

@@ -36,7 +36,7 @@ from defectgen.diffusion.samplers import guided_inpaint
 from defectgen.diffusion.training import TrainConfig, checkpoints, to_tensor, train_loop
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import mask_window, match_channels, to_float
+from defectgen.io.images import mask_window, match_channels, resize, to_float
 from defectgen.io.output import OutputFolder
 from defectgen.io.sample import Box
 from defectgen.masks import MaskGenerator
@@ -349,15 +349,6 @@ def box_geometry(mask: np.ndarray) -> np.ndarray:
     return np.array([box.x0 / w, box.y0 / h, box.x1 / w, box.y1 / h], np.float32)
 
 
-def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrink = image.shape[0] > size or image.shape[1] > size
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    out = cv2.resize(image, (size, size), interpolation=interp)
-    return out[:, :, None] if out.ndim == 2 and image.ndim == 3 else out
-
-
 def _crop_or_resize(image: np.ndarray, mask: np.ndarray | None, size: int, crop: str,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     h, w = image.shape[:2]
@@ -369,9 +360,10 @@ def _crop_or_resize(image: np.ndarray, mask: np.ndarray | None, size: int, crop:
             y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         image = image[y0:y0 + ch, x0:x0 + cw]
         mask = None if mask is None else mask[y0:y0 + ch, x0:x0 + cw]
-    image = _resize(image, size)
+    shrink = image.shape[0] > size or image.shape[1] > size
+    image = resize(image, size, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if mask is not None:
-        mask = _resize(mask.astype(np.uint8), size, nearest=True).astype(bool)
+        mask = resize(mask.astype(np.uint8), size, size, nearest=True).astype(bool)
     return image, mask
 
 
@@ -423,13 +415,15 @@ def train_ddpm(
     class_dropout: float = 0.1,
     config: TrainConfig | None = None,
     resume: bool = False,
+    trust_checkpoint: bool = False,
     overwrite: bool = False,
     log=print,
     callback=None,
 ) -> DdpmModel:
     """Train the unconditional DDPM (normals only) or the conditional one (`labeled` given) and save it to `out`.
 
-    Returns the trained model (EMA weights when EMA is on), loaded back from `out`."""
+    Returns the trained model (EMA weights when EMA is on), loaded back from `out`. `trust_checkpoint` lets
+    `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
     cfg = config or TrainConfig()
     _check_training_options(normals, labeled, preset, crop, class_dropout)
     kind = "cddpm" if labeled is not None else "ddpm"
@@ -459,7 +453,7 @@ def train_ddpm(
 
     try:
         result = train_loop(model.module() if kind == "cddpm" else model.unet, loss_fn, data, out, cfg, save_fn,
-                            resume=resume, callback=callback, log=log)
+                            resume=resume, callback=callback, log=log, trust_checkpoint=trust_checkpoint)
     except BaseException:
         if is_main:
             folder.abandon()  # interrupted before the first checkpoint: no empty run folder stays behind

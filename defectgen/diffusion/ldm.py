@@ -307,9 +307,10 @@ def train_ldm(
     labeled: str | Path, out_dir: str | Path, cfg, *, base: str = "tiny", preset: str = "tiny",
     prompts: str | Path | None = None, lora_rank: int = 0, resolution: int | None = None,
     tokenizer: str | Path | None = None, vae_steps: int = 2000, train_text_encoder: bool = False,
-    fmt: str = "auto", resume: bool = False, overwrite: bool = False, log=print,
+    fmt: str = "auto", resume: bool = False, trust_checkpoint: bool = False, overwrite: bool = False, log=print,
 ) -> dict[str, Any]:
-    """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written."""
+    """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written.
+    `trust_checkpoint` lets `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
     from defectgen.diffusion.training import checkpoints, train_loop
     from defectgen.io.output import OutputFolder
     from defectgen.prompts import load_material
@@ -344,7 +345,8 @@ def train_ldm(
             "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
         }
         result = train_loop(module, inpaint_loss(pipe.scheduler), examples, out_dir, cfg,
-                            _pipeline_saver(pipe, meta, lora_rank), resume=resume, log=log)
+                            _pipeline_saver(pipe, meta, lora_rank), resume=resume, log=log,
+                            trust_checkpoint=trust_checkpoint)
     except BaseException:
         folder.abandon()  # interrupted before anything resumable was saved: no empty run folder stays behind
         raise
@@ -374,7 +376,7 @@ def _tiny_pipeline(items: list[LabeledDefect], out_dir: Path, cfg, resolution: i
     if resume and (stage / "vae" / "config.json").is_file():
         from diffusers import AutoencoderKL
 
-        pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
+        pipe.vae = AutoencoderKL.from_pretrained(str(stage / "vae"), use_safetensors=True)  # never unpickle
         log(f"resumed: VAE taken from {stage / 'vae'}")
     else:
         _train_vae(pipe.vae, examples, stage, cfg, vae_steps, log)

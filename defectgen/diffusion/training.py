@@ -3,17 +3,31 @@
 What it does: mixed precision (bf16/fp16) and multi-GPU through `Accelerator` (so `accelerate launch defectgen
 train-... ` works unchanged), gradient accumulation, an EMA of the weights (diffusers' `EMAModel`), LR warm-up and
 schedule (`diffusers.optimization.get_scheduler`), a tqdm bar with loss and images/s, optional TensorBoard, and
-atomic checkpoints (`save_state` into a temporary folder, then rename) that `resume=True` continues from.
+atomic checkpoints (written into a temporary folder, then renamed) that `resume=True` continues from.
+
+Checkpoints hold no pickle, so resuming from a folder someone else made cannot run code. A checkpoint folder
+`checkpoints/step-00001000/` holds
+    model.safetensors      the unwrapped model's state_dict (weights and buffers)
+    optimizer.safetensors  the optimizer's state tensors, named `state.<param_index>.<key>`
+    ema.safetensors        the EMA weights, `shadow.<i>` (only with EMA)
+    rng-<rank>.safetensors this process's RNG states as uint8 tensors: torch CPU, `cuda.<i>`, numpy, python
+    rng-<rank>.json        the scalar parts of the numpy and python RNG states
+    state.json             written last: format, step, config, LR schedule, optimizer param groups and non-tensor
+                           state, EMA counters, GradScaler
+Folders saved by older defectgen versions (accelerate's `save_state`: .bin/.pkl pickles) are refused unless
+`trust_checkpoint=True`, which loads them with `accelerator.load_state`.
 
 Batches are a pure function of (seed, micro-step): the data order is a seeded permutation per epoch and every
-example gets its own numpy Generator for augmentation. Together with the RNG states accelerate stores in each
-checkpoint, a resumed run takes the same batches and noise as an uninterrupted one.
+example gets its own numpy Generator for augmentation. Together with the RNG states stored in each checkpoint, a
+resumed run takes the same batches and noise as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -26,9 +40,14 @@ import torch
 from torch import nn
 
 from defectgen.errors import DefectgenError
+from defectgen.runtime import RunEstimate
 
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
+_STATE_FILE = "state.json"
+_FORMAT = "defectgen-checkpoint"
+_VERSION = 1
+_PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")  # torch.save / pickle files: loading them can run code
 
 
 @dataclass
@@ -126,44 +145,82 @@ def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why a checkpoint folder cannot be loaded (a truncated or corrupt file, named), or None if it looks whole.
-    Reads the archives' structure and checksums only; nothing is unpickled."""
+    """Why a checkpoint folder cannot be loaded (a truncated or corrupt file, a missing part, named), or None if it
+    looks whole. Reads safetensors headers, JSON and archive checksums only; nothing is unpickled."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not files:
+        return f"{folder}: empty checkpoint"
+    legacy = not (folder / _STATE_FILE).is_file()
+    if legacy and not _pickle_files(folder):
+        return f"{folder / _STATE_FILE}: missing"
+    for f in files:  # a defectgen checkpoint never reads archives, so stray ones do not make it damaged
+        problem = _file_problem(f) if legacy or f.suffix not in _PICKLE_SUFFIXES else None
+        if problem is not None:
+            return problem
+    return None if legacy else _missing_part(folder)
+
+
+def _file_problem(f: Path) -> str | None:
     import zipfile
 
     from safetensors import safe_open
 
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    if not files:
-        return f"{folder}: empty checkpoint"
-    for f in files:
-        try:
-            if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as handle:
-                    handle.keys()
-            elif f.suffix in (".bin", ".pkl", ".pt", ".pth"):  # torch.save archives (zip with CRCs)
-                if not zipfile.is_zipfile(f):
-                    return f"{f}: truncated or not a torch archive"
-                with zipfile.ZipFile(f) as archive:
-                    bad = archive.testzip()
-                if bad is not None:
-                    return f"{f}: corrupt entry {bad}"
-        except Exception as e:  # safetensors raises its own error types
-            return f"{f}: cannot be read ({str(e).splitlines()[0][:120]})"
+    try:
+        if f.suffix == ".safetensors":  # the header must parse and cover the whole file (catches truncation)
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix in _PICKLE_SUFFIXES:  # torch.save archives (zip with CRCs)
+            if not zipfile.is_zipfile(f):
+                return f"{f}: truncated or not a torch archive"
+            with zipfile.ZipFile(f) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{f}: corrupt entry {bad}"
+    except Exception as e:  # safetensors raises its own error types
+        return f"{f}: cannot be read ({str(e).splitlines()[0][:120]})"
     return None
 
 
-def _load_latest_checkpoint(accelerator, out_dir: Path, log: Callable[[str], None]) -> int | None:
-    """Load the newest whole checkpoint, skipping (with a warning naming the file) damaged newer ones."""
+def _missing_part(folder: Path) -> str | None:
+    """The first file a defectgen checkpoint needs that `folder` lacks, or a state.json of another format."""
+    state = json.loads((folder / _STATE_FILE).read_text())
+    if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("version") != _VERSION:
+        return f"{folder / _STATE_FILE}: not a defectgen checkpoint (format version {_VERSION})"
+    needed = ["model.safetensors", "optimizer.safetensors", "rng-0.safetensors", "rng-0.json"]
+    if state.get("ema") is not None:
+        needed.append("ema.safetensors")
+    for name in needed:
+        if not (folder / name).is_file():
+            return f"{folder / name}: missing"
+    return None
+
+
+def _pickle_files(folder: str | Path) -> list[Path]:
+    """Files in `folder` (at any depth) that only pickle can load."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _PICKLE_SUFFIXES)
+
+
+def _load_latest_checkpoint(run: _Run, out_dir: Path, log: Callable[[str], None],
+                            trust_checkpoint: bool = False) -> int | None:
+    """Load the newest whole checkpoint, skipping (with a warning naming the file) damaged newer ones. A folder
+    with pickle files is refused outright unless trusted: a planted file must stop the run, not be skipped."""
     found = checkpoints(out_dir)
     if not found:
         log(f"no checkpoint under {out_dir / CHECKPOINT_DIR}; starting from step 0")
         return None
     problems = []
     for step, path in reversed(found):
+        pickles = _pickle_files(path)
+        if pickles and not trust_checkpoint:
+            raise DefectgenError(pickles[0], "checkpoint file in a format that can run code when loaded (pickle); "
+                                 "set `trust_checkpoint` to load it, only if you made it yourself")
         problem = checkpoint_problem(path)
         if problem is None:
             try:
-                accelerator.load_state(str(path))
+                _load_checkpoint(run, path, step, legacy=bool(pickles) and not (path / _STATE_FILE).is_file())
             except Exception as e:
                 problem = f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         if problem is None:
@@ -172,8 +229,17 @@ def _load_latest_checkpoint(accelerator, out_dir: Path, log: Callable[[str], Non
             log(f"resuming from {path} at step {step}")
             return step
         problems.append(problem)
-    raise DefectgenError(None, f"no usable checkpoint to resume from: {'; '.join(problems)}; use --overwrite to "
+    raise DefectgenError(None, f"no usable checkpoint to resume from: {'; '.join(problems)}; use `overwrite` to "
                          "start again")
+
+
+def _load_checkpoint(run: _Run, folder: Path, step: int, legacy: bool) -> None:
+    if legacy:  # trusted by the caller: an older defectgen's `save_state` folder
+        run.accelerator.load_state(str(folder))
+        if run.ema is not None:
+            run.ema.to(run.accelerator.device)  # accelerate loads registered objects onto the CPU
+        return
+    _read_state(run, folder, step)
 
 
 def _make_accelerator(cfg: TrainConfig, out_dir: Path):
@@ -193,32 +259,163 @@ def _make_accelerator(cfg: TrainConfig, out_dir: Path):
         raise DefectgenError(None, f"cannot set up training (mixed precision {cfg.mixed_precision!r}): {e}") from None
 
 
-def _save_checkpoint(accelerator, out_dir: Path, step: int, keep: int) -> None:
+def _save_checkpoint(run: _Run, out_dir: Path, step: int) -> None:
+    accelerator = run.accelerator
     root = out_dir / CHECKPOINT_DIR
     final = root / f"{_PREFIX}{step:08d}"
     tmp = root / f".tmp-{_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    _write_state(run, tmp, step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)  # a killed save leaves only .tmp-*, which resume ignores
+        keep = run.cfg.keep_checkpoints
         for _, old in checkpoints(out_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def _checkpoint_on_interrupt(accelerator, out_dir: Path, cfg: TrainConfig, done: int, start_step: int) -> Path | None:
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1))
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _write_state(run: _Run, folder: Path, step: int) -> None:
+    """Every process writes its RNG states, the main process everything else; state.json last."""
+    from safetensors.torch import save_file, save_model
+
+    accelerator = run.accelerator
+    rng_tensors, rng_scalars = _rng_state()
+    save_file(rng_tensors, str(folder / f"rng-{accelerator.process_index}.safetensors"))
+    _write_json(folder / f"rng-{accelerator.process_index}.json", rng_scalars)
+    if not accelerator.is_main_process:
+        return
+    # save_model drops the duplicate names of tied weights, which save_file refuses
+    save_model(accelerator.unwrap_model(run.model), str(folder / "model.safetensors"), force_contiguous=True)
+    optimizer_tensors, optimizer_rest = _split_optimizer(run.optimizer.state_dict())
+    save_file(_cpu(optimizer_tensors), str(folder / "optimizer.safetensors"))
+    ema = None
+    if run.ema is not None:
+        ema = {k: v for k, v in run.ema.state_dict().items() if k != "shadow_params"}
+        save_file(_cpu({f"shadow.{i}": t for i, t in enumerate(run.ema.shadow_params)}),
+                  str(folder / "ema.safetensors"))
+    scaler = getattr(accelerator, "scaler", None)
+    _write_json(folder / _STATE_FILE, {
+        "format": _FORMAT, "version": _VERSION, "step": step, "config": asdict(run.cfg),
+        "lr_scheduler": run.lr_scheduler.state_dict(), "optimizer": optimizer_rest, "ema": ema,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    })
+
+
+def _read_state(run: _Run, folder: Path, step: int) -> None:
+    """Load a checkpoint written by `_write_state` into the run; safetensors and JSON only."""
+    from safetensors.torch import load_file, load_model
+
+    state = json.loads((folder / _STATE_FILE).read_text())
+    if state.get("step") != step:
+        raise ValueError(f"{_STATE_FILE} says step {state.get('step')}, the folder name step {step}")
+    accelerator = run.accelerator
+    rank = accelerator.process_index
+    rng_tensors = load_file(str(folder / f"rng-{rank}.safetensors"))
+    rng_scalars = json.loads((folder / f"rng-{rank}.json").read_text())
+    load_model(accelerator.unwrap_model(run.model), str(folder / "model.safetensors"), strict=True)
+    run.optimizer.load_state_dict(_join_optimizer(load_file(str(folder / "optimizer.safetensors")),
+                                                  state["optimizer"], run.optimizer))
+    run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if run.ema is not None:
+        if state.get("ema") is None:
+            raise ValueError("the checkpoint has no EMA weights")
+        _load_ema(run.ema, load_file(str(folder / "ema.safetensors")), state["ema"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(rng_tensors, rng_scalars)
+
+
+def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict as `state.<param_index>.<key>` tensors plus the JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state_dict["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value
+            elif value is None or isinstance(value, (bool, int, float)):
+                scalars.setdefault(str(index), {})[key] = value
+            else:
+                raise TypeError(f"optimizer state {key!r} is a {type(value).__name__}, not a tensor or number")
+    return tensors, {"param_groups": state_dict["param_groups"], "state": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict, optimizer) -> dict:
+    """The inverse of `_split_optimizer`; values that JSON turned from tuples into lists (AdamW's betas) are made
+    tuples again where the live optimizer has tuples."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, entries in rest["state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = []
+    for saved, live in zip(rest["param_groups"], optimizer.state_dict()["param_groups"], strict=True):
+        groups.append({k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in saved.items()})
+    return {"state": state, "param_groups": groups}
+
+
+def _load_ema(ema, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    """Counters from JSON; the weights copied into the existing shadow tensors, which keeps their device."""
+    shadow = ema.shadow_params
+    if sorted(tensors) != sorted(f"shadow.{i}" for i in range(len(shadow))):
+        raise ValueError(f"the EMA has {len(tensors)} tensors, the model {len(shadow)} trainable parameters")
+    for i, s in enumerate(shadow):
+        if tensors[f"shadow.{i}"].shape != s.shape:  # copy_ would broadcast silently
+            raise ValueError(f"EMA tensor {i} has shape {tuple(tensors[f'shadow.{i}'].shape)}, not {tuple(s.shape)}")
+    ema.load_state_dict(scalars)  # without shadow_params it keeps the current ones
+    with torch.no_grad():
+        for i, s in enumerate(shadow):
+            s.copy_(tensors[f"shadow.{i}"])
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: the big parts as uint8 tensors, the scalars for JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(cuda)})
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(keys, "<u4").view(np.uint8).copy())
+    version, internal, gauss_next = random.getstate()
+    tensors["python"] = torch.from_numpy(np.asarray(internal, "<u4").view(np.uint8).copy())
+    scalars = {"cuda_devices": len(cuda), "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+               "python": [version, gauss_next]}
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():  # as many devices as both runs have
+        for i in range(min(int(scalars["cuda_devices"]), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(tensors[f"cuda.{i}"], i)
+    kind, pos, has_gauss, cached = scalars["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().view("<u4").copy(), pos, has_gauss, cached))
+    version, gauss_next = scalars["python"]
+    random.setstate((version, tuple(int(x) for x in tensors["python"].numpy().view("<u4")), gauss_next))
+
+
+def _checkpoint_on_interrupt(run: _Run, out_dir: Path, done: int, start_step: int) -> Path | None:
     """After Ctrl-C: save the last finished step (single process: other processes may be mid-step) and return the
     checkpoint --resume would continue from."""
     found = checkpoints(out_dir)
-    if (cfg.save_on_interrupt and done > start_step and accelerator.num_processes == 1
+    if (run.cfg.save_on_interrupt and done > start_step and run.accelerator.num_processes == 1
             and (not found or found[-1][0] < done)):
-        _save_checkpoint(accelerator, out_dir, done, cfg.keep_checkpoints)
+        _save_checkpoint(run, out_dir, done)
         found = checkpoints(out_dir)
     return found[-1][1] if found else None
 
@@ -233,6 +430,7 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 class _Run:
     """One training run's prepared parts: the accelerator, the wrapped model, optimizer, LR schedule and EMA."""
 
+    cfg: TrainConfig
     accelerator: Any
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -264,11 +462,14 @@ def train_loop(
     resume: bool = False,
     callback: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] = print,
+    *,
+    trust_checkpoint: bool = False,
 ) -> TrainResult:
     """Train `module` for `cfg.steps` optimizer steps on `loss_fn(module, batch)`.
 
     `save_fn(module, out_dir)` writes the final model; it is called on the main process with the EMA weights
     swapped in. `callback(step, loss)` runs after every optimizer step (tests use it to interrupt a run).
+    `trust_checkpoint` lets `resume` load checkpoint folders holding pickle files (older defectgen versions).
     """
     from tqdm.auto import tqdm
 
@@ -282,7 +483,7 @@ def train_loop(
     accelerator = run.accelerator
     start_step, resumed_from = 0, None
     if resume:
-        resumed_from = _load_latest_checkpoint(accelerator, out_dir, log)
+        resumed_from = _load_latest_checkpoint(run, out_dir, log, trust_checkpoint)
         start_step = resumed_from or 0
     if cfg.tensorboard:
         accelerator.init_trackers("defectgen", config={k: v for k, v in asdict(cfg).items()
@@ -292,22 +493,25 @@ def train_loop(
                disable=not (cfg.progress and accelerator.is_local_main_process))
     run.model.train()
     progress = _Progress(done=start_step, since=time.perf_counter())
+    estimate = RunEstimate(cfg.steps - start_step, accelerator.device,
+                           log if accelerator.is_local_main_process else None, what="train")
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             _optimizer_step(run, cfg, loss_fn, batches, progress)
             progress.done = step
+            estimate.update(step - start_step)
             _log_step(run, cfg, step, progress, bar)
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_checkpoint(accelerator, out_dir, step, cfg.keep_checkpoints)
+                _save_checkpoint(run, out_dir, step)
             if callback is not None:
                 callback(step, progress.loss)
     except KeyboardInterrupt:
         bar.close()
         done = progress.done
-        raise Interrupted(done, _checkpoint_on_interrupt(accelerator, out_dir, cfg, done, start_step)) from None
+        raise Interrupted(done, _checkpoint_on_interrupt(run, out_dir, done, start_step)) from None
     bar.close()
     if start_step < cfg.steps:
-        _save_checkpoint(accelerator, out_dir, cfg.steps, cfg.keep_checkpoints)
+        _save_checkpoint(run, out_dir, cfg.steps)
     _save_final(run, save_fn, out_dir)
     if cfg.tensorboard:
         accelerator.end_training()
@@ -316,7 +520,7 @@ def train_loop(
 
 def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
     """The accelerator, then (seeded the same on every process) the optimizer, LR schedule and EMA of `module`,
-    registered so that checkpoints hold them."""
+    that checkpoints hold."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -335,6 +539,7 @@ def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
     if cfg.compile:
         model = torch.compile(model)  # unwrap_model strips the compile wrapper again for EMA and saving
     # The LR schedule is stepped once per optimizer step ourselves (accelerate would step it once per process).
+    # Registered (with the EMA) only for `load_state` of trusted older checkpoints; saving never pickles.
     accelerator.register_for_checkpointing(lr_scheduler)
     ema = None
     if cfg.ema:
@@ -342,14 +547,15 @@ def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
                        inv_gamma=1.0, power=3 / 4)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    return _Run(accelerator, model, optimizer, lr_scheduler, ema)
+    return _Run(cfg, accelerator, model, optimizer, lr_scheduler, ema)
 
 
 def _batch_iterator(data: TrainingData, cfg: TrainConfig, accelerator, start_step: int):
     """This process's batches from micro-step `start_step * grad_accum` on, prefetched by a DataLoader."""
     batches = _StepBatches(data, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     micro = range(start_step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
-    # Own generator: the loader must not draw from the global RNG that checkpoints restore for the noise.
+    # Own generator: the loader must not draw from the global RNG that checkpoints restore for the noise. Its
+    # state needs no checkpoint: it only seeds workers, and batches depend on (seed, micro-step) alone.
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=micro, num_workers=cfg.num_workers,
                                          pin_memory=accelerator.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
