@@ -11,7 +11,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from defectgen.io.images import to_uint8, write_image
+from defectgen.errors import DefectgenError
+from defectgen.io.images import padded_box, read_image, to_uint8, write_image
 from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, roc_curve
@@ -46,20 +47,52 @@ def _tile(sample: Sample, size: int) -> np.ndarray:
     return tile
 
 
+def _zoom_tiles(sample: Sample, size: int) -> list[np.ndarray]:
+    """Two tiles beside a defect's thumbnail: the defect enlarged (a square around its mask, no outline, so thin
+    defects stay visible) and the same square of the normal it was painted on, where that is known."""
+    blank = np.full((size, size, 3), 32, np.uint8)
+    mask = sample.mask if sample.mask is not None else (sample.defect_mask() if sample.boxes else None)
+    box = padded_box(mask, pad=1.0, min_side=16, square=True) if mask is not None else None
+    if box is None:
+        return [blank, blank]
+    y0, y1, x0, x1 = box
+    source = None
+    if sample.source is not None:
+        try:
+            source = read_image(sample.source)
+        except (OSError, ValueError, DefectgenError):
+            source = None
+    crops = [sample.image, source if source is not None and source.shape[:2] == sample.image.shape[:2] else None]
+    tiles = []
+    for image, label in zip(crops, ("defect, zoomed", "normal"), strict=True):
+        if image is None:
+            tiles.append(blank)
+            continue
+        tile = _tile(Sample(image[y0:y1, x0:x1]), size)
+        cv2.putText(tile, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    return tiles
+
+
 def contact_sheet(
-    samples: list[Sample], path: str | Path | None = None, tile: int = 128, columns: int = 8,
+    samples: list[Sample], path: str | Path | None = None, tile: int = 128, columns: int = 8, zoom: bool = False,
 ) -> np.ndarray:
-    """A grid of the samples (RGB uint8) with defect outlines in red and class names; written if `path` is given."""
+    """A grid of the samples (RGB uint8) with defect outlines in red and class names; written if `path` is given.
+    With `zoom`, each sample is followed by its defect enlarged and the same crop of its source normal (`columns`
+    then counts samples, three tiles each)."""
     if not samples:
         raise ValueError("contact_sheet needs at least one sample")
-    columns = min(columns, len(samples))
-    rows = math.ceil(len(samples) / columns)
-    gap = 2
-    sheet = np.full((rows * (tile + gap) + gap, columns * (tile + gap) + gap, 3), 255, np.uint8)
-    for i, s in enumerate(samples):
-        r, c = divmod(i, columns)
-        y0, x0 = gap + r * (tile + gap), gap + c * (tile + gap)
-        sheet[y0:y0 + tile, x0:x0 + tile] = _tile(s, tile)
+    cells = [[_tile(s, tile), *(_zoom_tiles(s, tile) if zoom else [])] for s in samples]
+    group, groups = len(cells[0]), min(columns, len(samples))
+    rows = math.ceil(len(samples) / groups)
+    gap, group_gap = 2, 6 if zoom else 0  # a wider gap between one sample's tiles and the next sample's
+    width = groups * group * (tile + gap) + gap + (groups - 1) * group_gap
+    sheet = np.full((rows * (tile + gap) + gap, width, 3), 255, np.uint8)
+    for i, tiles in enumerate(cells):
+        r, g = divmod(i, groups)
+        for k, cell in enumerate(tiles):
+            y0, x0 = gap + r * (tile + gap), gap + (g * group + k) * (tile + gap) + g * group_gap
+            sheet[y0:y0 + tile, x0:x0 + tile] = cell
     if path is not None:
         write_image(path, sheet)
     return sheet
@@ -128,7 +161,10 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
     summary = dataset_summary(dataset, samples)
     if n_sheet and samples:
         sheet = sheet or Path(f"inspect_{Path(path).resolve().name or 'dataset'}.png")
-        contact_sheet(sheet_selection(samples, n_sheet), sheet)
+        picked = sheet_selection(samples, n_sheet)
+        # a generated set (its samples know their normals) also shows each defect enlarged beside its normal
+        zoom = any(s.source is not None for s in picked)
+        contact_sheet(picked, sheet, columns=4 if zoom else 8, zoom=zoom)
         summary["contact_sheet"] = str(sheet)
     if against is not None:
         from defectgen.quality import quality_report

@@ -273,8 +273,29 @@ def test_filter_redraws_the_contact_sheet_from_the_kept_samples(tmp_path, normal
     after = read_image(out / "contact_sheet.png")
     assert after.shape != before.shape  # fewer tiles: the old sheet kept all n
     coco = json.loads((out / "annotations.json").read_text())
-    kept = [Sample(read_image(out / im["file_name"]), read_mask(out / im["mask_file"]), "defect")
-            for im in coco["images"]]
-    assert np.array_equal(after, contact_sheet(kept))
+    kept = [Sample(read_image(out / im["file_name"]), read_mask(out / im["mask_file"]), "defect",
+                   source=Path(im["source"])) for im in coco["images"]]
+    assert np.array_equal(after, contact_sheet(kept, columns=4, zoom=True))
     assert [im["id"] for im in coco["images"]] == list(range(1, len(painted) + 1))
     assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+
+
+def test_contact_sheet_zooms_a_tiny_defect_beside_its_normal(tmp_path):
+    from defectgen.io.sample import Sample
+    from defectgen.report import contact_sheet
+
+    normal = np.full((256, 256, 3), 60, np.uint8)
+    write_png(tmp_path / "normal.png", normal)
+    image, mask = normal.copy(), np.zeros((256, 256), bool)
+    image[100:103, 150:153] = 250  # 3 x 3 pixels: under a pixel at thumbnail size
+    mask[100:103, 150:153] = True
+    sample = Sample(image, mask, "dot", source=tmp_path / "normal.png")
+    tile = 64
+    sheet = contact_sheet([sample], tile=tile, zoom=True)
+    assert sheet.shape[1] == 3 * (tile + 2) + 2  # thumbnail, zoomed defect, zoomed normal
+    cells = [sheet[2:2 + tile, 2 + k * (tile + 2): 2 + k * (tile + 2) + tile] for k in range(3)]
+    bright = [(c.min(axis=2) > 200).mean() for c in cells]  # white-ish: the defect (outlines are red)
+    assert bright[1] > 0.02 > bright[0], bright  # the zoom shows the defect large, the thumbnail cannot
+    assert bright[2] == 0  # the same crop of the normal: no defect
+    plain = contact_sheet([sample], tile=tile)
+    assert plain.shape[1] == tile + 4

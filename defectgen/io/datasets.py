@@ -42,6 +42,7 @@ class Entry:
     coco_segmentations: list[tuple[object, str]] | None = None  # (segmentation, class) for COCO sources
     expected_size: tuple[int, int] | None = None  # (H, W) the annotation claims
     annotation_file: Path | None = None
+    source: Path | None = None  # a synthesized sample's normal (COCO `source`), when the file still exists
 
 
 class Dataset:
@@ -153,7 +154,7 @@ class Dataset:
             boxes = [box] if box else []
         return Sample(
             image=image, mask=mask, class_name=entry.class_name, boxes=boxes,
-            path=entry.image_path, mask_path=entry.mask_path, split=entry.split,
+            path=entry.image_path, mask_path=entry.mask_path, split=entry.split, source=entry.source,
         )
 
 
@@ -296,6 +297,17 @@ def _read_voc(root: Path) -> list[Entry]:
     return entries
 
 
+def _source(recorded: str | None, base: Path) -> Path | None:
+    """The normal a synthesized image was painted on, as recorded (absolute, or relative to where synthesize ran
+    or to the set): only read, for display; None when it cannot be found."""
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), base / recorded):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _read_coco(root: Path) -> list[Entry]:
     json_path = root / "annotations.json" if root.is_dir() else root
     data = load_coco_json(json_path)
@@ -328,6 +340,6 @@ def _read_coco(root: Path) -> list[Entry]:
         entries.append(Entry(
             image_path, class_name=cls, boxes=boxes, coco_segmentations=segs or None,
             expected_size=(int(h), int(w)) if h and w else None, annotation_file=json_path,
-            split=im.get("split"),
+            split=im.get("split"), source=_source(im.get("source"), base),
         ))
     return entries

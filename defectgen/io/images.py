@@ -173,19 +173,31 @@ def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: in
     return y0, x0, h, w
 
 
-def padded_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.5, min_side: int = 32) -> np.ndarray:
-    """The mask's extent grown by `pad` of its size on each side (at least min_side), clipped to the image; the
-    whole image for an empty mask."""
+def padded_box(mask: np.ndarray, pad: float = 0.5, min_side: int = 32,
+               square: bool = False) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1): the mask's extent grown by `pad` of its size on each side (at least min_side; with
+    `square`, both sides the longer one), clipped to the mask's shape; None for an empty mask."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        return image
-    h, w = mask.shape
+        return None
+    h, w = mask.shape[:2]
     y_lo, y_hi, x_lo, x_hi = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     side_y = max((y_hi - y_lo) * (1 + 2 * pad), min_side)
     side_x = max((x_hi - x_lo) * (1 + 2 * pad), min_side)
+    if square:
+        side_y = side_x = max(side_y, side_x)
     cy, cx = (y_lo + y_hi) / 2, (x_lo + x_hi) / 2
     y0, y1 = int(max(0, cy - side_y / 2)), int(min(h, math.ceil(cy + side_y / 2)))
     x0, x1 = int(max(0, cx - side_x / 2)), int(min(w, math.ceil(cx + side_x / 2)))
+    return y0, y1, x0, x1
+
+
+def padded_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.5, min_side: int = 32) -> np.ndarray:
+    """The image inside `padded_box`; the whole image for an empty mask."""
+    box = padded_box(mask, pad, min_side)
+    if box is None:
+        return image
+    y0, y1, x0, x1 = box
     return image[y0:y1, x0:x1]
 
 

@@ -181,7 +181,8 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
     if (out / "contact_sheet.png").is_file():  # it showed the removed samples too: draw it again from the kept
         from defectgen.synth.pipeline import write_contact_sheet
 
-        write_contact_sheet(out, [(out / im["file_name"], out / im["mask_file"], e.class_name)
+        write_contact_sheet(out, [(out / im["file_name"], out / im["mask_file"], e.class_name,
+                                   Path(e.image["source"]) if e.image.get("source") else None)
                                   for im, e in zip(coco.images, kept, strict=True)])
     log(f"filters kept {len(kept)} of {len(entries)} samples; removed " +
         ", ".join(f"{k}: {v}" for k, v in removed.items()) + (f"; rejected samples in {rejected_dir}" if

@@ -353,16 +353,19 @@ def _write_set(run: _Run, coco: CocoBuilder, n: int, info: dict[str, Any], sheet
         if i + 1 not in added:
             coco.add(run.written(i), image_id=i + 1)
     coco.save(run.out / "annotations.json", info)
-    write_contact_sheet(run.out, [(*run.paths(i), run.plan(i)[1]) for i in range(min(n, sheet_size))])
+    write_contact_sheet(run.out, [(*run.paths(i), run.plan(i)[1], run.dataset.entries[run.plan(i)[0]].image_path)
+                                  for i in range(min(n, sheet_size))])
     return len(coco.annotations)
 
 
-def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None]], size: int = 32) -> None:
-    """out/contact_sheet.png: the first `size` samples of `files` (image, mask, class name), with mask outlines
-    and class names; no sheet when `files` is empty."""
-    tiles = [Sample(read_image(image), read_mask(mask), cls or DEFAULT_CATEGORY) for image, mask, cls in files[:size]]
+def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None, Path | None]], size: int = 32) -> None:
+    """out/contact_sheet.png: the first `size` samples of `files` (image, mask, class name, source normal), each
+    with its mask outlined, then its defect enlarged beside the same crop of the normal; no sheet when `files` is
+    empty."""
+    tiles = [Sample(read_image(image), read_mask(mask), cls or DEFAULT_CATEGORY, source=source)
+             for image, mask, cls, source in files[:size]]
     if tiles:
-        contact_sheet(tiles, out / "contact_sheet.png")
+        contact_sheet(tiles, out / "contact_sheet.png", columns=4, zoom=True)
     else:
         (out / "contact_sheet.png").unlink(missing_ok=True)
 
