@@ -48,10 +48,13 @@ def _tile(sample: Sample, size: int) -> np.ndarray:
 
 
 def _zoom_tiles(sample: Sample, size: int) -> list[np.ndarray]:
-    """Two tiles beside a defect's thumbnail: the defect enlarged (a square around its mask, no outline, so thin
-    defects stay visible) and the same square of the normal it was painted on, where that is known."""
+    """Two tiles beside a defect's thumbnail: the defect enlarged (a square around its largest region, no outline,
+    so thin defects stay visible) and the same square of the normal it was painted on, where that is known."""
     blank = np.full((size, size, 3), 32, np.uint8)
     mask = sample.mask if sample.mask is not None else (sample.defect_mask() if sample.boxes else None)
+    if mask is not None and mask.any():  # the largest region: a scatter of blobs would span the whole image
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     box = padded_box(mask, pad=1.0, min_side=16, square=True) if mask is not None else None
     if box is None:
         return [blank, blank]
