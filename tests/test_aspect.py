@@ -161,3 +161,14 @@ def test_bad_resolution_and_tile_give_one_line_and_exit_2(data, tmp_path, run_cl
         lines = [line for line in err.strip().splitlines() if line]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], (args, err)
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_masks_from_another_image_size_keep_their_pixels(data, mvtec_dir, tmp_path, run_cli):
+    """--masks-from: 4 x 4 masks labeled on 32 x 32 images stay 4 x 4 on 64 x 192 normals (not stretched 2 x 6)."""
+    code, _, err = run_cli("synthesize", "--model", "draem", "--normals", data / "mv" / "train" / "good", "--n", "3",
+                           "--masks-from", mvtec_dir / "labeled", "--out", tmp_path / "real")
+    assert code == 0, err
+    for path in sorted((tmp_path / "real" / "masks").glob("*.png")):
+        m = read_image(path)[:, :, 0] > 0
+        ys, xs = np.nonzero(m)
+        assert m.shape == (H, W) and m.sum() == 16 and np.ptp(ys) == 3 and np.ptp(xs) == 3

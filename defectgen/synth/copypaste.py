@@ -22,7 +22,7 @@ import numpy as np
 from defectgen.errors import DefectgenError
 from defectgen.io.images import from_float, match_channels, resize, stack_or_list, to_float
 from defectgen.io.sample import Sample
-from defectgen.masks import estimate_foreground
+from defectgen.masks import estimate_foreground, on_foreground
 from defectgen.synth.base import register_generator
 
 BLENDS = ("paste", "seamless")
@@ -218,15 +218,8 @@ class CopyPasteGenerator:
         h, w, c = normal.shape
         _, dm = self._defect(seed, class_name, h, w, c)
         native = from_float(normal, np.uint8) if normal.dtype.kind == "f" else normal
-        fg = estimate_foreground(native).astype(np.float32)
         ch, cw = dm.shape
-        # count[y, x] = foreground pixels under the defect's mask with its top-left corner at (y, x)
-        count = cv2.filter2D(fg, -1, dm.astype(np.float32), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-        count = count[:h - ch + 1, :w - cw + 1]
-        best = count >= float(dm.sum()) - 0.5
-        if not best.any():
-            best = count >= float(count.max()) - 0.5
-        ys, xs = np.nonzero(best)
+        ys, xs = np.nonzero(on_foreground(dm, estimate_foreground(native)))
         k = int(np.random.default_rng([int(seed), 1]).integers(len(ys)))
         mask = np.zeros((h, w), bool)
         mask[ys[k]:ys[k] + ch, xs[k]:xs[k] + cw] = dm
