@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--synthetic", type=Path, default=None, help="a defectgen synthetic set to add as a run")
     ap.add_argument("--detectors", default="exdd,ast")
     ap.add_argument("--baselines", default="none,draem")
-    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--resolution", default="256", help="HxW, or the short side with the aspect kept")
+    ap.add_argument("--tile", type=int, default=None, help="score tiles of this side at native scale")
     ap.add_argument("--steps", type=int, default=2000, help="AST training steps per run")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[det] = run_validation(
             det, args.data, args.data, args.work / det, synthetic=args.synthetic,
             baselines=[b for b in args.baselines.split(",") if b], backbone=args.backbone,
-            resolution=args.resolution, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+            resolution=args.resolution, tile=args.tile, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
             coreset_ratio=args.coreset_ratio, n_draem=args.n_draem, max_train=args.max_train,
             max_test=args.max_test, device=args.device, overwrite=True, progress=True,
         )

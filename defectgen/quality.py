@@ -17,13 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from defectgen.errors import DefectgenError, warn
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import resize, to_float
+from defectgen.io.images import fit_mask, fit_uint8, resize, to_float
+from defectgen.io.resolution import parse_resolution
 from defectgen.io.sample import Box
 
 
@@ -83,31 +83,63 @@ def diversity(features: np.ndarray) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+class _NearGenerated:
+    """Realism's scorer, shaped like a detector (fit / predict / image_scores, so `Tiled` can run it): a bank of
+    the patch features inside the generated masks; each test patch scores minus its distance to the bank."""
+
+    def __init__(self, backbone, strides=(8, 16), sigma: float = 4.0):
+        self.backbone, self.strides, self.sigma = backbone, tuple(strides), float(sigma)
+        self.bank = None
+
+    def fit(self, normals, defects, masks, progress: bool = False, **_) -> _NearGenerated:
+        from defectgen.detect.features import image_features, patches_inside
+
+        self.bank = patches_inside(image_features(self.backbone, defects, self.strides), masks)
+        if self.bank.shape[0] == 0:
+            raise DefectgenError(None, "the generated masks cover no backbone patch")
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from defectgen.detect.features import image_features, nearest_distance, smooth_maps, upsample
+
+        maps = []
+        for i in range(0, len(images), 16):
+            feats = image_features(self.backbone, images[i:i + 16], self.strides)
+            n, d, h, w = feats.shape
+            score = -nearest_distance(feats.permute(0, 2, 3, 1).reshape(-1, d), self.bank).view(n, h, w)
+            maps.append(smooth_maps(upsample(score, tuple(images.shape[1:3])).cpu().numpy(), self.sigma))
+        maps = np.concatenate(maps)
+        return maps, self.image_scores(maps)
+
+    def image_scores(self, maps) -> np.ndarray:
+        return np.asarray([float(np.max(m)) for m in maps], np.float32)
+
+
 def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test_images: list[np.ndarray],
-            test_labels: np.ndarray, test_masks: list[np.ndarray] | None, resolution: int = 256,
-            strides=(8, 16), sigma: float = 4.0) -> dict[str, float]:
-    """I-AUROC / P-AUROC of the real test set scored by closeness to the generated defects' patches."""
-    from defectgen.detect.features import image_features, nearest_distance, patches_inside, smooth_maps, upsample
+            test_labels: np.ndarray, test_masks: list[np.ndarray] | None, resolution: int | str = 256,
+            strides=(8, 16), sigma: float = 4.0, tile: int | None = None) -> dict[str, float]:
+    """I-AUROC / P-AUROC of the real test set scored by closeness to the generated defects' patches.
+
+    resolution: the model input (`parse_resolution`, multiples of 16: the features are at strides 8 and 16), the
+    one the test set's most common image size gives, for the generated images too (so both are seen at one
+    scale). tile: instead, both stay at native scale, the bank from a tile around each generated defect and the
+    test images scored in overlapping tiles (`Tiled`). Maps are compared at each test image's own size with its
+    original mask."""
+    from defectgen.detect.tiling import Tiled, restore_maps
     from defectgen.metrics import evaluate
 
-    def square(img, nearest=False):
-        img = img if nearest else img.reshape(*img.shape[:2], -1)
-        return resize(img, resolution, resolution, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
-
-    bank = patches_inside(image_features(backbone, [square(g) for g in generated], strides),
-                          [square(m.astype(np.uint8), True) for m in masks])
-    if bank.shape[0] == 0:
-        raise DefectgenError(None, "the generated masks cover no backbone patch")
-    maps = []
-    for i in range(0, len(test_images), 16):
-        feats = image_features(backbone, [square(t) for t in test_images[i:i + 16]], strides)
-        n, d, h, w = feats.shape
-        score = -nearest_distance(feats.permute(0, 2, 3, 1).reshape(-1, d), bank).view(n, h, w)
-        maps.append(smooth_maps(upsample(score, (resolution, resolution)).cpu().numpy(), sigma))
-    maps = np.concatenate(maps)
-    scores = maps.reshape(len(maps), -1).max(1)
-    gt = None if test_masks is None else [square(m.astype(np.uint8), True) > 0 for m in test_masks]
-    result = evaluate(test_labels, scores, gt, maps if gt is not None else None)
+    scorer = _NearGenerated(backbone, strides, sigma)
+    sizes = [t.shape[:2] for t in test_images]
+    if tile is not None:
+        model = Tiled(scorer, tile).fit([], [fit_uint8(g, *g.shape[:2], 3) for g in generated], masks)
+        maps, scores = model.predict([fit_uint8(t, *t.shape[:2], 3) for t in test_images])
+    else:
+        h, w = parse_resolution(resolution, multiple=16).for_sizes(sizes)
+        scorer.fit([], np.stack([fit_uint8(g, h, w, 3) for g in generated]), [fit_mask(m, h, w) for m in masks])
+        maps, scores = scorer.predict(np.stack([fit_uint8(t, h, w, 3) for t in test_images]))
+        maps = restore_maps(maps, sizes)
+    result = evaluate(test_labels, scores, test_masks, maps if test_masks is not None else None)
     return {"image_auroc": result.get("image_auroc"), "pixel_auroc": result.get("pixel_auroc")}
 
 
@@ -153,11 +185,17 @@ def _defects(dataset, limit: int | None, seed: int):
     return samples
 
 
-def quality_report(generated: str | Path, real: str | Path, backbone: str | None = None, resolution: int = 256,
-                   crop: int = 64, max_samples: int | None = 200, seed: int = 0, device: str | None = None) \
-        -> dict[str, Any]:
+def quality_report(generated: str | Path, real: str | Path, backbone: str | None = None,
+                   resolution: int | str = 256, crop: int = 64, max_samples: int | None = 200, seed: int = 0,
+                   device: str | None = None, tile: int | None = None) -> dict[str, Any]:
     """KID, diversity and realism of the generated set at `generated` against the real defects at `real`
-    (an MVTec folder: its test split; or any dataset with masks or boxes). backbone: see `resolve_backbone`."""
+    (an MVTec folder: its test split; or any dataset with masks or boxes). Realism works at `resolution`, or
+    with `tile` in tiles at native scale (see `realism`); both are checked before anything is read. backbone: see
+    `resolve_backbone`."""
+    from defectgen.detect.tiling import check_tile
+
+    parse_resolution(resolution, multiple=16)
+    check_tile(tile)
     from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
     from defectgen.runtime import pick_device
 
@@ -195,5 +233,5 @@ def quality_report(generated: str | Path, real: str | Path, backbone: str | None
         has_masks = all(s.mask is not None or s.is_normal for s in test)
         test_masks = [s.defect_mask() for s in test] if has_masks else None
         report["realism"] = realism(net, [s.image for s in gen], [s.defect_mask() for s in gen],
-                                    [s.image for s in test], labels, test_masks, resolution)
+                                    [s.image for s in test], labels, test_masks, resolution, tile=tile)
     return report

@@ -12,12 +12,13 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.images import padded_box, read_image, to_uint8, write_image
+from defectgen.io.images import fit_mask, padded_box, read_image, to_uint8, write_image
 from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, roc_curve
 
 OUTLINE_RGB = (255, 40, 40)
+DISPLAY_SIDE = 1600  # overlays of larger images are shrunk to this longer side: a picture, not a measurement
 
 
 def _tile(sample: Sample, size: int) -> np.ndarray:
@@ -152,9 +153,10 @@ def sheet_selection(samples: list[Sample], n: int) -> list[Sample]:
 
 def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", sheet: Path | None = None,
                     n_sheet: int = 32, against: Path | None = None, backbone: str | None = None,
-                    resolution: int = 256, progress: bool = False) -> dict[str, Any]:
+                    resolution: int | str = 256, tile: int | None = None, progress: bool = False) -> dict[str, Any]:
     """`defectgen inspect`: the dataset summary, a contact sheet of `n_sheet` samples (default
-    inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones."""
+    inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones
+    (realism at `resolution`, or in `tile` tiles at native scale; see `quality_report`)."""
     from tqdm import tqdm
 
     from defectgen.io import open_dataset
@@ -172,7 +174,7 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
     if against is not None:
         from defectgen.quality import quality_report
 
-        summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution)
+        summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution, tile=tile)
     return summary
 
 
@@ -226,11 +228,14 @@ def _coco_lines(runs: dict[str, Any]) -> list[str]:
 def markdown_table(results: dict[str, Any]) -> str:
     """The headline table plus per-class image AUROC and AUPRO (and COCO box mAP where measured)."""
     runs, config = results["runs"], results["config"]
+    height, width = config["resolution"]
+    scale = (f"native scale in {config['tile']}x{config['tile']} tiles" if config.get("tile")
+             else f"{height}x{width}")
     lines = [f"# defectgen validate: {config['detector']}", "",
              f"test set `{config['test']}`: {results['test']['normal']} normal, "
-             f"{results['test']['defect']} defect images at {config['resolution']}x"
-             f"{config['resolution']}; backbone `{config['backbone']}`; seed "
-             f"{config['seed']}; wall time {results['wall_time_s']:.0f} s.", "",
+             f"{results['test']['defect']} defect images at {scale} (maps and pixel metrics at each image's own "
+             f"size); backbone `{config['backbone']}`; seed {config['seed']}; wall time "
+             f"{results['wall_time_s']:.0f} s.", "",
              "| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
@@ -298,14 +303,28 @@ def _overlay(image: np.ndarray, mask: np.ndarray, amap: np.ndarray | None, lo: f
     return rgb
 
 
+def _for_display(image: np.ndarray, mask: np.ndarray, maps: list[np.ndarray], most: int = DISPLAY_SIDE
+                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """An image, its mask and maps, shrunk together so the longer side is at most `most` (else as they are)."""
+    h, w = image.shape[:2]
+    f = most / max(h, w)
+    if f >= 1:
+        return image, mask, maps
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA).reshape(nh, nw, -1)
+    return small, fit_mask(mask, nh, nw), [cv2.resize(m, (nw, nh), interpolation=cv2.INTER_AREA) for m in maps]
+
+
 def write_overlays(folder: Path, test: dict[str, Any], show: np.ndarray,
-                   maps: dict[str, tuple[np.ndarray, float, float]]) -> list[str]:
-    """One PNG per test image: the image with its ground truth, then each run's map (white: ground truth).
-    maps: per run, the maps of the `show` images and the low and high ends of its colour scale."""
+                   maps: dict[str, tuple[list[np.ndarray], float, float]]) -> list[str]:
+    """One PNG per test image at its own size (shrunk for display past `DISPLAY_SIDE`): the image with its ground
+    truth, then each run's map (white: ground truth). maps: per run, the maps of the `show` images (at their
+    images' sizes) and the low and high ends of its colour scale."""
     files = []
     for j, i in enumerate(show):
-        tiles = [_overlay(test["images"][i], test["masks"][i], None, 0, 1)]
-        tiles += [_overlay(test["images"][i], test["masks"][i], m[j], lo, hi) for m, lo, hi in maps.values()]
+        image, mask, shown = _for_display(test["originals"][i], test["masks"][i], [m[j] for m, _, _ in maps.values()])
+        tiles = [_overlay(image, mask, None, 0, 1)]
+        tiles += [_overlay(image, mask, m, lo, hi) for m, (_, lo, hi) in zip(shown, maps.values(), strict=True)]
         strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
         stem = test["paths"][i].stem if test["paths"][i] is not None else f"{i:04d}"
         name = f"{j:02d}_{test['classes'][i]}_{stem}.png"

@@ -105,7 +105,9 @@ def _labeled(root, masks: dict[str, list[np.ndarray]]):
     return root
 
 
-def test_real_masks_follow_the_class_and_scale_with_the_image(tmp_path):
+def test_real_masks_follow_the_class_and_keep_their_native_size(tmp_path):
+    """Issue 14: a mask keeps its pixel size on an image of another size or aspect (it used to be stretched to
+    it), at its relative place: a band along the top edge stays along the top (or, flipped, the bottom) edge."""
     from defectgen.masks.real import RealMasks
 
     small, large = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
@@ -114,13 +116,30 @@ def test_real_masks_follow_the_class_and_scale_with_the_image(tmp_path):
     gen = RealMasks(_labeled(tmp_path / "labeled", {"dot": [small], "band": [large]}), seed=1)
     assert gen.describe()["masks"] == {"band": 1, "dot": 1}
     for i in range(6):
-        dot, boxes = gen(i, 64, 64, label="dot")
-        assert dot.sum() == 64 and (boxes[0].width, boxes[0].height) == (8, 8) and boxes[0].label == "dot"
+        dot, boxes = gen(i, 64, 192, label="dot")
+        assert dot.sum() == 16 and (boxes[0].width, boxes[0].height) == (4, 4) and boxes[0].label == "dot"
         band, _ = gen(i, 64, 96, label="band")
-        assert band.sum() == 32 * 96 and (band.all(axis=1).sum() == 32)  # half the rows, flipped up or down
+        assert band.sum() == 16 * 32 and band[:, 32:64].all(axis=1).sum() == 16  # 16 x 32, centred across
+        assert band[:16, 32:64].all() or band[48:, 32:64].all()  # at the top or bottom edge
     drawn = {int(gen(i, 32, 32)[0].sum()) for i in range(20)}  # no class: any labeled mask
     assert drawn == {16, 512}
     assert all(np.array_equal(gen(i, 40, 40, label="dot")[0], gen(i, 40, 40, label="dot")[0]) for i in range(3))
+    wide, _ = gen(0, 8, 64, label="band")  # larger than the image: shrunk to fit, aspect kept
+    assert wide.shape == (8, 64) and wide.sum() == 8 * 16
+
+
+def test_real_masks_go_on_the_parts_foreground(tmp_path):
+    from defectgen.masks.real import RealMasks
+
+    dot = np.zeros((32, 32), bool)
+    dot[2:8, 2:8] = True  # top left on its own image
+    gen = RealMasks(_labeled(tmp_path / "labeled", {"dot": [dot]}), flip=False)
+    part = np.zeros((64, 192), bool)
+    part[20:50, 120:180] = True  # the part sits right of centre on the new image
+    mask, _ = gen(0, 64, 192, foreground=part)
+    assert mask.sum() == 36 and (mask <= part).all()
+    ys, xs = np.nonzero(mask)
+    assert (ys.min(), xs.min()) == (20, 120)  # the place on the part nearest to its own (the top left)
 
 
 def test_real_masks_keep_a_tiny_defect_when_shrinking(tmp_path):

@@ -100,6 +100,7 @@ def _run() -> None:
     from defectgen.workspace import config_file, load_config
 
     warnings.showwarning = _show_warning
+    warnings.simplefilter("always", DefectgenWarning)  # every run says it, not only the first in a process
 
     default_map = _check_config(load_config(), config_file())  # defectgen.yaml: per-verb option defaults
     code = app(standalone_mode=False, default_map=default_map)

@@ -40,6 +40,17 @@ Backbone = Annotated[str | None, typer.Option("--backbone", help="Feature extrac
                                               "weights, for tests only) (default: $DEFECTGEN_BACKBONE, else "
                                               "google/mobilenet_v2_1.0_224, downloaded once; set it for a "
                                               "workspace with 'backbone: FOLDER' in defectgen.yaml).")]
+RESOLUTION_HELP = (
+    "Model input: HxW (each a multiple of 32, e.g. 256x640), or one number N, the short side with each image's "
+    "aspect kept (the long side rounded to a multiple of 32; a set of mixed sizes takes its most common size). "
+    "Anomaly maps, overlays and pixel metrics come back at each image's own size. train-ddpm and train-ldm train "
+    "on square windows cut at native scale: N or NxN (a multiple of what the model needs: 8 for train-ldm, 4 or 8 "
+    "for train-ddpm's presets); a non-square HxW is refused there.")
+Resolution = Annotated[str | None, typer.Option("--resolution", help=RESOLUTION_HELP)]
+Tile = Annotated[int | None, typer.Option("--tile", help="Score images at native scale in overlapping NxN tiles "
+                                          "(stride N/2, maps averaged where they overlap; N a multiple of 32), for "
+                                          "images larger than the model; training takes random NxN crops. "
+                                          "--resolution is then not used.")]
 # training: train-ddpm, train-ldm
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per device per micro-step.")]

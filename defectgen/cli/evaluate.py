@@ -17,6 +17,8 @@ from defectgen.cli.common import (
     Fmt,
     OnBad,
     Overwrite,
+    Resolution,
+    Tile,
     app,
     names,
     out,
@@ -50,7 +52,8 @@ def validate(
     real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
                                              "boxes, any layout (an MVTec root: its labeled/ split)."),
     backbone: Backbone = None,
-    resolution: int = typer.Option(256, "--resolution", help="Images are resized to this square side."),
+    resolution: Resolution = "256",
+    tile: Tile = None,
     steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
     batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
     lr: float = typer.Option(1e-3, "--lr", help="AST, seg: Adam learning rate."),
@@ -95,7 +98,7 @@ def validate(
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
-        positive_quantile=positive_quantile or None, real_labeled=real_labeled,
+        positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
     )
     out.print(_runs_table(detector, test, results))
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
@@ -104,7 +107,8 @@ def validate(
     record("report", out_dir, type=detector, figures=figures,
            inputs={"train": train, "test": test, "real_labeled": real_labeled,
                    "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic},
-           params={"backbone": backbone, "resolution": resolution, "baselines": names(baselines), "seed": seed})
+           params={"backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
+                   "baselines": names(baselines), "seed": seed})
 
 
 def _runs_table(detector: str, test: Path, results: dict) -> Table:
@@ -140,7 +144,8 @@ def inspect(
                                         "or any set with masks): add KID, diversity and realism of PATH's "
                                         "generated defects against them."),
     backbone: Backbone = None,
-    resolution: int = typer.Option(256, "--resolution", help="--against: side the realism score works at."),
+    resolution: Resolution = "256",
+    tile: Tile = None,
 ) -> None:
     """Summarise a dataset or output folder: images, sizes, channels, classes, masks, mask areas; contact sheet.
 
@@ -160,7 +165,8 @@ def inspect(
     from defectgen.report import inspect_dataset
 
     summary = inspect_dataset(path, fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet, against=against,
-                              backbone=backbone, resolution=resolution, progress=not as_json and sys.stderr.isatty())
+                              backbone=backbone, resolution=resolution, tile=tile,
+                              progress=not as_json and sys.stderr.isatty())
     if as_json:
         print(json.dumps(summary, indent=2))
         return

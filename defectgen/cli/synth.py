@@ -64,7 +64,8 @@ def synthesize(
                                             "(defectgen/data/masks/) or a YAML path."),
     masks_from: Path | None = typer.Option(None, "--masks-from", help="Instead of --masks: reuse the masks (or "
                                            "boxes) of the real defects in this labeled set, each of the sample's "
-                                           "class, resized to the normal image and randomly flipped."),
+                                           "class, at their native pixel size on the part's foreground, "
+                                           "randomly flipped."),
     class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
                                           "drawn from the training classes). COCO category otherwise."),
     prompt: str | None = typer.Option(None, "--prompt", help="Text-guided models: free text, or material/defect "

@@ -15,6 +15,7 @@ from defectgen.cli.common import (
     Lr,
     MixedPrecision,
     Overwrite,
+    Resolution,
     Steps,
     Tensorboard,
     TrainResume,
@@ -45,8 +46,7 @@ def train_ddpm(
     labeled: Path | None = typer.Option(None, "--labeled", help="Labeled defects (pairs, MVTec, VOC or COCO): "
                                         "trains the class- and mask-conditional model."),
     preset: str = typer.Option("small", "--preset", help="UNet size: tiny (CPU tests), small, base (~35M)."),
-    resolution: int | None = typer.Option(None, "--resolution", help="Training side in pixels (default: the "
-                                          "shortest image side, at most 256)."),
+    resolution: Resolution = None,
     steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
     checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
@@ -101,8 +101,7 @@ def train_ldm(
     train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
                                             "(frozen by default)."),
     preset: str = typer.Option("tiny", "--preset", help="Size of a --base tiny model: tiny or small."),
-    resolution: int | None = typer.Option(None, "--resolution", help="Training resolution (multiple of 8; default "
-                                          "64 for tiny, the base model's own otherwise)."),
+    resolution: Resolution = None,
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder for --base tiny, e.g. "
                                           "../shared/weights/clip-tokenizer (default: a byte-level one)."),
     vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),

@@ -22,7 +22,7 @@ from torch import nn
 
 from defectgen.detect.backbone import TINY, Backbone, load_backbone
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
-from defectgen.detect.features import batches, smooth_maps, to_tensor, upsample
+from defectgen.detect.features import batches, smooth_maps, to_tensor, top_k_mean, upsample
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -203,10 +203,11 @@ class AST(nn.Module, Detector):
                         for ti, si in zip(t, s, strict=True))
                 maps.append(smooth_maps(d.cpu().numpy(), self.sigma))
         out = np.concatenate(maps).astype(np.float32)
-        flat = out.reshape(len(out), -1)
-        k = max(1, int(round(self.top_k * flat.shape[1])))
-        scores = np.partition(flat, -k, axis=1)[:, -k:].mean(1)
-        return out, scores
+        return out, self.image_scores(out)
+
+    def image_scores(self, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """The mean of each map's top `top_k` fraction of pixels."""
+        return top_k_mean(maps, self.top_k)
 
     def config(self) -> dict:
         return {"detector": "ast", "backbone": self.teacher.name, "strides": list(self.strides),

@@ -72,6 +72,10 @@ class Detector(ABC):
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(maps N x H x W float32, image scores N)."""
 
+    def image_scores(self, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """Image scores from anomaly maps (of any sizes), by the rule `predict` uses: here each map's maximum."""
+        return np.asarray([float(np.max(m)) for m in maps], np.float32)
+
     def predict_with_boxes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
         """Maps, scores and per image a list of {"bbox": [x, y, w, h], "score", "class"}."""
         raise NotImplementedError(f"{self.name} does not output boxes")

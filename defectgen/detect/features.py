@@ -138,3 +138,14 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+
+
+def top_k_mean(maps: np.ndarray | Sequence[np.ndarray], fraction: float) -> np.ndarray:
+    """Per map, the mean of its highest `fraction` of pixels (at least one): an image score that one hot pixel
+    alone cannot make. Maps may differ in size."""
+    out = []
+    for m in maps:
+        flat = np.asarray(m, np.float32).ravel()
+        k = max(1, int(round(fraction * flat.size)))
+        out.append(np.partition(flat, -k)[-k:].mean())
+    return np.asarray(out, np.float32)

@@ -27,7 +27,7 @@ from torch import nn
 from defectgen.detect.ast import focal_loss
 from defectgen.detect.backbone import TINY, Backbone, load_backbone
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
-from defectgen.detect.features import batches, to_tensor
+from defectgen.detect.features import batches, to_tensor, top_k_mean
 from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
 
@@ -193,9 +193,11 @@ class Seg(nn.Module, Detector):
                 cls = torch.softmax(logits[:, 1:], dim=1).cpu().numpy() if self.n_class_logits else None
                 found += [self._boxes(prob[i], None if cls is None else cls[i]) for i in range(len(prob))]
         out = np.concatenate(maps)
-        flat = out.reshape(len(out), -1)
-        k = max(1, int(round(self.top_k * flat.shape[1])))
-        return out, np.partition(flat, -k, axis=1)[:, -k:].mean(1), found
+        return out, self.image_scores(out), found
+
+    def image_scores(self, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """The mean of each map's top `top_k` fraction of pixels."""
+        return top_k_mean(maps, self.top_k)
 
     def _boxes(self, prob: np.ndarray, cls: np.ndarray | None) -> list[dict[str, Any]]:
         n, lab, stats, _ = cv2.connectedComponentsWithStats((prob >= self.box_threshold).astype(np.uint8),

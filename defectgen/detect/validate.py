@@ -25,10 +25,12 @@ import torch
 
 from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
+from defectgen.detect.tiling import Tiled, check_tile, rescale_boxes, restore_maps
 from defectgen.errors import DefectgenError, warn
 from defectgen.io.datasets import open_dataset
-from defectgen.io.images import from_float, read_image, square_mask, square_uint8
+from defectgen.io.images import fit_mask, fit_uint8, from_float, read_image, stack_or_list
 from defectgen.io.output import OutputFolder
+from defectgen.io.resolution import Resolution, parse_resolution
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, coco_map, evaluate  # noqa: F401 - METRICS: the CLI reads it from here
 from defectgen.report import (
@@ -46,26 +48,43 @@ DEFAULT_BASELINES = ("none", "draem")
 NEEDS_LABELED = ("copypaste", "real", "real+synthetic")
 SUPERVISED_ONLY = ("real", "real+synthetic")  # labeled defects with no normals made into defects
 _SOURCE_KEYS = ("source", "source_image", "source_path", "normal", "normal_path")
+# the model input: (H, W), an int for a square, or None for images at their native size (tiles)
+Size = tuple[int, int] | int | None
 
 
-def _scaled_box(b, h: int, w: int, size: int) -> list[float]:
-    """A Box on an h x w image as [x, y, w, h] on the size x size image the detectors see."""
-    fx, fy = size / w, size / h
+def _hw(size: Size) -> tuple[int, int] | None:
+    return (size, size) if isinstance(size, (int, np.integer)) else (None if size is None else tuple(size))
+
+
+def _fit(image: np.ndarray, size: Size, channels: int) -> np.ndarray:
+    """A stored image as the detectors take it: uint8 with `channels`, at `size` (None: its own size)."""
+    h, w = _hw(size) or image.shape[:2]
+    return fit_uint8(image, h, w, channels)
+
+
+def _fit_mask(mask: np.ndarray, size: Size) -> np.ndarray:
+    return fit_mask(mask, *_hw(size)) if size is not None else np.asarray(mask, bool)
+
+
+def _scaled_box(b, h: int, w: int, size: tuple[int, int]) -> list[float]:
+    """A Box on an h x w image as [x, y, w, h] on the image of `size` (H, W) the detectors see."""
+    fx, fy = size[1] / w, size[0] / h
     return [b.x0 * fx, b.y0 * fy, (b.x1 - b.x0) * fx, (b.y1 - b.y0) * fy]
 
 
-def _boxes_of(s: Sample, mask: np.ndarray | None, size: int) -> list[dict[str, Any]]:
-    """Ground-truth boxes at `size`: a mask file's connected components (one box per defect region), else the
-    layout's own boxes (VOC, COCO)."""
+def _boxes_of(s: Sample, mask: np.ndarray | None) -> list[dict[str, Any]]:
+    """Ground-truth boxes in the image's own pixels: a mask file's connected components (one box per defect
+    region), else the layout's own boxes (VOC, COCO)."""
     default = s.class_name if s.class_name not in (None, "good") else "defect"
     if s.mask_path is not None and mask is not None:
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         return [{"bbox": [float(v) for v in stats[i, :4]], "class": default} for i in range(1, n)]
-    return [{"bbox": _scaled_box(b, s.height, s.width, size), "class": b.label or default} for b in s.boxes]
+    return [{"bbox": _scaled_box(b, s.height, s.width, (s.height, s.width)), "class": b.label or default}
+            for b in s.boxes]
 
 
-def _label_map(s: Sample, mask: np.ndarray, size: int, names: list[str]) -> np.ndarray:
-    """size x size ints: 0 outside `mask`, 1 + index into `names` (extended as classes appear) inside; a
+def _label_map(s: Sample, mask: np.ndarray, names: list[str]) -> np.ndarray:
+    """Ints at the mask's size: 0 outside `mask`, 1 + index into `names` (extended as classes appear) inside; a
     multi-class image's pixels take the class of the smallest box holding them, the rest the image's class."""
     def index(name: str | None) -> int:
         name = name if name not in (None, "good") else "defect"
@@ -73,11 +92,11 @@ def _label_map(s: Sample, mask: np.ndarray, size: int, names: list[str]) -> np.n
             names.append(name)
         return names.index(name) + 1
 
-    out = np.zeros((size, size), np.uint8)
+    out = np.zeros(mask.shape, np.uint8)
     labels = {b.label for b in s.boxes if b.label}
     if len(labels) > 1:
         for b in sorted(s.boxes, key=lambda b: -(b.x1 - b.x0) * (b.y1 - b.y0)):
-            x, y, w, h = _scaled_box(b, s.height, s.width, size)
+            x, y, w, h = _scaled_box(b, s.height, s.width, mask.shape)
             out[int(np.floor(y)):int(np.ceil(y + h)), int(np.floor(x)):int(np.ceil(x + w))] = index(b.label)
         out[~mask] = 0
     out[mask & (out == 0)] = index(s.class_name if s.class_name not in (None, "good")
@@ -91,23 +110,23 @@ def _subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
 
 
-def load_normals(train: Path, size: int, max_train: int | None, seed: int, progress: bool
-                 ) -> tuple[np.ndarray, list[Path], int]:
-    """Normal training images as N x size x size x C uint8, their paths, and C (3 if any source is RGB)."""
+def read_normals(train: Path, max_train: int | None, seed: int, progress: bool) -> list[Sample]:
+    """The normal training images as read (a random subset of `max_train`)."""
     ds = open_dataset(train)
     ds = ds.select(split="train", normal=True) if ds.format == "mvtec" else ds.select(normal=True)
     if len(ds) == 0:
         raise DefectgenError(train, "no normal images found to train on (expected train/good/ or a folder of "
                              "normal images)")
     ds.entries = [ds.entries[i] for i in _subset(len(ds), max_train, seed)]
-    samples = ds.read_all("normals", progress)
-    channels = 3 if any(s.channels == 3 for s in samples) else 1
-    return np.stack([square_uint8(s.image, size, channels) for s in samples]), [s.path for s in samples], channels
+    return ds.read_all("normals", progress)
 
 
-def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: int, progress: bool
-              ) -> dict[str, Any]:
-    """The real test set: images, bool masks (all-False for normals), labels, class names, paths."""
+def load_test(test: Path, resolution: Resolution | str | int | None, channels: int, max_test: int | None, seed: int,
+              progress: bool) -> dict[str, Any]:
+    """The real test set: model inputs ("images") at `size`, the model input (H, W) that `resolution` gives the
+    set's most common image size (None: native size, for tiles), and at each image's own size the "originals"
+    (uint8 with `channels`), bool "masks" (all-False for normals), ground-truth "boxes" and "sizes"; labels,
+    class names, paths."""
     ds = open_dataset(test)
     if ds.format == "mvtec" or "test" in ds.splits:  # an MVTec root, or a VOC root with train/ and test/
         ds = ds.select(split="test")
@@ -123,15 +142,21 @@ def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: 
             raise DefectgenError(test, f"defect image {s.path.name if s.path else '?'} has no mask; pixel metrics "
                                  "need ground-truth masks (ground_truth/<class>/<stem>_mask.png, COCO masks or "
                                  "VOC boxes)")
-    masks = [square_mask(s.defect_mask(), size) if not n else np.zeros((size, size), bool)
-             for s, n in zip(samples, normal, strict=True)]
-    boxes = [[] if n else _boxes_of(s, m, size) for s, m, n in zip(samples, masks, normal, strict=True)]
+    sizes = [(s.height, s.width) for s in samples]
+    size = None if resolution is None else parse_resolution(resolution).for_sizes(sizes)
+    masks = [s.defect_mask() if not n else np.zeros(hw, bool) for s, n, hw in zip(samples, normal, sizes,
+                                                                                  strict=True)]
+    boxes = [[] if n else _boxes_of(s, m) for s, m, n in zip(samples, masks, normal, strict=True)]
     box_classes = sorted({b["class"] for bs in boxes for b in bs})
     if not any(normal) and len(box_classes) < 2:
         raise DefectgenError(test, "the test set has no normal images: image AUROC needs both kinds")
+    originals = [_fit(s.image, None, channels) for s in samples]
     return {
-        "images": np.stack([square_uint8(s.image, size, channels) for s in samples]),
-        "masks": np.stack(masks),
+        "images": originals if size is None else np.stack([_fit(s.image, size, channels) for s in samples]),
+        "size": size,
+        "originals": originals,
+        "sizes": sizes,
+        "masks": masks,
         "labels": np.array([not n for n in normal]),
         "classes": ["good" if n else (s.class_name or "defect") for s, n in zip(samples, normal, strict=True)],
         "paths": [s.path for s in samples],
@@ -140,10 +165,11 @@ def load_test(test: Path, size: int, channels: int, max_test: int | None, seed: 
     }
 
 
-def load_labeled(labeled: Path, size: int, channels: int, test_classes: Sequence[str], progress: bool
+def load_labeled(labeled: Path, size: Size, channels: int, test_classes: Sequence[str], progress: bool
                  ) -> dict[str, Any]:
     """Real labeled defects (any layout; an MVTec root gives its labeled/ split, a VOC root its train/ split):
-    images, masks and class label maps at `size`, the class names, and the samples as read (for copypaste)."""
+    images, masks and class label maps at `size` ((H, W), a square's side, or None: their own), the class names,
+    and the samples as read (for copypaste)."""
     ds = open_dataset(labeled)
     if ds.format == "mvtec":
         ds = ds.select(split="labeled")
@@ -159,14 +185,15 @@ def load_labeled(labeled: Path, size: int, channels: int, test_classes: Sequence
                              "beside each image, labeled/<class>/ in an MVTec folder, VOC boxes or COCO "
                              "annotations)")
     names: list[str] = []
-    masks = [square_mask(s.defect_mask(), size) for s in samples]
-    label_maps = [_label_map(s, m, size, names) for s, m in zip(samples, masks, strict=True)]
+    masks = [_fit_mask(s.defect_mask(), size) for s in samples]
+    label_maps = [_label_map(s, m, names) for s, m in zip(samples, masks, strict=True)]
     missing = sorted(set(names) - set(test_classes))
     if missing:
         raise DefectgenError(labeled, f"labeled class(es) {', '.join(missing)} do not occur in the test set "
                              f"(its classes: {', '.join(sorted(test_classes)) or 'none'})")
-    return {"images": np.stack([square_uint8(s.image, size, channels) for s in samples]),
-            "masks": np.stack(masks), "labels": np.stack(label_maps), "class_names": names, "samples": samples}
+    return {"images": stack_or_list([_fit(s.image, size, channels) for s in samples]),
+            "masks": stack_or_list(masks), "labels": stack_or_list(label_maps), "class_names": names,
+            "samples": samples}
 
 
 def _declared_sources(synthetic: Path) -> dict[Path, Path]:
@@ -190,16 +217,17 @@ def _declared_sources(synthetic: Path) -> dict[Path, Path]:
     return found
 
 
-def _clean_of(image: np.ndarray, mask: np.ndarray, normals_small: np.ndarray, normals: np.ndarray
+def _clean_of(image: np.ndarray, mask: np.ndarray, normals_small: np.ndarray, normals: Sequence[np.ndarray]
               ) -> tuple[np.ndarray, str]:
     """The clean normal a synthetic image was made from: the pipeline keeps the outside of the mask
-    bit-exact, so the training normal that matches outside the mask is it; failing that, the masked region
-    is inpainted from its surroundings (an approximation the report counts)."""
+    bit-exact, so the training normal (of the image's size) that matches outside the mask is it; failing that,
+    the masked region is inpainted from its surroundings (an approximation the report counts)."""
     small = cv2.resize(image.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA).reshape(32, 32, -1)
     outside = ~cv2.resize(cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)), (32, 32),
                           interpolation=cv2.INTER_NEAREST).astype(bool)
     if outside.sum() > 32:
         diff = np.abs(normals_small - small[None]).mean(axis=3)[:, outside].mean(axis=1)
+        diff[[n.shape != image.shape for n in normals]] = np.inf  # at native size, normals of other sizes
         best = int(np.argmin(diff))
         if diff[best] < 2.0:
             return normals[best], "matched"
@@ -211,11 +239,12 @@ def _inpainted(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.reshape(image.shape)
 
 
-def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, normals: np.ndarray, progress: bool,
-                   labeled: dict[str, Any] | None = None
+def load_synthetic(synthetic: Path | Sequence[Path], size: Size, channels: int, normals: Sequence[np.ndarray],
+                   progress: bool, labeled: dict[str, Any] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], np.ndarray, list[str]]:
-    """Synthetic defect images, masks and their clean normals at `size`, how the cleans were found, and the
-    class label maps with their class names (see `_label_map`). Several sets (one per class, say) are pooled.
+    """Synthetic defect images, masks and their clean normals at `size` ((H, W), a square's side, or None:
+    their own), how the cleans were found, and the class label maps with their class names (see `_label_map`);
+    arrays, or lists where images of several sizes stay at their own. Several sets (one per class, say) pool.
 
     labeled: the real labeled defects as `load_labeled` gives them. A synthetic image painted on one of them (a
     dataset without normal images, such as NEU-DET, paints on its labeled defects) keeps that image's own labeled
@@ -238,8 +267,8 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
     canvas_index = {s.path.resolve(): i for i, s in enumerate(labeled["samples"]) if s.path is not None} \
         if labeled else {}
     for s in samples:
-        img, m = square_uint8(s.image, size, channels), square_mask(s.mask, size)
-        lab = _label_map(s, m, size, names)
+        img, m = _fit(s.image, size, channels), _fit_mask(s.mask, size)
+        lab = _label_map(s, m, names)
         src = declared.get(s.path.resolve()) if s.path is not None else None
         canvas = canvas_index.get(src) if src is not None else None
         if canvas is not None:  # the canvas's own defects, under the painted one
@@ -251,7 +280,7 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
         if canvas is not None:
             clean, kind = labeled["images"][canvas], "declared"
         elif src is not None:
-            clean, kind = square_uint8(read_image(src), size, channels), "declared"
+            clean, kind = _fit(read_image(src), size, channels), "declared"
         elif normals_small is not None:
             clean, kind = _clean_of(img, m, normals_small, normals)
         else:
@@ -260,7 +289,8 @@ def load_synthetic(synthetic: Path | Sequence[Path], size: int, channels: int, n
         images.append(img)
         masks.append(m)
         cleans.append(clean)
-    return np.stack(images), np.stack(masks), np.stack(cleans), how, np.stack(labels), names
+    return (stack_or_list(images), stack_or_list(masks), stack_or_list(cleans), how, stack_or_list(labels),
+            names)
 
 
 def _relabel(label_map: np.ndarray, from_names: Sequence[str], names: list[str]) -> np.ndarray:
@@ -274,34 +304,39 @@ def _relabel(label_map: np.ndarray, from_names: Sequence[str], names: list[str])
     return remap[label_map]
 
 
-def draem_set(normals: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n DRAEM-style defects on randomly chosen normals with Perlin masks (textures: the normals)."""
+def draem_set(normals: Sequence[np.ndarray], n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n DRAEM-style defects on randomly chosen normals (of any sizes) with Perlin masks (textures: the
+    normals): images, masks and cleans as arrays, or lists when the normals differ in size."""
     from defectgen.masks import MaskGenerator
     from defectgen.synth.draem import DraemGenerator
 
     rng = np.random.default_rng([seed, 7])
     pick = rng.integers(len(normals), size=n)
-    size = normals.shape[1]
-    masks = [MaskGenerator("perlin", seed=seed)(i, size, size)[0] for i in range(n)]
+    masks = [MaskGenerator("perlin", seed=seed)(i, *normals[k].shape[:2])[0] for i, k in enumerate(pick)]
     gen = DraemGenerator(textures=list(normals))
     floats = [normals[i].astype(np.float32) / 255.0 for i in pick]
     out = gen.generate(floats, masks, [int(seed) * 100003 + i for i in range(n)], [None] * n)
-    return (np.stack([from_float(o, np.uint8) for o in out]), np.stack(masks), normals[pick])
+    return (stack_or_list([from_float(o, np.uint8) for o in out]), stack_or_list(masks),
+            stack_or_list([normals[i] for i in pick]))
 
 
-def _labels_from_classes(masks: np.ndarray, per_image: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def _labels_from_classes(masks: Sequence[np.ndarray], per_image: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     names = sorted(set(per_image))
-    idx = np.array([names.index(c) + 1 for c in per_image], np.uint8)
-    return (masks * idx[:, None, None]).astype(np.uint8), names
+    return stack_or_list([np.asarray(m, np.uint8) * (names.index(c) + 1) for m, c in zip(masks, per_image,
+                                                                                         strict=True)]), names
+
+
+def _join(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    return stack_or_list([*a, *b])
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Two training sets in one: classes merged by name, label maps re-indexed."""
     names = list(a["class_names"]) + [c for c in b["class_names"] if c not in a["class_names"]]
     remap = np.array([0] + [names.index(c) + 1 for c in b["class_names"]], np.uint8)
-    cleans = None if a["cleans"] is None or b["cleans"] is None else np.concatenate([a["cleans"], b["cleans"]])
-    return {"images": np.concatenate([a["images"], b["images"]]), "masks": np.concatenate([a["masks"], b["masks"]]),
-            "cleans": cleans, "labels": np.concatenate([a["labels"], remap[b["labels"]]]), "class_names": names,
+    cleans = None if a["cleans"] is None or b["cleans"] is None else _join(a["cleans"], b["cleans"])
+    return {"images": _join(a["images"], b["images"]), "masks": _join(a["masks"], b["masks"]),
+            "cleans": cleans, "labels": _join(a["labels"], [remap[x] for x in b["labels"]]), "class_names": names,
             "synthetic_images": a["synthetic_images"] + b["synthetic_images"],
             "real_images": a["real_images"] + b["real_images"]}
 
@@ -315,23 +350,23 @@ def _training_set(images=None, masks=None, cleans=None, labels=None, class_names
 def _copypaste(normals: np.ndarray, labeled: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     from defectgen.synth.copypaste import copypaste_set  # synth sits beside detect: imported when the run needs it
     images, masks, cleans, per_image = copypaste_set(normals, labeled["samples"], n, seed)
-    labels, names = _labels_from_classes(np.asarray(masks, bool), per_image)
-    return _training_set(np.asarray(images), np.asarray(masks, bool), np.asarray(cleans), labels, names,
-                         synthetic_images=len(images))
+    labels, names = _labels_from_classes(masks, per_image)
+    return _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
 
 
-def _per_class(test: dict[str, Any], maps: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, float]]:
+def _per_class(test: dict[str, Any], maps: Sequence[np.ndarray], scores: np.ndarray) -> dict[str, dict[str, float]]:
     classes = sorted({c for c, lab in zip(test["classes"], test["labels"], strict=True) if lab})
     good = ~test["labels"]
     result = {}
     for c in classes:
-        keep = good | np.array([x == c for x in test["classes"]])
-        result[c] = evaluate(test["labels"][keep], scores[keep], test["masks"][keep], maps[keep])
+        keep = np.flatnonzero(good | np.array([x == c for x in test["classes"]]))
+        result[c] = evaluate(test["labels"][keep], scores[keep], [test["masks"][i] for i in keep],
+                             [maps[i] for i in keep])
     return result
 
 
-def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence[str], real_labeled,
-                   resolution: int) -> tuple[list[str], dict[str, str]]:
+def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence[str], real_labeled
+                   ) -> tuple[list[str], dict[str, str]]:
     """The runs to make (baselines without repeats or runs the detector cannot learn from) and the skipped
     ones with why; a choice that cannot work is refused here, before any input is read."""
     unknown = [b for b in baselines if b not in BASELINES]
@@ -356,8 +391,6 @@ def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence
                              "defects with masks or boxes")
     if "real+synthetic" in baselines and synthetic is None:
         raise DefectgenError(None, "baseline real+synthetic needs `synthetic`")
-    if resolution < 32 or resolution % 32:
-        raise DefectgenError(None, f"`resolution` must be a multiple of 32 and at least 32, got {resolution}")
     if train is None:
         if not det_cls.supervised:
             raise DefectgenError(None, f"{detector} learns what normal looks like: it needs normal training "
@@ -370,28 +403,33 @@ def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence
 
 
 def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, real_labeled: Path | None,
-                 resolution: int, max_train: int | None, max_test: int | None, seed: int, progress: bool,
-                 uses_labeled: bool) -> dict[str, Any]:
-    """Normals, test set, labeled defects and the synthetic set as training set (`_training_set`), read at
-    `resolution`: normals, channels, test_set, labeled (None without --real-labeled), synthetic (None without
-    --synthetic) and clean_sources (how the synthetic set's clean normals were found)."""
-    if train is not None:
-        normals, _, channels = load_normals(train, resolution, max_train, seed, progress)
-    else:  # defect images are the only training images; detectors run on 3 channels
-        normals, channels = np.zeros((0, resolution, resolution, 3), np.uint8), 3
+                 resolution: Resolution | None, max_train: int | None, max_test: int | None, seed: int,
+                 progress: bool, uses_labeled: bool) -> dict[str, Any]:
+    """Normals, test set, labeled defects and the synthetic set as training set (`_training_set`), all at the
+    model input `resolution` gives the test set (None: at their own size, for tiles): normals, channels,
+    test_set, labeled (None without --real-labeled), synthetic (None without --synthetic) and clean_sources (how
+    the synthetic set's clean normals were found)."""
+    normal_samples = read_normals(train, max_train, seed, progress) if train is not None else []
+    # gray only when every normal is gray; without normals the defect images train, on 3 channels
+    channels = 1 if normal_samples and all(s.channels == 1 for s in normal_samples) else 3
     test_set = load_test(test, resolution, channels, max_test, seed, progress)
+    size = test_set["size"]
+    normals = stack_or_list([_fit(s.image, size, channels) for s in normal_samples])
+    if not normal_samples:
+        normals = np.zeros((0, *(size or (32, 32)), 3), np.uint8)
+    del normal_samples
     test_classes = sorted({c for c in test_set["classes"] if c != "good"} | set(test_set["box_classes"]))
     labeled = None
     if real_labeled is not None:  # checked even when no run uses it: a bad input is reported, not ignored
-        labeled = load_labeled(real_labeled, resolution, channels, test_classes, progress)
+        labeled = load_labeled(real_labeled, size, channels, test_classes, progress)
         if not uses_labeled:
             print(f"note: no run uses --real-labeled (baselines {', '.join(NEEDS_LABELED)} do)", file=sys.stderr,
                   flush=True)
     inputs = {"normals": normals, "channels": channels, "test_set": test_set, "labeled": labeled,
               "synthetic": None, "clean_sources": None}
     if synthetic is not None:
-        images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, resolution, channels,
-                                                                              normals, progress, labeled)
+        images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, size, channels, normals,
+                                                                              progress, labeled)
         inputs["synthetic"] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
         inputs["clean_sources"] = clean_sources
     return inputs
@@ -411,8 +449,8 @@ def _training_sets(baselines: Sequence[str], inputs: dict[str, Any], n_draem: in
             runs_data[b] = _training_set()
         elif b == "draem":
             images, masks, cleans = draem_set(normals, n_syn, seed)
-            runs_data[b] = _training_set(images, masks, cleans, masks.astype(np.uint8), ["defect"],
-                                         synthetic_images=len(images))
+            labels, names = _labels_from_classes(masks, ["defect"] * len(masks))
+            runs_data[b] = _training_set(images, masks, cleans, labels, names, synthetic_images=len(images))
         elif b == "copypaste":
             runs_data[b] = _copypaste(normals, labeled, n_syn, seed)
             runs_data[b]["real_images"] = len(labeled["images"])
@@ -424,21 +462,27 @@ def _training_sets(baselines: Sequence[str], inputs: dict[str, Any], n_draem: in
 
 
 def _train_and_score(name: str, data: dict[str, Any], det_cls, detector: str, bb, options: DetectorOptions,
-                     normals: np.ndarray, test_set: dict[str, Any], boxes_too: bool, progress: bool):
-    """Train one run's detector on `data` and score it on the test set: (the model, the run's record for the
-    report, maps, scores)."""
+                     normals: np.ndarray, test_set: dict[str, Any], boxes_too: bool, progress: bool,
+                     tile: int | None = None):
+    """Train one run's detector on `data` (on tiles of `tile` at native scale if given) and score it on the test
+    set: (the model, the run's record for the report, maps at each test image's own size, scores)."""
     t0 = time.perf_counter()
     model = det_cls.from_options(bb, options)
+    if tile is not None:
+        model = Tiled(model, tile, options.seed)
     model.fit(normals, data["images"], data["masks"], progress=progress, cleans=data["cleans"],
               labels=data["labels"], class_names=data["class_names"], desc=f"[{name}] {detector}")
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     run: dict[str, Any] = {}
+    sizes = test_set["sizes"]
     if boxes_too:
         maps, scores, found = model.predict_with_boxes(test_set["images"])
-        run["coco"] = coco_map(test_set["boxes"], found, test_set["box_classes"])
+        run["coco"] = coco_map(test_set["boxes"], rescale_boxes(found, test_set["size"], sizes),
+                               test_set["box_classes"])
     else:
         maps, scores = model.predict(test_set["images"])
+    maps = restore_maps(maps, sizes)  # pixel metrics on the original masks, not squashed ones
     metrics = evaluate(test_set["labels"], scores, test_set["masks"], maps)
     per_class = _per_class(test_set, maps, scores)
     record = {"metrics": metrics, "per_class": per_class, "train_s": train_s, "test_s": time.perf_counter() - t1,
@@ -462,7 +506,7 @@ def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path
         else None,
         "real_labeled": str(real_labeled) if real_labeled else None,
         "test": str(test), "baselines": list(baselines), "backbone": s["backbone"],
-        "backbone_pretrained": is_pretrained(s["backbone"]), "resolution": s["resolution"],
+        "backbone_pretrained": is_pretrained(s["backbone"]), "resolution": s["resolution"], "tile": s["tile"],
         "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None, "student_width": s["student_width"],
         "batch_size": s["batch_size"], "lr": s["lr"],
         "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
@@ -493,12 +537,13 @@ def _data_summary(inputs: dict[str, Any], boxes_too: bool) -> dict[str, Any]:
 def run_validation(
     detector: str, train: str | Path | None, test: str | Path, out: str | Path,
     synthetic: str | Path | Sequence[str | Path] | None = None,
-    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str | None = None, resolution: int = 256, seed: int = 0,
-    steps: int = 1000, batch_size: int = 8, lr: float = 1e-3, coreset_ratio: float = 0.1,
+    baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str | None = None,
+    resolution: int | str | Resolution = 256, seed: int = 0, steps: int = 1000, batch_size: int = 8,
+    lr: float = 1e-3, coreset_ratio: float = 0.1,
     n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
     student_width: int | None = None, positive_quantile: float | None = None,
-    real_labeled: str | Path | None = None,
+    real_labeled: str | Path | None = None, tile: int | None = None,
 ) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json).
@@ -506,13 +551,20 @@ def run_validation(
     train: the normal images; None for a supervised detector on a dataset without normals (NEU-DET), which then
     learns from defect images alone. synthetic: one set, or several pooled (one folder per class, say).
 
+    resolution: the model input, `HxW` or the short side with the aspect kept (`parse_resolution`); one input
+    size serves the whole run, the one the test set's most common image size gives, and every set is resized
+    to it. Anomaly maps are resized back to each test image's own size and pixel metrics use the original
+    masks; report.json records the input used as [H, W]. tile: instead, images stay at native scale and the
+    detector works on overlapping `tile` x `tile` windows (`Tiled`); `resolution` is then not used.
+
     real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
     split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
     copypaste baselines make (default: as many as the synthetic set has, else 100). backbone: see
     `resolve_backbone` (None: the pretrained default)."""
     start = time.perf_counter()
     det_cls = get_detector(detector)
-    baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled, resolution)
+    resolution, tile = parse_resolution(resolution), check_tile(tile)
+    baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled)
     train = Path(train) if train is not None else None
     test, out = Path(test), Path(out)
     if synthetic is not None:
@@ -522,38 +574,29 @@ def run_validation(
     dev = pick_device(device)
     backbone = resolve_backbone(backbone)
     bb = load_backbone(backbone, dev)  # before anything is read or written: offline, the error comes first
-    if not is_pretrained(backbone):
-        warn(TINY_WARNING)
     # every input is read and every baseline made before the output folder is touched
-    inputs = _load_inputs(train, test, synthetic, real_labeled, resolution, max_train, max_test, seed, progress,
-                          uses_labeled=any(b in NEEDS_LABELED for b in baselines))
+    inputs = _load_inputs(train, test, synthetic, real_labeled, None if tile else resolution, max_train, max_test,
+                          seed, progress, uses_labeled=any(b in NEEDS_LABELED for b in baselines))
+    test_set = inputs["test_set"]
+    boxes_too = det_cls.produces_boxes and len(test_set["box_classes"]) >= 2
+    if tile and boxes_too:
+        raise DefectgenError(None, "`tile` does not produce boxes yet, and this multi-class test set is scored "
+                             "by box mAP: leave out `tile`")
     runs_data, n_syn = _training_sets(baselines, inputs, n_draem, seed)
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
                           protect=[train, test, *(synthetic or []), backbone, real_labeled])
+    if not is_pretrained(backbone):  # said once the inputs are known good, so a bad input stays one line
+        warn(TINY_WARNING)
     out = folder.prepare()
     try:
-        options = DetectorOptions(seed=seed, sigma=4.0 * resolution / 256, steps=steps, batch_size=batch_size, lr=lr,
+        size = test_set["size"] or (tile, tile)
+        options = DetectorOptions(seed=seed, sigma=4.0 * min(size) / 256, steps=steps, batch_size=batch_size, lr=lr,
                                   coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width)
-        test_set = inputs["test_set"]
-        boxes_too = det_cls.produces_boxes and len(test_set["box_classes"]) >= 2
-        show = overlay_picks(test_set, n_overlays, np.random.default_rng(seed))
-        results: dict[str, Any] = {"runs": {}}
-        curves: dict[str, dict[str, Any]] = {}
-        overlay_maps: dict[str, tuple[np.ndarray, float, float]] = {}
-        for name, data in runs_data.items():
-            model, results["runs"][name], maps, scores = _train_and_score(
-                name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress)
-            curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
-            overlay_maps[name] = (maps[show], float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
-            if save_models:
-                model.save(out / f"{detector}_{name}.safetensors")
-            del maps, model
-        write_roc(out / "roc.png", test_set, curves)
-        curves.clear()
-        overlay_files = write_overlays(out / "overlays", test_set, show, overlay_maps)
-        settings = {"backbone": backbone, "resolution": resolution, "seed": seed, "steps": steps,
+        results = _run_all(out, detector, det_cls, bb, options, inputs, runs_data,
+                           boxes_too, tile, n_overlays, save_models, progress)
+        settings = {"backbone": backbone, "resolution": list(size), "tile": tile, "seed": seed, "steps": steps,
                     "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
                     "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test}
         results["config"] = _run_config(detector, det_cls, train, synthetic, real_labeled, test, baselines, n_syn,
@@ -563,10 +606,35 @@ def run_validation(
         results.update(_data_summary(inputs, boxes_too))
         results["hardware"] = hardware(dev)
         results["wall_time_s"] = time.perf_counter() - start
-        results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
         results["runs"] = json_safe(results["runs"])
         write_validation_report(out, results)
         return results
     except BaseException:
         folder.abandon()  # a report is written whole or not at all: no half report folder stays behind
         raise
+
+
+def _run_all(out: Path, detector: str, det_cls, bb, options: DetectorOptions, inputs: dict[str, Any],
+             runs_data: dict[str, dict[str, Any]], boxes_too: bool, tile: int | None, n_overlays: int,
+             save_models: bool, progress: bool) -> dict[str, Any]:
+    """Train and score every run, write roc.png and the overlays; {"runs": records, "files": names}."""
+    test_set = inputs["test_set"]
+    show = overlay_picks(test_set, n_overlays, np.random.default_rng(options.seed))
+    results: dict[str, Any] = {"runs": {}}
+    curves: dict[str, dict[str, Any]] = {}
+    overlay_maps: dict[str, tuple[list[np.ndarray], float, float]] = {}
+    for name, data in runs_data.items():
+        model, results["runs"][name], maps, scores = _train_and_score(
+            name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress, tile)
+        curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
+        every = np.concatenate([m.ravel() for m in maps])  # the colour scale spans all test images
+        overlay_maps[name] = ([maps[i] for i in show], float(np.percentile(every, 1)),
+                              float(np.percentile(every, 99.9)))
+        if save_models:
+            model.save(out / f"{detector}_{name}.safetensors")
+        del maps, model, every
+    write_roc(out / "roc.png", test_set, curves)
+    curves.clear()
+    overlay_files = write_overlays(out / "overlays", test_set, show, overlay_maps)
+    results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
+    return results

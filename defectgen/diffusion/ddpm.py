@@ -38,6 +38,7 @@ from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import mask_window, match_channels, resize, to_float
 from defectgen.io.output import OutputFolder
+from defectgen.io.resolution import square_side
 from defectgen.io.sample import Box
 from defectgen.masks import MaskGenerator
 
@@ -410,7 +411,7 @@ def train_ddpm(
     labeled: str | Path | None = None,
     *,
     preset: str = "small",
-    resolution: int | None = None,
+    resolution: int | str | None = None,
     crop: str = "random",
     class_dropout: float = 0.1,
     config: TrainConfig | None = None,
@@ -422,10 +423,15 @@ def train_ddpm(
 ) -> DdpmModel:
     """Train the unconditional DDPM (normals only) or the conditional one (`labeled` given) and save it to `out`.
 
+    resolution: the side of the square training windows (cut at native scale, `crop` random, or the image
+    resized, `crop` resize), `N` or `NxN` as `parse_resolution` reads it (a multiple of the preset's
+    `min_resolution_multiple`); a non-square HxW is refused. None: the shortest image side, at most 256.
+
     Returns the trained model (EMA weights when EMA is on), loaded back from `out`. `trust_checkpoint` lets
     `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
     cfg = config or TrainConfig()
     _check_training_options(normals, labeled, preset, crop, class_dropout)
+    resolution = square_side(resolution, min_resolution_multiple(preset), "the DDPM")
     kind = "cddpm" if labeled is not None else "ddpm"
     normal_samples, labeled_samples = _read_training_samples(normals, labeled)
     used = labeled_samples + normal_samples

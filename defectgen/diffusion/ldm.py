@@ -24,6 +24,7 @@ from torch import nn
 from defectgen.diffusion.folder import update_metadata, write_metadata
 from defectgen.errors import DefectgenError
 from defectgen.io.images import to_float
+from defectgen.io.resolution import square_side
 from defectgen.prompts import Material
 
 LDM_PRESETS: dict[str, dict[str, Any]] = {
@@ -305,12 +306,15 @@ def _labeled_defects(labeled: str | Path, fmt: str, captions_of) -> tuple[list[L
 
 def train_ldm(
     labeled: str | Path, out_dir: str | Path, cfg, *, base: str = "tiny", preset: str = "tiny",
-    prompts: str | Path | None = None, lora_rank: int = 0, resolution: int | None = None,
+    prompts: str | Path | None = None, lora_rank: int = 0, resolution: int | str | None = None,
     tokenizer: str | Path | None = None, vae_steps: int = 2000, train_text_encoder: bool = False,
     fmt: str = "auto", resume: bool = False, trust_checkpoint: bool = False, overwrite: bool = False, log=print,
 ) -> dict[str, Any]:
     """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written.
-    `trust_checkpoint` lets `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
+    resolution: the side of the square windows cut at native scale around the masks, `N` or `NxN` (a multiple
+    of 8; a non-square HxW is refused); None: 64 for `tiny`, else the base model's own. `trust_checkpoint` lets
+    `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
+    resolution = square_side(resolution, 8, "the inpainting LDM")
     from defectgen.diffusion.training import checkpoints, train_loop
     from defectgen.io.output import OutputFolder
     from defectgen.prompts import load_material

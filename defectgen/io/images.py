@@ -221,21 +221,64 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else from_float(to_float(image), np.uint8)
 
 
-def square_uint8(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Any stored image -> size x size x channels uint8 (what the detectors work on): area-resampled when
+def fit_uint8(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """Any stored image -> height x width x channels uint8 (what the detectors work on): area-resampled when
     shrinking, bilinear when growing; gray repeated to RGB, or RGB averaged to gray."""
-    interp = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
-    img = resize(to_float(image).reshape(*image.shape[:2], -1), size, size, interpolation=interp)
+    interp = cv2.INTER_AREA if image.shape[0] > height or image.shape[1] > width else cv2.INTER_LINEAR
+    img = resize(to_float(image).reshape(*image.shape[:2], -1), height, width, interpolation=interp)
     if img.shape[2] != channels:
         img = np.repeat(img, 3, axis=2) if channels == 3 else img.mean(axis=2, keepdims=True)
     return from_float(img, np.uint8)
 
 
-def square_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A bool mask at size x size: area-resampled and cut at one half; a defect smaller than a pixel keeps its
+def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A bool mask at height x width: area-resampled and cut at one half; a defect smaller than a pixel keeps its
     strongest pixel."""
-    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    if mask.shape[:2] == (height, width):
+        return np.asarray(mask, bool)
+    m = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
     out = m >= 0.5
     if mask.any() and not out.any():
         out = m >= m.max()
     return out
+
+
+def stack_or_list(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array when every item has the same shape (a batch), else the list as it is (images at native size)."""
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    return list(arrays)
+
+
+# ---- tiles: images larger than the model, scored in overlapping windows at native scale ------------------------
+
+def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` grown to at least height x width by mirroring its edges (bottom and right), so that a tile fits;
+    returned as is when already that large."""
+    dh, dw = max(0, height - image.shape[0]), max(0, width - image.shape[1])
+    if not dh and not dw:
+        return image
+    pad = ((0, dh), (0, dw)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, pad, mode="symmetric")
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of windows of `tile` every `stride` along `length` (>= tile), the last one flush with the end,
+    so that every pixel is covered."""
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def random_window(height: int, width: int, side: int, rng: np.random.Generator,
+                  mask: np.ndarray | None = None) -> tuple[int, int]:
+    """The top-left corner of a random side x side window in a height x width image (at least that large); with a
+    non-empty `mask`, one that holds a random pixel of it (so a small defect is never cut away)."""
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        y0 = int(np.clip(ys[k] - rng.integers(side), 0, height - side))
+        x0 = int(np.clip(xs[k] - rng.integers(side), 0, width - side))
+        return y0, x0
+    return int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))

@@ -27,7 +27,8 @@ PRESET_DIR = resources.files("defectgen") / "data" / "masks"
 
 __all__ = [
     "KINDS", "BoxConfig", "MaskGenerator", "PerlinConfig", "ShapeBank", "box_mask", "box_stats_from",
-    "estimate_foreground", "load_preset", "mask_generator", "mask_rng", "perlin_mask", "synthesis_masks",
+    "estimate_foreground", "load_preset", "mask_generator", "mask_rng", "on_foreground", "perlin_mask",
+    "synthesis_masks",
 ]
 
 
@@ -50,6 +51,18 @@ def estimate_foreground(image: np.ndarray) -> np.ndarray:
         return np.ones(gray.shape, bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == largest
+
+
+def on_foreground(crop: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Where a bool `crop` can go on an image with this `foreground`: a bool map of its top-left corners, True
+    where it lies wholly on the foreground, or, where it fits nowhere, where it covers the most foreground."""
+    h, w = foreground.shape
+    ch, cw = crop.shape
+    # count[y, x] = foreground pixels under the crop with its top-left corner at (y, x)
+    count = cv2.filter2D(foreground.astype(np.float32), -1, crop.astype(np.float32), anchor=(0, 0),
+                         borderType=cv2.BORDER_CONSTANT)[:h - ch + 1, :w - cw + 1]
+    best = count >= float(crop.sum()) - 0.5
+    return best if best.any() else count >= float(count.max()) - 0.5
 
 
 def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:

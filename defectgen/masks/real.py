@@ -1,77 +1,93 @@
 """Masks taken from real defects: each sample reuses the mask of a labeled defect of its class (DSYM-style).
 
 Random Perlin blobs are the classic choice, but real defects are not blobs: a blowhole is one dot, a break sits at
-the tile's edge, an 'uneven' region covers a quarter of the part. Reusing the labeled masks (resized to the normal
-image, randomly flipped) puts generated defects where, and as large as, real ones are. Box-only sources (VOC)
-give their boxes as filled rectangles.
+the tile's edge, an 'uneven' region covers a quarter of the part. Reusing the labeled masks puts generated defects
+where, and as large as, real ones are: a mask keeps its native pixel size on any image (a defect is as many pixels
+on a 256x1600 strip as on the 200x200 crop it was labeled on; only one larger than the image is shrunk to fit), is
+randomly flipped, and lies where it lay on its own image relative to the edges, moved to the nearest place on the
+part's foreground when a foreground is given. Box-only sources (VOC) give their boxes as filled rectangles.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
+from defectgen.io.images import fit_mask
 from defectgen.io.sample import Box
-from defectgen.masks import mask_rng
+from defectgen.masks import mask_rng, on_foreground
 
-# Stored masks are shrunk to at most this many pixels a side: enough for any target size, and 1440 NEU boxes
-# or a few hundred large MVTec masks stay a few MB.
-_STORE = 256
+
+@dataclass
+class _Stored:
+    """A labeled defect's mask cropped to its extent, and where that crop lay: its offset (y, x) as a fraction of
+    the room its image left around it (0: at the top or left edge, 1: at the bottom or right edge)."""
+
+    crop: np.ndarray
+    where: tuple[float, float]
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> _Stored:
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        room_y, room_x = mask.shape[0] - (y1 - y0), mask.shape[1] - (x1 - x0)
+        return cls(np.ascontiguousarray(mask[y0:y1, x0:x1]),
+                   (y0 / room_y if room_y else 0.5, x0 / room_x if room_x else 0.5))
 
 
 class RealMasks:
     """`gen(i, h, w, foreground=None, label=None) -> (mask, boxes)`: mask i is a labeled defect of class
-    `label` (any class when `label` is None or unknown), drawn from (seed, i), resized to h x w and flipped at
-    random. `source` is a dataset folder with masks or boxes (an MVTec root uses its labeled/ split, else its
-    test defects)."""
+    `label` (any class when `label` is None or unknown), drawn from (seed, i), at its native size on the h x w
+    image (shrunk only to fit), flipped at random, at its own relative place or, with a `foreground`, the nearest
+    place wholly on it. `source` is a dataset folder with masks or boxes (an MVTec root uses its labeled/ split,
+    else its test defects)."""
+
+    wants_foreground = True  # the synthesis pipeline passes each normal image's foreground
 
     def __init__(self, source: str | Path, seed: int = 0, flip: bool = True, fmt: str = "auto"):
         from defectgen.io.datasets import open_dataset
 
         ds = open_dataset(source, fmt).labeled_defects()
         self.source, self.seed, self.flip = Path(source), int(seed), bool(flip)
-        self.by_class: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.by_class: dict[str, list[_Stored]] = defaultdict(list)
         for sample in ds:
             mask = sample.defect_mask()
-            if not mask.any():
-                continue
-            self.by_class[sample.class_name or "defect"].append(_shrink(mask))
+            if mask.any():
+                self.by_class[sample.class_name or "defect"].append(_Stored.of(mask))
         if not self.by_class:
             raise DefectgenError(source, "no defect masks or boxes found to take masks from")
         self.all = [m for masks in self.by_class.values() for m in masks]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "real", "source": str(self.source), "seed": self.seed, "flip": self.flip,
-                "masks": {c: len(m) for c, m in sorted(self.by_class.items())}}
+                "size": "native", "masks": {c: len(m) for c, m in sorted(self.by_class.items())}}
 
     def __call__(self, index: int, height: int, width: int, foreground: np.ndarray | None = None,
                  label: str | None = None) -> tuple[np.ndarray, list[Box]]:
         rng = mask_rng(self.seed, index)
         pool = self.by_class.get(label, self.all) if label is not None else self.all
-        small = pool[int(rng.integers(len(pool)))]
+        stored = pool[int(rng.integers(len(pool)))]
+        crop, (fy, fx) = stored.crop, stored.where
         if self.flip:
             if rng.random() < 0.5:
-                small = small[:, ::-1]
+                crop, fx = crop[:, ::-1], 1 - fx
             if rng.random() < 0.5:
-                small = small[::-1, :]
-        # Area resize, then a threshold at half coverage, or at half the peak for a defect thinner than a pixel
-        # at this size: a one-pixel blowhole or a hairline crack shrinks instead of vanishing.
-        interp = cv2.INTER_AREA if small.shape[0] > height else cv2.INTER_LINEAR
-        cover = cv2.resize(np.ascontiguousarray(small), (width, height), interpolation=interp)
-        mask = cover >= min(0.5, 0.5 * float(cover.max()))  # stored masks are never empty: max > 0
+                crop, fy = crop[::-1, :], 1 - fy
+        if crop.shape[0] > height or crop.shape[1] > width:  # larger than the image: shrunk to fit
+            f = min(height / crop.shape[0], width / crop.shape[1])
+            crop = fit_mask(crop, max(1, int(crop.shape[0] * f)), max(1, int(crop.shape[1] * f)))
+        ch, cw = crop.shape
+        y0, x0 = round(fy * (height - ch)), round(fx * (width - cw))
+        if foreground is not None and np.any(foreground):
+            ys, xs = np.nonzero(on_foreground(crop, np.asarray(foreground, bool)))
+            k = int(np.argmin((ys - y0) ** 2 + (xs - x0) ** 2))  # the nearest place on the part
+            y0, x0 = int(ys[k]), int(xs[k])
+        mask = np.zeros((height, width), bool)
+        mask[y0:y0 + ch, x0:x0 + cw] = crop
         box = Box.from_mask(mask, label)
         return mask, [box] if box else []
-
-
-def _shrink(mask: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    scale = min(1.0, _STORE / max(h, w))
-    if scale == 1.0:
-        return mask.astype(np.float32)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)

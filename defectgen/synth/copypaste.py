@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.images import from_float, match_channels, resize, to_float
+from defectgen.io.images import from_float, match_channels, resize, stack_or_list, to_float
 from defectgen.io.sample import Sample
-from defectgen.masks import estimate_foreground
+from defectgen.masks import estimate_foreground, on_foreground
 from defectgen.synth.base import register_generator
 
 BLENDS = ("paste", "seamless")
@@ -218,15 +218,8 @@ class CopyPasteGenerator:
         h, w, c = normal.shape
         _, dm = self._defect(seed, class_name, h, w, c)
         native = from_float(normal, np.uint8) if normal.dtype.kind == "f" else normal
-        fg = estimate_foreground(native).astype(np.float32)
         ch, cw = dm.shape
-        # count[y, x] = foreground pixels under the defect's mask with its top-left corner at (y, x)
-        count = cv2.filter2D(fg, -1, dm.astype(np.float32), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-        count = count[:h - ch + 1, :w - cw + 1]
-        best = count >= float(dm.sum()) - 0.5
-        if not best.any():
-            best = count >= float(count.max()) - 0.5
-        ys, xs = np.nonzero(best)
+        ys, xs = np.nonzero(on_foreground(dm, estimate_foreground(native)))
         k = int(np.random.default_rng([int(seed), 1]).integers(len(ys)))
         mask = np.zeros((h, w), bool)
         mask[ys[k]:ys[k] + ch, xs[k]:xs[k] + cw] = dm
@@ -283,15 +276,15 @@ def _seamless(normal: np.ndarray, src: np.ndarray, mask: np.ndarray) -> np.ndarr
     return np.clip(src + correction, 0.0, 1.0).astype(np.float32)
 
 
-def copypaste_set(normals: np.ndarray, labeled: list[Sample], n: int, seed: int, blend: str = "paste",
+def copypaste_set(normals: Sequence[np.ndarray], labeled: list[Sample], n: int, seed: int, blend: str = "paste",
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """n copy-paste defects for the validation experiment (like `draem_set`): normals N x H x W x C uint8,
-    labeled samples of any size (each defect is resized with its image to the normals' size). Returns images
-    (n, H, W, C) uint8, masks (n, H, W) bool, the clean normals (n, H, W, C) and each sample's class name.
-    Sample i depends only on (seed, i), with the same choices as `synthesize --model copypaste`."""
+    """n copy-paste defects for the validation experiment (like `draem_set`): normals N x H x W x C uint8 (or a
+    list of images of several sizes), labeled samples of any size (each defect is resized with its image to the
+    normal's size). Returns images (n, H, W, C) uint8, masks (n, H, W) bool, the clean normals (n, H, W, C)
+    (lists where the normals differ in size) and each sample's class name. Sample i depends only on (seed, i),
+    with the same choices as `synthesize --model copypaste`."""
     from defectgen.synth.pipeline import choose_class, choose_normal, composite, sample_seed
 
-    normals = np.asarray(normals)
     gen = CopyPasteGenerator(labeled, blend=blend, match_scale=True)
     images, masks, cleans, names = [], [], [], []
     for i in range(n):
@@ -304,7 +297,7 @@ def copypaste_set(normals: np.ndarray, labeled: list[Sample], n: int, seed: int,
         masks.append(mask)
         cleans.append(normal)
         names.append(cls)
-    return np.stack(images), np.stack(masks), np.stack(cleans), names
+    return stack_or_list(images), stack_or_list(masks), stack_or_list(cleans), names
 
 
 @register_generator("copypaste")

@@ -41,7 +41,7 @@ from defectgen.io.images import (
 )
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.sample import Box, Sample
-from defectgen.masks import MaskGenerator
+from defectgen.masks import MaskGenerator, estimate_foreground
 from defectgen.report import contact_sheet
 from defectgen.synth.base import GENERATORS as GENERATORS
 from defectgen.synth.base import DefectGenerator
@@ -209,6 +209,8 @@ class _Run:
             s.boxes = [box] if box else []
         else:
             kwargs = {"image_path": s.source} if isinstance(self.mask_source, MaskFolder) else {}
+            if getattr(self.mask_source, "wants_foreground", False):  # real masks go on the part, not beside it
+                kwargs["foreground"] = estimate_foreground(s.image)
             s.mask, s.boxes = self.mask_source(i, h, w, label=s.class_name, **kwargs)
         resolution = self.generator.resolution
         y0, x0, wh, ww = (0, 0, h, w) if resolution is None else mask_window(h, w, s.mask, resolution)
