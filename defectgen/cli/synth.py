@@ -107,8 +107,6 @@ def synthesize(
 
         defectgen synthesize --model runs/ddpm --normals good/ --n 100 --out synth/
 
-        defectgen synthesize --model runs/ddpm --normals good/ --n 100 --strength 0.6 --sigma 1.5 --out synth/
-
         defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks bbox --class scratch --guidance 3 \\
             --sampler dpm --steps 20 --out synth/
 
