@@ -299,3 +299,49 @@ def test_contact_sheet_zooms_a_tiny_defect_beside_its_normal(tmp_path):
     assert bright[2] == 0  # the same crop of the normal: no defect
     plain = contact_sheet([sample], tile=tile)
     assert plain.shape[1] == tile + 4
+
+
+@pytest.fixture
+def crack_set(tmp_path, rng) -> Path:
+    """An MVTec-style root whose labeled/ split holds two 'crack' defects with masks."""
+    root = tmp_path / "labeled-set"
+    for i in range(2):
+        write_png(root / "train" / "good" / f"g{i}.png", texture(rng, 32, 32))
+        image = texture(rng, 32, 32)
+        image[10:16, 8:20] = 250
+        write_png(root / "labeled" / "crack" / f"l{i}.png", image)
+        write_png(root / "labeled" / "crack" / f"l{i}_mask.png", square_mask(32, 32, 10, 8 + i, 6))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "cddpm"])
+def test_transplant_redraws_the_pasted_defect_inside_its_own_mask(tmp_path, models, normals, crack_set, kind):
+    paste = load_generator("copypaste", labeled=crack_set)
+    plant = gen(models, kind, labeled=crack_set, strength=0.7)
+    assert plant.name == f"transplant-{kind}" and plant.class_distribution == {"crack": 1.0}
+    synthesize(paste, normals, tmp_path / "paste", 4, seed=5, progress=False)
+    for run in ("t1", "t2"):
+        synthesize(plant, normals, tmp_path / run, 4, seed=5, progress=False)
+    changed = 0
+    for (_im, image, mask, normal), (_, pasted, pasted_mask, _), (_, again, _, _) in zip(
+            outputs(tmp_path / "t1", normals), outputs(tmp_path / "paste", normals),
+            outputs(tmp_path / "t2", normals), strict=True):
+        assert np.array_equal(mask, pasted_mask)  # the real defect's mask, placed as copy-paste places it
+        assert np.array_equal(image[~mask], normal[~mask])
+        assert np.array_equal(image, again)  # sample i depends only on (seed, i)
+        changed += int(np.any(image[mask] != pasted[mask]))
+    assert changed == 4  # the model re-drew every pasted defect
+    info = json.loads((tmp_path / "t1" / "annotations.json").read_text())
+    assert {c["name"] for c in info["categories"]} == {"crack"}
+    assert info["info"]["defectgen"]["settings"]["generator"]["strength"] == 0.7
+
+
+def test_cli_transplant_and_its_strength_check(tmp_path, models, normals, crack_set, run_cli):
+    args = ("synthesize", "--model", models["cddpm"], "--labeled", crack_set, "--normals", normals, "--n", "2",
+            "--steps", "2", "--device", "cpu")
+    code, out, err = run_cli(*args, "--strength", "0.5", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "annotations.json").read_text())["info"]["defectgen"]["model"] == \
+        "transplant-cddpm"
+    code, _, err = run_cli(*args, "--strength", "1.5", "--out", tmp_path / "bad")
+    assert code == 2 and "--strength" in err and not (tmp_path / "bad").exists(), err

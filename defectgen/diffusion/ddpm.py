@@ -130,11 +130,12 @@ class ConditionalDdpmPipeline(DiffusionPipeline):
         self, image: torch.Tensor, mask_image: torch.Tensor, class_labels: torch.Tensor | list[int],
         guidance_scale: float = 3.0, num_inference_steps: int | None = None, sampler: str = "ddim",
         seeds: list[int] | None = None, boxes: torch.Tensor | None = None, output_type: str = "pt",
-        return_dict: bool = True,
+        return_dict: bool = True, strength: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """image: B x C x H x W in [-1, 1]; mask_image: B x 1 x H x W in {0, 1}; class_labels: B class indices
         (the model's class_names order; num_classes is the null class). boxes default to the masks' extents when
-        the model was trained with box geometry. Returns images B x C x H x W in [-1, 1] (output_type "pt") or
+        the model was trained with box geometry. strength < 1: start from `image` noised to strength * T inside
+        the mask too (SDEdit), instead of from noise. Returns images B x C x H x W in [-1, 1] (output_type "pt") or
         B x H x W x C in [0, 1] ("np")."""
         device = self.unet.device
         x0 = image.to(device, torch.float32)
@@ -146,7 +147,7 @@ class ConditionalDdpmPipeline(DiffusionPipeline):
         seeds = list(range(x0.shape[0])) if seeds is None else seeds
         denoiser = ConditionalDenoiser(self.unet, self.condition).eval()
         out = guided_inpaint(denoiser, self.scheduler, x0, mask, classes, self.condition.null_class, seeds,
-                             guidance_scale, boxes, sampler, num_inference_steps)
+                             guidance_scale, boxes, sampler, num_inference_steps, strength)
         if output_type == "np":
             out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
         return ImagePipelineOutput(images=out) if return_dict else (out,)

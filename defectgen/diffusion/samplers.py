@@ -66,6 +66,21 @@ def _reverse(
     return x
 
 
+def _truncated(sampler: str, train_scheduler: DDPMScheduler, steps: int | None, strength: float, device):
+    """The sampler's scheduler and its timesteps from t0 = strength * T down (SDEdit): the last `strength` share
+    of `steps`, at least one."""
+    if not 0 < strength <= 1:
+        raise ValueError("strength must lie in (0, 1]")
+    steps = steps or DEFAULT_STEPS[sampler]
+    scheduler = make_scheduler(sampler, train_scheduler)
+    scheduler.set_timesteps(steps, device=device)
+    n_run = max(1, min(steps, round(steps * strength)))
+    start = (steps - n_run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler, scheduler.timesteps[start:]
+
+
 @torch.no_grad()
 def perturb_and_denoise(
     unet, train_scheduler: DDPMScheduler, x0: torch.Tensor, mask: torch.Tensor, seeds: list[int],
@@ -73,16 +88,7 @@ def perturb_and_denoise(
 ) -> torch.Tensor:
     """Method 1: diffuse x0 to t0 = strength * T, add Gaussian noise of constant std `sigma` inside the mask, and
     run the reverse process with the normal model while the outside follows x0. Returns B x C x H x W in [-1, 1]."""
-    if not 0 < strength <= 1:
-        raise ValueError("strength must lie in (0, 1]")
-    steps = steps or DEFAULT_STEPS[sampler]
-    scheduler = make_scheduler(sampler, train_scheduler)
-    scheduler.set_timesteps(steps, device=x0.device)
-    n_run = max(1, min(steps, round(steps * strength)))
-    start = (steps - n_run) * scheduler.order
-    timesteps = scheduler.timesteps[start:]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
+    scheduler, timesteps = _truncated(sampler, train_scheduler, steps, strength, x0.device)
     gens = generators(seeds)
     x = _noised(train_scheduler, x0, int(timesteps[0]), gens)
     x = x + sigma * mask * seeded_randn(tuple(x0.shape[1:]), gens, x0.device, x0.dtype)
@@ -97,17 +103,20 @@ def perturb_and_denoise(
 def guided_inpaint(
     denoiser, train_scheduler: DDPMScheduler, x0: torch.Tensor, mask: torch.Tensor, classes: torch.Tensor,
     null_class: int, seeds: list[int], guidance: float = 3.0, boxes: torch.Tensor | None = None,
-    sampler: str = "ddim", steps: int | None = None,
+    sampler: str = "ddim", steps: int | None = None, strength: float = 1.0,
 ) -> torch.Tensor:
     """Method 2: paint a defect of `classes` inside the mask with the conditional model and classifier-free
-    guidance eps = eps_null + guidance * (eps_class - eps_null). guidance 1 = no guidance, 0 = null class only."""
-    steps = steps or DEFAULT_STEPS[sampler]
-    scheduler = make_scheduler(sampler, train_scheduler)
-    scheduler.set_timesteps(steps, device=x0.device)
+    guidance eps = eps_null + guidance * (eps_class - eps_null). guidance 1 = no guidance, 0 = null class only.
+    strength 1 starts inside the mask from pure noise; below 1 the reverse process starts at t0 = strength * T
+    from x0 noised (SDEdit), so what x0 holds inside the mask (a pasted real defect) shapes the result."""
+    scheduler, timesteps = _truncated(sampler, train_scheduler, steps, strength, x0.device)
     gens = generators(seeds)
     known = x0 * (1 - mask)
-    x = seeded_randn(tuple(x0.shape[1:]), gens, x0.device, x0.dtype) * scheduler.init_noise_sigma
-    x = mask * x + (1 - mask) * _noised(train_scheduler, x0, int(scheduler.timesteps[0]), gens)
+    if strength >= 1:
+        x = seeded_randn(tuple(x0.shape[1:]), gens, x0.device, x0.dtype) * scheduler.init_noise_sigma
+        x = mask * x + (1 - mask) * _noised(train_scheduler, x0, int(timesteps[0]), gens)
+    else:
+        x = _noised(train_scheduler, x0, int(timesteps[0]), gens)
     null = torch.full_like(classes, null_class)
     guided = guidance != 1.0
 
@@ -119,4 +128,4 @@ def guided_inpaint(
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    return _reverse(eps_fn, scheduler, train_scheduler, x, x0, mask, scheduler.timesteps, gens).clamp(-1, 1)
+    return _reverse(eps_fn, scheduler, train_scheduler, x, x0, mask, timesteps, gens).clamp(-1, 1)

@@ -52,8 +52,8 @@ GENERATORS: dict[str, Factory] = {}
 # Generators of model folders, by the "kind" their defectgen.json records: "module:callable" (imported when used)
 # or a callable, called as factory(folder, **options).
 MODEL_KINDS: dict[str, str | Factory] = {
-    "ddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
-    "cddpm": "defectgen.synth.ddpm_generator:DdpmGenerator",
+    "ddpm": "defectgen.synth.transplant:ddpm_generator",  # with `labeled`: the harmonized transplant
+    "cddpm": "defectgen.synth.transplant:ddpm_generator",
     "ldm": "defectgen.synth.ldm_generator:LdmGenerator",
 }
 _BUILTIN = ("defectgen.synth.draem", "defectgen.synth.copypaste")

@@ -20,22 +20,25 @@ class DdpmGenerator:
 
     ddpm:  strength = t0 / T (how far the normal image is diffused), sigma = std of the extra noise inside the
            mask (in units of the unit-variance diffusion noise). Larger = stronger, less normal-looking defects.
-    cddpm: guidance = classifier-free guidance scale; the class comes from the pipeline (--class, or drawn from
-           the training distribution in `class_distribution`).
+    cddpm: guidance = classifier-free guidance scale; the class comes from the pipeline (`class_name`, or drawn
+           from the training distribution in `class_distribution`). strength 1 (its default) paints the mask from
+           noise; below 1 it re-draws what the image holds there (SDEdit: the harmonized transplant).
     """
 
-    def __init__(self, model: str | Path, sampler: str = "ddim", steps: int | None = None, strength: float = 0.5,
+    def __init__(self, model: str | Path, sampler: str = "ddim", steps: int | None = None,
+                 strength: float | None = None,
                  sigma: float = 1.0, guidance: float = 3.0, device: str | None = None, **_: Any):
         if sampler not in SAMPLERS:
             raise DefectgenError(None, f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if not 0 < strength <= 1:
-            raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         if sigma < 0:
             raise DefectgenError(None, f"`sigma` must be >= 0, got {sigma}")
         if steps is not None and steps < 1:
             raise DefectgenError(None, f"`steps` must be at least 1, got {steps}")
         self.device = str(pick_device(device))
         self.model = load_model(model, self.device)
+        strength = strength if strength is not None else (1.0 if self.model.conditional else 0.5)
+        if not 0 < strength <= 1:
+            raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         self.path = Path(model)
         self.name = self.model.kind
         self.resolution = self.model.resolution
@@ -60,7 +63,7 @@ class DdpmGenerator:
             "data_fingerprint": (self.model.meta.get("data") or {}).get("fingerprint"),
         }
         if self.model.conditional:
-            info.update(guidance=self.guidance, classes=self.model.class_names)
+            info.update(guidance=self.guidance, classes=self.model.class_names, strength=self.strength)
         else:
             info.update(strength=self.strength, sigma=self.sigma)
         return info
@@ -97,7 +100,7 @@ class DdpmGenerator:
             # No class given and no distribution: the first class (the pipeline normally draws one).
             idx = [names.index(c) if c is not None else 0 for c in class_names]
             out = self.pipeline(x0, mask, idx, guidance_scale=self.guidance, num_inference_steps=self.steps,
-                                sampler=self.sampler, seeds=seeds).images
+                                sampler=self.sampler, seeds=seeds, strength=self.strength).images
         else:
             out = perturb_and_denoise(self.model.unet, self.model.scheduler, x0, mask, seeds, self.strength,
                                       self.sigma, self.sampler, self.steps)

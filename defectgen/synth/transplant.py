@@ -1,0 +1,84 @@
+"""The harmonized transplant: a real labeled defect pasted onto a normal image (copy-paste), then re-drawn by a
+trained DDPM from the middle of its reverse process (SDEdit). The structure comes from real defects; texture,
+shape and boundary from the model, which has learned the surface (ddpm) or the defect classes (cddpm).
+`strength` sets how far a sample strays from its pasted source: near 0 it stays the copy-paste composite, at 1
+the pasted pixels are forgotten and only the mask remains.
+
+    defectgen synthesize --model runs/cddpm --labeled labeled/ --normals good/ --strength 0.5 --out synth/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectgen.io.images import mask_window, match_channels
+from defectgen.synth.copypaste import CopyPasteGenerator
+from defectgen.synth.ddpm_generator import DdpmGenerator
+
+DEFAULT_STRENGTH = 0.5
+
+
+class TransplantGenerator:
+    """A `DefectGenerator` that is also the mask source of its samples (the pasted defects' masks, like
+    copypaste). It works on whole normal images: the paste needs the image's size, and the DDPM then runs in a
+    model-sized window around the mask, as the pipeline would run it."""
+
+    resolution = None
+    channels = None
+
+    def __init__(self, model: str | Path, labeled: str | Path, strength: float = DEFAULT_STRENGTH,
+                 blend: str | None = None, **ddpm_options: Any):
+        self.paste = CopyPasteGenerator(labeled, blend=blend or "paste")
+        self.ddpm = DdpmGenerator(model, strength=strength, sigma=0.0, **ddpm_options)
+        self.name = f"transplant-{self.ddpm.name}"
+        self.strength = self.ddpm.strength
+        # the classes are the pasted defects'; a conditional model draws each sample's class from them too
+        self.class_distribution = self.paste.class_distribution
+
+    def info(self) -> dict[str, Any]:
+        return {**self.ddpm.info(), "model": self.name, "ddpm": str(self.ddpm.path), "strength": self.strength,
+                "labeled": self.paste.info().get("labeled"), "blend": self.paste.blend}
+
+    def describe(self) -> dict[str, Any]:
+        return {"transplant": self.paste.describe(), "strength": self.strength}
+
+    def check_class(self, class_name: str | None) -> None:
+        self.paste.check_class(class_name)
+        self.ddpm.check_class(class_name)
+
+    def make_mask(self, normal: np.ndarray, class_name: str | None, seed: int) -> np.ndarray:
+        return self.paste.make_mask(normal, class_name, seed)
+
+    def generate(self, normals: list[np.ndarray], masks: list[np.ndarray], seeds: list[int],
+                 class_names: list[str | None]) -> list[np.ndarray]:
+        """normals: whole images, H x W x C float32 in [0, 1]; masks from `make_mask`. Returns the composites
+        with the window around each mask re-drawn by the DDPM (inside the mask; the pipeline keeps the rest)."""
+        pasted = self.paste.generate(normals, masks, seeds, class_names)
+        windows, crops, crop_masks = [], [], []
+        for image, mask in zip(pasted, masks, strict=True):
+            h, w = mask.shape
+            y0, x0, wh, ww = mask_window(h, w, mask, self.ddpm.resolution)
+            windows.append((y0, x0, wh, ww))
+            crops.append(match_channels(image[y0:y0 + wh, x0:x0 + ww], self.ddpm.channels))
+            crop_masks.append(mask[y0:y0 + wh, x0:x0 + ww])
+        drawn = self.ddpm.generate(crops, crop_masks, seeds, class_names)  # resized to the model and back
+        out = []
+        for image, mask, (y0, x0, wh, ww), new in zip(pasted, masks, windows, drawn, strict=True):
+            result = image.copy()
+            region = result[y0:y0 + wh, x0:x0 + ww]
+            inside = mask[y0:y0 + wh, x0:x0 + ww]
+            region[inside] = match_channels(new, image.shape[2])[inside]
+            out.append(result)
+        return out
+
+
+def ddpm_generator(model: str | Path, labeled: str | Path | None = None, strength: float | None = None,
+                   blend: str | None = None, **options: Any):
+    """The factory of DDPM model folders: with `labeled`, the harmonized transplant of its defects; else the
+    DDPM's own generator (perturb-and-denoise, or conditional inpainting)."""
+    if labeled is None:
+        return DdpmGenerator(model, strength=strength, **options)
+    return TransplantGenerator(model, labeled, DEFAULT_STRENGTH if strength is None else strength, blend, **options)
