@@ -59,6 +59,8 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem,copypaste")
+    parser.add_argument("--transplant-strength", type=float, default=0.5,
+                        help="transplant-ddpm, transplant-cddpm: t0/T of the SDEdit pass over the pasted defect")
     parser.add_argument("--detectors", default="exdd,ast,seg")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
@@ -92,13 +94,15 @@ def main() -> None:
     def train_cfg(steps, batch, lr):
         return proof_train_config(steps, batch, lr, args.seed, gpu=args.config == "gpu")
 
-    if "ddpm" in generators and not reused("ddpm"):
+    # the harmonized transplants re-draw pasted real defects with the DDPMs trained here
+    wanted = set(generators) | {g.removeprefix("transplant-") for g in generators if g.startswith("transplant-")}
+    if "ddpm" in wanted and not reused("ddpm"):
         t = time.perf_counter()
         train_ddpm(work / "ddpm", good, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"], crop="random",
                    config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["ddpm"] = work / "ddpm"
         timings["ddpm"] = {"train_s": time.perf_counter() - t}
-    if "cddpm" in generators and not reused("cddpm"):
+    if "cddpm" in wanted and not reused("cddpm"):
         t = time.perf_counter()
         train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
                    crop="random", config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
@@ -116,21 +120,30 @@ def main() -> None:
         if name in generators:
             models[name] = Path(name)
             timings[name] = {"train_s": 0.0}
+    for name in ("transplant-ddpm", "transplant-cddpm"):
+        if name in generators:
+            models[name] = models[name.removeprefix("transplant-")]
+            timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"],
+                             "strength": args.transplant_strength}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
     masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"  # read the labeled set once
-    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste"):  # a fixed order, whichever were reused
-        if name not in models:
+    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste", "transplant-ddpm", "transplant-cddpm"):
+        if name not in models or name not in generators:  # a fixed order, whichever were reused
             continue
-        options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name == "ddpm" else "dpm"}
+        options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name.endswith("-ddpm") or name == "ddpm"
+                   else "dpm"}
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
+        if name.startswith("transplant-"):
+            options.update(labeled=labeled, strength=args.transplant_strength)
         if name == "copypaste":
             options = {"labeled": labeled}
         generator = load_generator(str(models[name]), **options)
         t = time.perf_counter()
-        own_masks = "perlin" if name == "copypaste" else masks  # copy-paste brings the real defects' masks
+        # copy-paste and the transplants bring the real defects' masks
+        own_masks = "perlin" if name == "copypaste" or name.startswith("transplant-") else masks
         result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=own_masks,
                             seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
@@ -224,7 +237,9 @@ def markdown(out: dict) -> str:
     lines += ["", "| generator | train s | images/s | KID | diversity | realism I-AUROC | realism P-AUROC |",
               "|---|---|---|---|---|---|---|"]
     for name, t in out["generation"].items():
-        q = out["quality"].get(name, {})
+        if name not in out["quality"]:  # a model trained only for a transplant: its own set was not asked for
+            continue
+        q = out["quality"][name]
         r = q.get("realism", {})
         train = "reused" if t.get("train_s") is None else f"{t['train_s']:.0f}"
         lines.append(f"| {name} | {train} | {f(t.get('images_per_s'))} | {f(q.get('kid'))} | "
