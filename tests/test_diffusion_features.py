@@ -97,6 +97,15 @@ def test_exdd_with_ddpm_features_writes_the_report(ddpm_run, mvtec_dir, tmp_path
     assert det.backbone.timesteps == (100, 200) and det.negative.shape[1] == 32
 
 
+@pytest.mark.parametrize("detector", ["ast", "seg"])
+def test_trained_detectors_take_ddpm_features(ddpm_run, mvtec_dir, tmp_path, detector):
+    # a gray DDPM teacher: AST's student reads the 1-channel image as the teacher does
+    res = run_validation(detector, mvtec_dir, mvtec_dir, tmp_path / "r", baselines=["draem"], backbone=str(ddpm_run),
+                         resolution=32, steps=2, batch_size=2, n_overlays=0, progress=False)
+    assert res["config"]["backbone"] == str(ddpm_run) and res["config"]["feature_timesteps"] == [100]
+    assert 0 <= res["runs"]["draem"]["metrics"]["pixel_auroc"] <= 1
+
+
 def test_trained_ddpm_features_find_a_pasted_square(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(8):
