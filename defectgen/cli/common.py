@@ -40,6 +40,13 @@ Backbone = Annotated[str | None, typer.Option("--backbone", help="Feature extrac
                                               "weights, for tests only) (default: $DEFECTGEN_BACKBONE, else "
                                               "google/mobilenet_v2_1.0_224, downloaded once; set it for a "
                                               "workspace with 'backbone: FOLDER' in defectgen.yaml).")]
+FeatureTimestep = Annotated[list[str] | None, typer.Option(
+    "--feature-timestep", help="With a DDPM run folder as --backbone: the noise timestep its features are taken "
+    "at, in [0, T) (T = 1000 for defectgen's DDPMs); repeat it or give a comma list to average several "
+    "(default: 100).")]
+FeatureDim = Annotated[int | None, typer.Option(
+    "--feature-dim", min=1, help="With a DDPM run folder as --backbone: channels each decoder level is "
+    "PCA-projected to, fitted on the normals, before the ExDD memory bank (default: 32).")]
 RESOLUTION_HELP = (
     "Model input: HxW (each a multiple of 32, e.g. 256x640), or one number N, the short side with each image's "
     "aspect kept (the long side rounded to a multiple of 32; a set of mixed sizes takes its most common size). "
@@ -138,3 +145,13 @@ def parse_size(text: str) -> tuple[int, int]:
         raise typer.BadParameter(f"expected HxW such as 256x256, got {text!r}") from None
     return h, w
 
+
+def timesteps(values: list[str] | None) -> list[int] | None:
+    """--feature-timestep values, repeated and/or comma-separated, as integers (None when not given)."""
+    if not values:
+        return None
+    try:
+        return [int(v) for item in values for v in item.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"integers expected, got {', '.join(values)}",
+                                 param_hint="--feature-timestep") from None

@@ -14,6 +14,8 @@ from defectgen.cli.common import (
     AsJson,
     Backbone,
     Device,
+    FeatureDim,
+    FeatureTimestep,
     Fmt,
     OnBad,
     Overwrite,
@@ -24,6 +26,7 @@ from defectgen.cli.common import (
     out,
     record,
     say,
+    timesteps,
     workspace,
 )
 from defectgen.report import fmt_metric
@@ -52,6 +55,8 @@ def validate(
     real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
                                              "boxes, any layout (an MVTec root: its labeled/ split)."),
     backbone: Backbone = None,
+    feature_timestep: FeatureTimestep = None,
+    feature_dim: FeatureDim = None,
     resolution: Resolution = "256",
     tile: Tile = None,
     steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
@@ -99,16 +104,23 @@ def validate(
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
+        feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim,
     )
     out.print(_runs_table(detector, test, results))
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
+    _record_report(out_dir, detector, results, train, test, real_labeled, synthetic,
+                   {"backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
+                    "baselines": names(baselines), "seed": seed})
+
+
+def _record_report(out_dir: Path, detector: str, results: dict, train, test, real_labeled, synthetic,
+                   params: dict) -> None:
+    """The report's entry in the workspace index: its headline figures, inputs and settings."""
     figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
                for name, run in results["runs"].items()}
-    record("report", out_dir, type=detector, figures=figures,
+    record("report", out_dir, type=detector, figures=figures, params=params,
            inputs={"train": train, "test": test, "real_labeled": real_labeled,
-                   "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic},
-           params={"backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
-                   "baselines": names(baselines), "seed": seed})
+                   "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic})
 
 
 def _runs_table(detector: str, test: Path, results: dict) -> Table:

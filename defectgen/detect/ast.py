@@ -35,12 +35,12 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class Student(nn.Module):
     """Encoder to stride 32, decoder back up to the teacher's finest stride; one 1x1 head per teacher level."""
 
-    def __init__(self, out_channels: Sequence[int], strides: Sequence[int], width: int = 32):
+    def __init__(self, out_channels: Sequence[int], strides: Sequence[int], width: int = 32, in_channels: int = 3):
         super().__init__()
         self.strides = [int(s) for s in strides]
         w = width
-        self.encoder = nn.Sequential(
-            _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2),
+        self.encoder = nn.Sequential(  # the image as the teacher sees it: 1 channel for a gray DDPM teacher
+            _block(in_channels, w, 2), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2),
             _block(8 * w, 8 * w, 2),
         )
         # decoder stages: stride 32 -> 16 -> 8 -> 4 (-> 2 ...) as far as the finest teacher stride needs
@@ -116,7 +116,7 @@ class AST(nn.Module, Detector):
         self.width, self.head_width = int(width), int(head_width)
         self.top_k, self.sigma = float(top_k), float(sigma)
         chans = backbone.channels(self.strides)
-        self.student = Student(chans, self.strides, width)
+        self.student = Student(chans, self.strides, width, backbone.in_channels)
         self.head = SegHead(sum(chans), head_width)
         self.use_head = False  # becomes True once the head has seen synthetic defects
         self.train_options = DetectorOptions()

@@ -160,12 +160,26 @@ def is_pretrained(spec: str) -> bool:
     return spec != TINY
 
 
-def load_backbone(spec: str | None = None, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(spec: str | None = None, device: str | torch.device = "cpu",
+                  feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None) -> Backbone:
     """A frozen backbone from a local folder or hub id (transformers `from_pretrained`), or `tiny`; None means
-    `resolve_backbone`'s default."""
+    `resolve_backbone`'s default. A defectgen DDPM run folder (defectgen.json of kind ddpm or cddpm) gives a
+    `DiffusionBackbone` noised to `feature_timesteps` and projected to `feature_dim` channels a level."""
     spec = resolve_backbone(spec)
+    folder = Path(spec)
+    if (folder / "defectgen.json").is_file():
+        from defectgen.detect.diffusion_features import load_diffusion_backbone
+        from defectgen.diffusion.folder import read_metadata
+
+        return load_diffusion_backbone(folder, read_metadata(folder), device, feature_timesteps, feature_dim)
+    if feature_timesteps is not None or feature_dim is not None:
+        raise DefectgenError(spec, "`feature_timesteps` and `feature_dim` apply only to a DDPM run folder as "
+                             "`backbone`")
     if spec == TINY:
         return Backbone(tiny_model(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), TINY, False).to(device)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise DefectgenError(folder, "not a backbone: neither a transformers model (no config.json) nor a "
+                             "defectgen DDPM run (no defectgen.json)")
     from transformers import AutoBackbone, AutoConfig, AutoModel
 
     where = Path(spec) if Path(spec).exists() else spec

@@ -65,9 +65,12 @@ class ExDD(Detector):
                    positive_quantile=options.positive_quantile)
 
     def summary(self) -> dict[str, Any]:
-        return {"negative_bank": 0 if self.negative is None else int(self.negative.shape[0]),
-                "positive_bank": 0 if self.positive is None else int(self.positive.shape[0]),
-                "positive_dropped": self.positive_dropped}
+        out = {"negative_bank": 0 if self.negative is None else int(self.negative.shape[0]),
+               "positive_bank": 0 if self.positive is None else int(self.positive.shape[0]),
+               "positive_dropped": self.positive_dropped}
+        if hasattr(self.backbone, "compression"):  # diffusion features: the memory the PCA saves
+            out["compression"] = self.backbone.compression(self.strides)
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +91,8 @@ class ExDD(Detector):
         if progress:
             print(f"{desc or 'exdd'}: building banks from {len(normals)} normals"
                   + (f" and {len(defects)} defects" if defects is not None else ""), flush=True)
+        if hasattr(self.backbone, "fit_projection"):  # wide diffusion features: PCA on the normals first
+            self.backbone.fit_projection(normals, self.batch_size, self.seed)
         feats = self.features(normals)
         flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         keep = greedy_coreset(flat, max(1, int(round(self.coreset_ratio * flat.shape[0]))), self.seed,
@@ -152,7 +157,8 @@ class ExDD(Detector):
         return out, out.reshape(len(out), -1).max(1)
 
     def config(self) -> dict:
-        return {"detector": "exdd", "backbone": self.backbone.name, "strides": list(self.strides),
+        extra = {"backbone_options": self.backbone.options()} if hasattr(self.backbone, "options") else {}
+        return {"detector": "exdd", "backbone": self.backbone.name, **extra, "strides": list(self.strides),
                 "coreset_ratio": self.coreset_ratio, "positive_ratio": self.positive_ratio, "eps": self.eps,
                 "sigma": self.sigma, "seed": self.seed, "positive_quantile": self.positive_quantile}
 
@@ -163,6 +169,8 @@ class ExDD(Detector):
         tensors = {"negative": self.negative}
         if self.positive is not None:
             tensors["positive"] = self.positive
+        if hasattr(self.backbone, "projection_state"):
+            tensors.update(self.backbone.projection_state())
         write_weights(path, tensors, self.config())
 
     @classmethod
@@ -171,7 +179,9 @@ class ExDD(Detector):
         tensors, meta = read_weights(path, "exdd", "ExDD bank file")
         if "negative" not in tensors:
             raise DefectgenError(path, "not an ExDD bank file (no negative bank)")
-        backbone = backbone or load_backbone(meta["backbone"])
+        backbone = backbone or load_backbone(meta["backbone"], **meta.get("backbone_options", {}))
+        if hasattr(backbone, "load_projection_state"):
+            backbone.load_projection_state(tensors)
         det = cls(backbone, meta["strides"], meta["coreset_ratio"], meta["positive_ratio"], meta["eps"],
                   meta["sigma"], meta["seed"], positive_quantile=meta.get("positive_quantile"))
         det.negative = tensors["negative"].to(det.device)

@@ -506,7 +506,8 @@ def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path
         else None,
         "real_labeled": str(real_labeled) if real_labeled else None,
         "test": str(test), "baselines": list(baselines), "backbone": s["backbone"],
-        "backbone_pretrained": is_pretrained(s["backbone"]), "resolution": s["resolution"], "tile": s["tile"],
+        "backbone_pretrained": is_pretrained(s["backbone"]), "feature_timesteps": s.get("feature_timesteps"),
+        "feature_dim": s.get("feature_dim"), "resolution": s["resolution"], "tile": s["tile"],
         "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None, "student_width": s["student_width"],
         "batch_size": s["batch_size"], "lr": s["lr"],
         "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
@@ -539,12 +540,12 @@ def run_validation(
     synthetic: str | Path | Sequence[str | Path] | None = None,
     baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str | None = None,
     resolution: int | str | Resolution = 256, seed: int = 0, steps: int = 1000, batch_size: int = 8,
-    lr: float = 1e-3, coreset_ratio: float = 0.1,
-    n_draem: int | None = None, max_train: int | None = None, max_test: int | None = None, n_overlays: int = 8,
+    lr: float = 1e-3, coreset_ratio: float = 0.1, n_draem: int | None = None, max_train: int | None = None,
+    max_test: int | None = None, n_overlays: int = 8,
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
     student_width: int | None = None, positive_quantile: float | None = None,
     real_labeled: str | Path | None = None, tile: int | None = None,
-) -> dict[str, Any]:
+    feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json).
 
@@ -560,20 +561,20 @@ def run_validation(
     real_labeled: real labeled defects (any layout `open_dataset` reads; an MVTec root gives its labeled/
     split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
     copypaste baselines make (default: as many as the synthetic set has, else 100). backbone: see
-    `resolve_backbone` (None: the pretrained default)."""
+    `resolve_backbone` (None: the pretrained default); a DDPM run folder gives diffusion features, noised to
+    `feature_timesteps` and PCA-projected to `feature_dim` channels a level (`DiffusionBackbone`)."""
     start = time.perf_counter()
     det_cls = get_detector(detector)
     resolution, tile = parse_resolution(resolution), check_tile(tile)
     baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled)
-    train = Path(train) if train is not None else None
-    test, out = Path(test), Path(out)
+    train, test, out = Path(train) if train is not None else None, Path(test), Path(out)
     if synthetic is not None:
         synthetic = ([Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(p) for p in synthetic])
     real_labeled = Path(real_labeled) if real_labeled is not None else None
     torch.manual_seed(seed)
     dev = pick_device(device)
-    backbone = resolve_backbone(backbone)
-    bb = load_backbone(backbone, dev)  # before anything is read or written: offline, the error comes first
+    backbone = resolve_backbone(backbone)  # loaded before anything is read or written: offline, the error comes first
+    bb = load_backbone(backbone, dev, feature_timesteps, feature_dim)
     # every input is read and every baseline made before the output folder is touched
     inputs = _load_inputs(train, test, synthetic, real_labeled, None if tile else resolution, max_train, max_test,
                           seed, progress, uses_labeled=any(b in NEEDS_LABELED for b in baselines))
@@ -598,7 +599,8 @@ def run_validation(
                            boxes_too, tile, n_overlays, save_models, progress)
         settings = {"backbone": backbone, "resolution": list(size), "tile": tile, "seed": seed, "steps": steps,
                     "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
-                    "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test}
+                    "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test,
+                    **(bb.options() if hasattr(bb, "options") else {})}
         results["config"] = _run_config(detector, det_cls, train, synthetic, real_labeled, test, baselines, n_syn,
                                         dev, settings)
         if skipped:
