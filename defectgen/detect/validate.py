@@ -423,8 +423,7 @@ def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, r
     if real_labeled is not None:  # checked even when no run uses it: a bad input is reported, not ignored
         labeled = load_labeled(real_labeled, size, channels, test_classes, progress)
         if not uses_labeled:
-            print(f"note: no run uses --real-labeled (baselines {', '.join(NEEDS_LABELED)} do)", file=sys.stderr,
-                  flush=True)
+            warn(f"no run uses `real_labeled` (baselines {', '.join(NEEDS_LABELED)} do)")
     inputs = {"normals": normals, "channels": channels, "test_set": test_set, "labeled": labeled,
               "synthetic": None, "clean_sources": None}
     if synthetic is not None:

@@ -473,11 +473,11 @@ def train_ddpm(
 
 def _check_training_options(normals, labeled, preset: str, crop: str, class_dropout: float) -> None:
     if normals is None and labeled is None:
-        raise DefectgenError(None, "give --normals (unconditional model) or --labeled (conditional model)")
+        raise DefectgenError(None, "give `normals` (unconditional model) or `labeled` (conditional model)")
     if crop not in ("random", "resize"):
-        raise DefectgenError(None, f"--crop must be 'random' or 'resize', not {crop!r}")
+        raise DefectgenError(None, f"`crop` must be 'random' or 'resize', not {crop!r}")
     if not 0 <= class_dropout < 1:
-        raise DefectgenError(None, "--class-dropout must lie in [0, 1)")
+        raise DefectgenError(None, "`class_dropout` must lie in [0, 1)")
     preset_config(preset)
 
 
