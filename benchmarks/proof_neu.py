@@ -11,8 +11,8 @@ the same with pasted texture, copy-paste with the labeled defects themselves.
 
 Detection (DSYM's protocol, with the `seg` detector instead of YOLO): `seg` trained on the labeled subset alone
 (`real`), on each set alone, and on the subset plus each set (`real+SET`), scored on the real test set with
-COCO box mAP@0.5 per class (pycocotools). Generation quality on the 100% sets, against the real test defects
-of the same class (crops around their boxes):
+COCO box mAP@0.5 per class (pycocotools). Generation quality on the sets of the largest share of labels run,
+against the real test defects of the same class (crops around their boxes):
 
 - per-class KID (lower is better) and pooled KID, with real *train* crops as the floor a perfect generator reaches;
 - class fidelity: a 5-nearest-neighbour vote on real train crops names each generated crop's class; recall per
@@ -304,8 +304,9 @@ def markdown(out: dict) -> str:
             lines.append(f"| {pct} | {run} | {r['real_images']} | {r['synthetic_images']} | {f(r['map50'])} | "
                          f"{f(r['map'])} | {f(r['agnostic_map50'])} | {f(r['pixel_ap'])} | "
                          + " | ".join(f(r["per_class_map50"].get(c)) for c in classes) + " |")
+    share = f"{round(max(out['fractions']) * 100)}%" if out.get("fractions") else "the largest share"
     lines += ["", "KID against the real test crops of the same class (lower is better; 'real train' is the floor; "
-              "sets made with all the labels):", "",
+              f"sets made with {share} of the labels):", "",
               "| set | pooled KID | " + " | ".join(classes) + " | diversity |",
               "|---|---|" + "---|" * len(classes) + "---|"]
     for name, row in out["quality"].items():
