@@ -29,6 +29,11 @@ def rel(path) -> str:
     return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """The command a result came from, with absolute paths written relative to the repository (see `rel`)."""
+    return " ".join(["python", script, *(rel(a) if Path(a).is_absolute() else a for a in argv)])
+
+
 def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     """The options every proof script takes; each script adds its own."""
     import argparse

@@ -2,7 +2,7 @@
 with each backbone, recording accuracy beside memory per patch and time per image.
 
     python benchmarks/diffusion_features.py --ddpm out/proof-cpu/ddpm               # the CPU config
-    python benchmarks/diffusion_features.py --ddpm out/proof-cpu/ddpm --max-train 8 --max-test 8 --out /tmp/x.json
+    python benchmarks/diffusion_features.py --ddpm out/proof-cpu/ddpm --max-train 8 --max-test 8 --out smoke.json
 
 Results go to benchmarks/results/diffusion_features_cpu.json (or --out) with the hardware named. Memory per patch is
 the float32 size of one memory-bank row (for the DDPM, before and after its PCA); time per image is the test pass

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED, hardware, rel  # noqa: E402
+from benchmarks.common import SHARED, command_line, hardware, rel  # noqa: E402
 from defectgen.io.images import tile_starts, write_image, write_mask  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         "peak_rss_mib_before_run": round(before, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
         "wall_s": round(wall, 1), "train_s": round(run["train_s"], 1), "test_s": round(run["test_s"], 1),
         "negative_bank": run.get("negative_bank"), "metrics": run["metrics"],
-        "command": "python benchmarks/large_images.py " + " ".join(sys.argv[1:]),
+        "command": command_line("benchmarks/large_images.py", sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

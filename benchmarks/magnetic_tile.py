@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import command_line  # noqa: E402
 from defectgen.detect.validate import hardware, run_validation  # noqa: E402
 from defectgen.io.output import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = "gpu" if "gpu" in hw and args.device != "cpu" else "cpu"
     summary = {
         "benchmark": "magnetic_tile",
-        "command": "python benchmarks/magnetic_tile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks/magnetic_tile.py", argv if argv is not None else sys.argv[1:]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed, "hardware": hw, "wall_time_s": time.perf_counter() - start,
         "results": {det: {"runs": r["runs"], "config": r["config"], "train": r["train"], "test": r["test"],

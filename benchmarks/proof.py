@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    command_line,
     fmt,
     hardware,
     proof_parser,
@@ -198,7 +199,7 @@ def main() -> None:
         "settings": cfg, "seed": args.seed, "data": rel(args.data),
         "backbone": rel(args.backbone), "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
         "generation": timings, "quality": quality, "detectors": table,
-        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "command": command_line("benchmarks/proof.py", sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
     }
     write_results(f"proof_{args.config}{suffix}", out, markdown(out), samples_png)
 

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    command_line,
     fmt,
     hardware,
     proof_parser,
@@ -162,7 +163,8 @@ def main() -> None:
                            for f in fractions},
         "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
-        "detection": detection, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "detection": detection, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
     }
     write_results(name, out, markdown(out), figure)
 
