@@ -173,6 +173,17 @@ def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: in
     return y0, x0, h, w
 
 
+def to_model_size(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window and its mask at the model's resolution x resolution: the image resampled (area when shrinking),
+    the mask nearest-neighbour, and a sliver that nearest-neighbour loses kept from the area-resampled mask so
+    that it still gets generated."""
+    small = resize(image, resolution, resolution)
+    small_mask = resize(mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
+    if mask.any() and not small_mask.any():
+        small_mask = resize(mask.astype(np.float32), resolution, resolution) > 0
+    return small, small_mask
+
+
 def padded_box(mask: np.ndarray, pad: float = 0.5, min_side: int = 32,
                square: bool = False) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1): the mask's extent grown by `pad` of its size on each side (at least min_side; with

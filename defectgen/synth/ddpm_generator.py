@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from defectgen.diffusion.ddpm import load_model
 from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, perturb_and_denoise
 from defectgen.errors import DefectgenError
+from defectgen.io.images import resize, to_model_size
 from defectgen.runtime import pick_device
 
 
@@ -34,11 +34,11 @@ class DdpmGenerator:
             raise DefectgenError(None, f"`sigma` must be >= 0, got {sigma}")
         if steps is not None and steps < 1:
             raise DefectgenError(None, f"`steps` must be at least 1, got {steps}")
+        if strength is not None and not 0 < strength <= 1:  # checked before the model is loaded
+            raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         self.device = str(pick_device(device))
         self.model = load_model(model, self.device)
         strength = strength if strength is not None else (1.0 if self.model.conditional else 0.5)
-        if not 0 < strength <= 1:
-            raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         self.path = Path(model)
         self.name = self.model.kind
         self.resolution = self.model.resolution
@@ -79,9 +79,8 @@ class DdpmGenerator:
         for image, mask in zip(normals, masks, strict=True):
             if image.shape[2] != self.channels:
                 raise ValueError(f"expected {self.channels}-channel images, got {image.shape[2]}")
-            if image.shape[:2] != (r, r):  # the pipeline sends model-sized windows; be lenient for direct calls
-                image = cv2.resize(image, (r, r), interpolation=cv2.INTER_AREA).reshape(r, r, -1)
-                mask = cv2.resize(mask.astype(np.uint8), (r, r), interpolation=cv2.INTER_NEAREST) > 0
+            if image.shape[:2] != (r, r):  # the pipeline sends model-sized windows; the transplant sends its own
+                image, mask = to_model_size(image, mask, r)
             xs.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
             ms.append(torch.from_numpy(np.ascontiguousarray(mask[None].astype(np.float32))))
         x0 = torch.stack(xs).to(self.device, torch.float32) * 2 - 1
@@ -107,7 +106,6 @@ class DdpmGenerator:
         out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
         results = []
         for arr, shape in zip(out, shapes, strict=True):
-            if arr.shape != shape:
-                arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).reshape(shape)
+            arr = resize(arr, shape[0], shape[1]).reshape(shape)
             results.append(np.ascontiguousarray(arr, dtype=np.float32))
         return results

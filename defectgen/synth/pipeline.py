@@ -36,6 +36,7 @@ from defectgen.io.images import (
     read_mask,
     resize,
     to_float,
+    to_model_size,
     write_image,
     write_mask,
 )
@@ -218,10 +219,7 @@ class _Run:
         window_mask = s.mask[y0:y0 + wh, x0:x0 + ww]
         model_mask = window_mask
         if resolution is not None:
-            model_in = resize(model_in, resolution, resolution)
-            model_mask = resize(window_mask.astype(np.uint8), resolution, resolution, nearest=True) > 0
-            if window_mask.any() and not model_mask.any():  # a sliver lost in the resize still gets generated
-                model_mask = resize(window_mask.astype(np.float32), resolution, resolution) > 0
+            model_in, model_mask = to_model_size(model_in, window_mask, resolution)
         return _Job(i, s, (y0, x0, wh, ww), model_in, model_mask)
 
     def finish(self, job: _Job, generated: np.ndarray) -> Sample:
