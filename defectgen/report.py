@@ -244,6 +244,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += _per_class_lines(runs) + _coco_lines(runs)
     for run, why in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{run}`: {why}."]
+    for run, r in runs.items():
+        if "pseudo" in r:
+            c = r["pseudo"]
+            lines += ["", f"Pseudo-labels of `{run}`: {c['kept']} of {c['regions']} regions kept on "
+                      f"{c['images_used']} of {c['unlabeled_images']} unlabeled images ({c['dropped_confidence']} "
+                      f"below the confidence threshold, {c['dropped_feature']} not defect-like)."]
     if config.get("backbone_pretrained") is False:
         lines[2:2] = ["**Warning: the backbone has random weights (tiny); these metrics are meaningless.**", ""]
     return "\n".join(lines) + "\n"

@@ -75,6 +75,16 @@ def validate(
     device: Device = None,
     save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
+    semi: Path | None = typer.Option(None, "--semi", help="seg: a folder of unlabeled images; each run also trains "
+                                     "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them."),
+    semi_threshold: float = typer.Option(0.7, "--semi-threshold", min=0.0, max=1.0, help="--semi: least mean "
+                                         "defect probability of a region kept as a pseudo-label."),
+    semi_feature_share: float = typer.Option(0.5, "--semi-feature-share", min=0.0, max=1.0, help="--semi: least "
+                                             "share of a region's backbone patches nearer a labeled defect patch "
+                                             "than a background one (0: no check)."),
+    semi_ignore_above: float = typer.Option(0.3, "--semi-ignore-above", min=0.0, max=1.0, help="--semi: pixels "
+                                            "at or above this defect probability outside kept regions are left "
+                                            "out of the loss."),
     overwrite: Overwrite = False,
 ) -> None:
     """Train a detector (AST or ExDD anomaly detectors, or the supervised seg model) with a synthetic set and
@@ -91,7 +101,11 @@ def validate(
 
         defectgen validate --detector seg --train good/ --test test-set/ --synthetic synth/ --real-labeled labeled/
         --baselines real,real+synthetic,copypaste,draem --out report/
+
+        defectgen validate --detector seg --train none --test neu-det --real-labeled labels-20/ --synthetic synth/
+        --baselines real,real+synthetic --semi unlabeled/ --out report/
     """
+    from defectgen.detect.semi import PseudoLabelRule
     from defectgen.detect.validate import run_validation
     from defectgen.workspace import validate_defaults
 
@@ -104,7 +118,8 @@ def validate(
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
-        feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim,
+        feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi,
+        semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above),
     )
     out.print(_runs_table(detector, test, results))
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")

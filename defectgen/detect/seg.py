@@ -8,6 +8,10 @@ the training defects name several classes, one logit per class. Trained with foc
 mask) pairs: defect images and normal images with empty masks as negatives, flipped, rotated and
 brightness-jittered (albumentations). The backbone stays frozen (as AST's teacher and ExDD's extractor).
 
+Label maps may mark pixels 255 (`IGNORE`): they are left out of every loss (pseudo-labels the teacher was unsure
+of, `defectgen.detect.semi`). An exponential moving average of the decoder's weights is kept while training:
+`teacher()` is the mean teacher built from it.
+
 Image score: the mean of the top-k pixel scores (as AST). Boxes: connected components of the map above
 `box_threshold`, scored by their peak and named by the class head (or the one class the model was trained on).
 """
@@ -30,6 +34,9 @@ from defectgen.detect.base import Detector, DetectorOptions, read_weights, regis
 from defectgen.detect.features import batches, to_tensor, top_k_mean
 from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
+
+IGNORE = 255  # label of pixels no loss sees
+EMA_DECAY = 0.99  # the teacher averages about the last 100 steps, or the last tenth of a shorter training
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -75,6 +82,7 @@ class Seg(nn.Module, Detector):
         self._set_classes(class_names)
         self.train_options = DetectorOptions()
         self.history: list[float] = []
+        self.ema: dict[str, torch.Tensor] = {}
         self.n_defects = 0
         self.to(backbone.mean.device)
 
@@ -115,11 +123,13 @@ class Seg(nn.Module, Detector):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def losses(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """labels: B x H x W long, 0 = normal, 1 + class index inside defects."""
+        """labels: B x H x W long, 0 = normal, 1 + class index inside defects, `IGNORE` left out."""
         logits = self(x)
-        target = (labels > 0).float()
-        out = {"focal": focal_loss(logits[:, 0], target, gamma=2.0), "dice": dice_loss(logits[:, 0], target)}
-        inside = labels > 0
+        seen = labels != IGNORE
+        defect = logits[:, 0][seen]
+        target = (labels[seen] > 0).float()
+        out = {"focal": focal_loss(defect, target, gamma=2.0), "dice": dice_loss(defect, target)}
+        inside = (labels > 0) & seen
         if self.n_class_logits and inside.any():
             cls_logits = logits[:, 1:].permute(0, 2, 3, 1)[inside]
             out["class"] = F.cross_entropy(cls_logits, labels[inside] - 1)
@@ -140,8 +150,8 @@ class Seg(nn.Module, Detector):
         if labels is None:
             labels = np.asarray(masks, bool).astype(np.int64)
             class_names = list(class_names[:1]) or ["defect"]
-        elif not class_names or int(np.max(labels)) > len(class_names) or len(class_names) > 255:
-            raise ValueError("labels name classes beyond class_names (at most 255)")
+        elif not class_names or _max_class(labels) > len(class_names) or len(class_names) >= IGNORE:
+            raise ValueError(f"labels name classes beyond class_names (at most {IGNORE - 1})")
         o = self.train_options
         torch.manual_seed(o.seed)
         self._set_classes(class_names)
@@ -171,9 +181,35 @@ class Seg(nn.Module, Detector):
             x = to_tensor(imgs, self.device)
             y = torch.from_numpy(np.stack(labs).astype(np.int64)).to(self.device)
             loop.step(self.losses(x, y)["total"])
+            self._update_ema(min(EMA_DECAY, 1.0 - 10.0 / o.steps))
         loop.close()
         self.eval()
         return self
+
+    def _decoder_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    @torch.no_grad()
+    def _update_ema(self, decay: float) -> None:
+        state = self._decoder_state()
+        if not self.ema or set(self.ema) != set(state):
+            self.ema = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for k, v in state.items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v, 1.0 - max(decay, 0.0))
+            else:
+                self.ema[k].copy_(v)
+
+    def teacher(self) -> Seg:
+        """The mean teacher: a Seg on the same backbone with the moving average of this model's decoder weights
+        over its training (steadier than the last step's weights; it labels unlabeled images)."""
+        if not self.ema:
+            raise RuntimeError("teacher() needs a fitted model")
+        t = Seg(self.backbone, self.strides, self.width, self.class_names, self.top_k, self.box_threshold,
+                self.min_box_area)
+        t.load_state_dict(self.ema, strict=False)
+        return t.eval()
 
     def summary(self) -> dict[str, Any]:
         h = self.history
@@ -215,6 +251,16 @@ class Seg(nn.Module, Detector):
                         "score": float(prob[y:y + h, x:x + w][region].max()), "class": name})
         return out
 
+    @torch.no_grad()
+    def predict_labels(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(defect probability maps N x H x W float32, class maps N x H x W: the index into `class_names` each pixel
+        is most likely to be, 0 where the model knows one class) of images of one size."""
+        self.eval()
+        logits = self(to_tensor(images, self.device))
+        classes = logits[:, 1:].argmax(dim=1) if self.n_class_logits else torch.zeros_like(logits[:, 0],
+                                                                                             dtype=torch.long)
+        return torch.sigmoid(logits[:, 0]).cpu().numpy().astype(np.float32), classes.cpu().numpy()
+
     def predict(self, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """(defect probability maps N x H x W float32, image scores N = mean of each map's top `top_k`)."""
         maps, scores, _ = self._run(images, batch_size, boxes=False)
@@ -250,3 +296,8 @@ class Seg(nn.Module, Detector):
         model.to(model.device)
         model.eval()
         return model
+
+
+def _max_class(labels) -> int:
+    """The highest class label in label maps, `IGNORE` left out."""
+    return max((int(v) for lab in labels for v in np.unique(lab) if v != IGNORE), default=0)

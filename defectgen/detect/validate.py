@@ -8,6 +8,10 @@ synthetic set has images, Perlin masks), `copypaste` (real labeled defects paste
 and for supervised detectors (seg) `real` (the labeled defects alone) and `real+synthetic` (labeled defects plus
 the synthetic set: how a user would really use a generated set). Where the test set has boxes or masks of
 several classes and the detector outputs boxes, COCO box mAP is measured too.
+
+With `semi` (a folder of unlabeled images; seg), every run also gets a `RUN+pseudo` twin: the run's mean teacher
+labels the unlabeled images, the labels that pass `defectgen.detect.semi`'s checks join the run's training set,
+and a fresh student trains on both.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ import torch
 
 from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
+from defectgen.detect.semi import DefectReference, PseudoLabelRule, pseudo_label
 from defectgen.detect.tiling import Tiled, check_tile, rescale_boxes, restore_maps
 from defectgen.errors import DefectgenError, warn
 from defectgen.io.datasets import open_dataset
@@ -333,7 +339,8 @@ def _join(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray | list
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Two training sets in one: classes merged by name, label maps re-indexed."""
     names = list(a["class_names"]) + [c for c in b["class_names"] if c not in a["class_names"]]
-    remap = np.array([0] + [names.index(c) + 1 for c in b["class_names"]], np.uint8)
+    remap = np.arange(256, dtype=np.uint8)  # IGNORE (255) stays left out
+    remap[:len(b["class_names"]) + 1] = [0] + [names.index(c) + 1 for c in b["class_names"]]
     cleans = None if a["cleans"] is None or b["cleans"] is None else _join(a["cleans"], b["cleans"])
     return {"images": _join(a["images"], b["images"]), "masks": _join(a["masks"], b["masks"]),
             "cleans": cleans, "labels": _join(a["labels"], [remap[x] for x in b["labels"]]), "class_names": names,
@@ -404,11 +411,11 @@ def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence
 
 def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, real_labeled: Path | None,
                  resolution: Resolution | None, max_train: int | None, max_test: int | None, seed: int,
-                 progress: bool, uses_labeled: bool) -> dict[str, Any]:
+                 progress: bool, uses_labeled: bool, semi: Path | None = None) -> dict[str, Any]:
     """Normals, test set, labeled defects and the synthetic set as training set (`_training_set`), all at the
     model input `resolution` gives the test set (None: at their own size, for tiles): normals, channels,
     test_set, labeled (None without --real-labeled), synthetic (None without --synthetic) and clean_sources (how
-    the synthetic set's clean normals were found)."""
+    the synthetic set's clean normals were found), unlabeled (the `semi` images, or None)."""
     normal_samples = read_normals(train, max_train, seed, progress) if train is not None else []
     # gray only when every normal is gray; without normals the defect images train, on 3 channels
     channels = 1 if normal_samples and all(s.channels == 1 for s in normal_samples) else 3
@@ -425,7 +432,8 @@ def _load_inputs(train: Path | None, test: Path, synthetic: list[Path] | None, r
         if not uses_labeled:
             warn(f"no run uses `real_labeled` (baselines {', '.join(NEEDS_LABELED)} do)")
     inputs = {"normals": normals, "channels": channels, "test_set": test_set, "labeled": labeled,
-              "synthetic": None, "clean_sources": None}
+              "synthetic": None, "clean_sources": None,
+              "unlabeled": load_unlabeled(semi, size, channels, progress) if semi is not None else None}
     if synthetic is not None:
         images, masks, cleans, clean_sources, labels, names = load_synthetic(synthetic, size, channels, normals,
                                                                               progress, labeled)
@@ -512,7 +520,8 @@ def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path
         "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
         "positive_quantile": s["positive_quantile"] if "positive_quantile" in uses else None,
         "n_draem": n_syn if "draem" in baselines else None, "n_copypaste": n_syn if "copypaste" in baselines
-        else None, "max_train": s["max_train"], "max_test": s["max_test"], "device": str(dev),
+        else None, "max_train": s["max_train"], "max_test": s["max_test"], "semi": s.get("semi"),
+        "semi_rule": s.get("semi_rule"), "device": str(dev),
     }
 
 
@@ -544,7 +553,8 @@ def run_validation(
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
     student_width: int | None = None, positive_quantile: float | None = None,
     real_labeled: str | Path | None = None, tile: int | None = None,
-    feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None) -> dict[str, Any]:
+    feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None,
+    semi: str | Path | None = None, semi_rule: PseudoLabelRule | None = None) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json).
 
@@ -561,11 +571,18 @@ def run_validation(
     split), needed by the copypaste, real and real+synthetic baselines. n_draem: how many defects the draem and
     copypaste baselines make (default: as many as the synthetic set has, else 100). backbone: see
     `resolve_backbone` (None: the pretrained default); a DDPM run folder gives diffusion features, noised to
-    `feature_timesteps` and PCA-projected to `feature_dim` channels a level (`DiffusionBackbone`)."""
+    `feature_timesteps` and PCA-projected to `feature_dim` channels a level (`DiffusionBackbone`).
+
+    semi: a folder of unlabeled images (any layout; its labels, if any, are not read): each run gets a
+    `RUN+pseudo` twin trained with the pseudo-labels its teacher gives them under `semi_rule`
+    (`defectgen.detect.semi`; seg only)."""
     start = time.perf_counter()
     det_cls = get_detector(detector)
     resolution, tile = parse_resolution(resolution), check_tile(tile)
     baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled)
+    if semi is not None:
+        _check_semi(detector, det_cls, tile)
+        semi, semi_rule = Path(semi), semi_rule or PseudoLabelRule()
     train, test, out = Path(train) if train is not None else None, Path(test), Path(out)
     if synthetic is not None:
         synthetic = ([Path(synthetic)] if isinstance(synthetic, (str, Path)) else [Path(p) for p in synthetic])
@@ -576,7 +593,7 @@ def run_validation(
     bb = load_backbone(backbone, dev, feature_timesteps, feature_dim)
     # every input is read and every baseline made before the output folder is touched
     inputs = _load_inputs(train, test, synthetic, real_labeled, None if tile else resolution, max_train, max_test,
-                          seed, progress, uses_labeled=any(b in NEEDS_LABELED for b in baselines))
+                          seed, progress, uses_labeled=any(b in NEEDS_LABELED for b in baselines), semi=semi)
     test_set = inputs["test_set"]
     boxes_too = det_cls.produces_boxes and len(test_set["box_classes"]) >= 2
     if tile and boxes_too:
@@ -586,7 +603,7 @@ def run_validation(
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
-                          protect=[train, test, *(synthetic or []), backbone, real_labeled])
+                          protect=[train, test, *(synthetic or []), backbone, real_labeled, semi])
     if not is_pretrained(backbone):  # said once the inputs are known good, so a bad input stays one line
         warn(TINY_WARNING)
     out = folder.prepare()
@@ -595,10 +612,12 @@ def run_validation(
         options = DetectorOptions(seed=seed, sigma=4.0 * min(size) / 256, steps=steps, batch_size=batch_size, lr=lr,
                                   coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width)
         results = _run_all(out, detector, det_cls, bb, options, inputs, runs_data,
-                           boxes_too, tile, n_overlays, save_models, progress)
+                           boxes_too, tile, n_overlays, save_models, progress, semi_rule)
         settings = {"backbone": backbone, "resolution": list(size), "tile": tile, "seed": seed, "steps": steps,
                     "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
                     "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test,
+                    "semi": str(semi) if semi is not None else None,
+                    "semi_rule": asdict(semi_rule) if semi is not None else None,
                     **(bb.options() if hasattr(bb, "options") else {})}
         results["config"] = _run_config(detector, det_cls, train, synthetic, real_labeled, test, baselines, n_syn,
                                         dev, settings)
@@ -617,16 +636,25 @@ def run_validation(
 
 def _run_all(out: Path, detector: str, det_cls, bb, options: DetectorOptions, inputs: dict[str, Any],
              runs_data: dict[str, dict[str, Any]], boxes_too: bool, tile: int | None, n_overlays: int,
-             save_models: bool, progress: bool) -> dict[str, Any]:
-    """Train and score every run, write roc.png and the overlays; {"runs": records, "files": names}."""
+             save_models: bool, progress: bool, semi_rule: PseudoLabelRule | None = None) -> dict[str, Any]:
+    """Train and score every run (and its `+pseudo` twin when there are unlabeled images), write roc.png and the
+    overlays; {"runs": records, "files": names}."""
     test_set = inputs["test_set"]
     show = overlay_picks(test_set, n_overlays, np.random.default_rng(options.seed))
     results: dict[str, Any] = {"runs": {}}
     curves: dict[str, dict[str, Any]] = {}
     overlay_maps: dict[str, tuple[list[np.ndarray], float, float]] = {}
-    for name, data in runs_data.items():
+    queue = list(runs_data.items())
+    while queue:
+        name, data = queue.pop(0)
         model, results["runs"][name], maps, scores = _train_and_score(
             name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress, tile)
+        if "pseudo" in data:
+            results["runs"][name]["pseudo"] = data["pseudo"]
+        elif inputs["unlabeled"] is not None:
+            twin = _with_pseudo_labels(name, model, data, inputs, bb, semi_rule, options.seed, progress)
+            if twin is not None:
+                queue.insert(0, (f"{name}+pseudo", twin))
         curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
         every = np.concatenate([m.ravel() for m in maps])  # the colour scale spans all test images
         overlay_maps[name] = ([maps[i] for i in show], float(np.percentile(every, 1)),
@@ -639,3 +667,37 @@ def _run_all(out: Path, detector: str, det_cls, bb, options: DetectorOptions, in
     overlay_files = write_overlays(out / "overlays", test_set, show, overlay_maps)
     results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
     return results
+
+
+def _check_semi(detector: str, det_cls, tile: int | None) -> None:
+    if not hasattr(det_cls, "teacher"):
+        raise DefectgenError(None, f"`semi` pseudo-labels with a supervised detector's mean teacher (seg); "
+                             f"{detector} has none")
+    if tile:
+        raise DefectgenError(None, "`semi` does not work on tiles yet: leave out `tile`")
+
+
+def load_unlabeled(folder: Path, size: Size, channels: int, progress: bool) -> np.ndarray:
+    """Every image under `folder` (any layout; labels are not read) at the model input `size`."""
+    samples = open_dataset(folder).read_all("unlabeled images", progress)
+    return np.stack([_fit(s.image, size, channels) for s in samples])
+
+
+def _with_pseudo_labels(name: str, model, data: dict[str, Any], inputs: dict[str, Any], bb, rule: PseudoLabelRule,
+                        seed: int, progress: bool) -> dict[str, Any] | None:
+    """Run `name`'s training set plus the pseudo-labels its trained model's teacher gives the unlabeled images
+    (None, with a warning, when no label passes), with the counts under "pseudo"."""
+    reference = DefectReference(bb, data["images"], data["masks"], inputs["normals"], seed=seed) \
+        if rule.feature_share > 0 else None
+    pseudo, counts = pseudo_label(model.teacher(), inputs["unlabeled"], rule, reference, progress=progress)
+    if progress:
+        print(f"[{name}] pseudo-labels: kept {counts['kept']} of {counts['regions']} regions on "
+              f"{counts['images_used']} of {counts['unlabeled_images']} images", flush=True)
+    if pseudo["images"] is None:
+        warn(f"run {name}: no pseudo-label passed the checks (`semi_threshold`, `semi_feature_share`); "
+             f"{name}+pseudo is not run")
+        return None
+    merged = _merge(data, _training_set(pseudo["images"], pseudo["masks"], None, pseudo["labels"],
+                                        pseudo["class_names"]))
+    merged["pseudo"] = counts
+    return merged
