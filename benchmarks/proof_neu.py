@@ -107,10 +107,28 @@ def labeled_subsets(train_dir: Path, fractions: list[float], seed: int, work: Pa
     return out
 
 
+def unlabeled_rest(train_dir: Path, labeled: Path, work: Path) -> Path:
+    """A folder holding the train images outside the `labeled` subset, images only (their labels stay behind):
+    the unlabeled images of the semi-supervised protocol."""
+    import shutil
+
+    taken = {p.name for p in (labeled / "images").iterdir()}
+    folder = work / f"unlabeled-{labeled.name.removeprefix('labels-')}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for p in sorted((train_dir / "images").iterdir()):
+        if p.name not in taken:
+            shutil.copy2(p, folder)
+    return folder
+
+
 def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem,copypaste")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
     parser.add_argument("--fractions", default="0.2,0.4,1.0", help="shares of the train labels, comma-separated")
+    parser.add_argument("--semi", action="store_true", help="also pseudo-label the rest of the train images "
+                        "(labels not read) and train each run's +pseudo twin (validate --semi; shares below 100%%)")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
     work = args.work or ROOT / "out" / f"proof-neu-{args.config}"
@@ -136,21 +154,26 @@ def main() -> None:
     detection: dict[str, dict] = {}
     for f in fractions:
         pct = f"{round(f * 100)}%"
-        for k, (name, folders) in enumerate(sets[f].items()):
+        semi = unlabeled_rest(train_dir, subsets[f], work) if args.semi and f < 1.0 else None
+        # no generator: the real labels alone (with --semi, beside their +pseudo twin)
+        for k, (name, folders) in enumerate(sets[f].items() or [(None, {})]):
             res = run_validation(
-                "seg", None, test_dir, work / f"report-seg-{name}-{round(f * 100)}", synthetic=list(folders.values()),
-                baselines=("real", "real+synthetic") if k == 0 else ("real+synthetic",), real_labeled=subsets[f],
-                backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed, steps=cfg["seg_steps"],
-                batch_size=cfg["seg_batch"], overwrite=True, progress=sys.stderr.isatty(), n_overlays=4)
+                "seg", None, test_dir, work / f"report-seg-{name or 'real'}-{round(f * 100)}",
+                synthetic=list(folders.values()) or None,
+                baselines=("real", "real+synthetic")[:1 if name is None else 2] if k == 0 else ("real+synthetic",),
+                real_labeled=subsets[f], backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed,
+                steps=cfg["seg_steps"], batch_size=cfg["seg_batch"], overwrite=True, progress=sys.stderr.isatty(),
+                n_overlays=4, semi=semi)
             for run, values in res["runs"].items():
-                key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(run, run)
+                base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
+                key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
                 coco = values["coco"]
-                detection.setdefault(pct, {})[key] = {
+                detection.setdefault(pct, {})[key + ("+pseudo" if pseudo else "")] = {
                     "map50": coco["map50"], "map": coco["map"], "agnostic_map50": coco["agnostic_map50"],
                     "pixel_auroc": values["metrics"].get("pixel_auroc"), "pixel_ap": values["metrics"].get("pixel_ap"),
                     "per_class_map50": {c: v.get("map50") for c, v in coco["per_class"].items()},
                     "real_images": values["real_images"], "synthetic_images": values["synthetic_images"],
-                    "train_s": values["train_s"]}
+                    "train_s": values["train_s"], **({"pseudo": values["pseudo"]} if "pseudo" in values else {})}
 
     full = sets[max(fractions)]
     table, classes = generation_quality(args, cfg, full, train_dir, test_dir)
@@ -163,7 +186,7 @@ def main() -> None:
                            for f in fractions},
         "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
-        "detection": detection, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
+        "detection": detection, "semi": args.semi, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_results(name, out, markdown(out), figure)
@@ -306,6 +329,16 @@ def markdown(out: dict) -> str:
             lines.append(f"| {pct} | {run} | {r['real_images']} | {r['synthetic_images']} | {f(r['map50'])} | "
                          f"{f(r['map'])} | {f(r['agnostic_map50'])} | {f(r['pixel_ap'])} | "
                          + " | ".join(f(r["per_class_map50"].get(c)) for c in classes) + " |")
+    pseudo = [(pct, run, r["pseudo"]) for pct, runs in out.get("detection", {}).items() for run, r in runs.items()
+              if "pseudo" in r]
+    if pseudo:
+        lines += ["", "Pseudo-labels (`+pseudo` runs: the run's mean teacher labels the train images outside the "
+                  "labeled share; regions kept after the confidence and backbone-feature checks):", "",
+                  "| labels | run | unlabeled images | regions | kept | below confidence | not defect-like | "
+                  "images used |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {pct} | {run} | {c['unlabeled_images']} | {c['regions']} | {c['kept']} | "
+                  f"{c['dropped_confidence']} | {c['dropped_feature']} | {c['images_used']} |"
+                  for pct, run, c in pseudo]
     share = f"{round(max(out['fractions']) * 100)}%" if out.get("fractions") else "the largest share"
     lines += ["", "KID against the real test crops of the same class (lower is better; 'real train' is the floor; "
               f"sets made with {share} of the labels):", "",
