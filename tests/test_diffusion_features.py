@@ -126,3 +126,52 @@ def test_trained_ddpm_features_find_a_pasted_square(tmp_path):
     maps, scores = det.fit(normals).predict(np.stack(images)[..., None])
     m = evaluate(np.arange(8) % 2 == 1, scores, np.stack(masks), maps)
     assert m["image_auroc"] >= 0.9 and m["pixel_auroc"] > 0.85  # 1.0 and 0.94 when written
+
+
+def test_fused_backbone_puts_both_side_by_side_and_round_trips(ddpm_run, mvtec_dir, tmp_path):
+    from defectgen.detect.fusion import FusedBackbone
+
+    spec = f"tiny+{ddpm_run}"
+    bb = load_backbone(spec, feature_dim=8)
+    tiny, ddpm = load_backbone("tiny"), load_backbone(str(ddpm_run), feature_dim=8)
+    assert isinstance(bb, FusedBackbone) and bb.name == spec
+    x = torch.rand(2, 3, 32, 64)
+    fused, alone = bb(x, (8, 16)), tiny(x, (8, 16))
+    assert [tuple(m.shape) for m in fused] == [(2, a.shape[1] + 64, *a.shape[-2:]) for a in alone]
+    assert torch.equal(fused[0][:, : alone[0].shape[1]], alone[0])  # the first part's maps, unchanged
+    assert bb.channels((8, 16)) == [a + b for a, b in zip(tiny.channels((8, 16)), ddpm.channels((8, 16)),
+                                                           strict=True)]
+    out = tmp_path / "report"
+    run_validation("exdd", mvtec_dir, mvtec_dir, out, baselines=["none"], backbone=spec, resolution=32,
+                   coreset_ratio=0.5, n_overlays=0, progress=False, feature_dim=8, save_models=True)
+    saved = json.loads((out / "report.json").read_text())
+    c = saved["runs"]["none"]["compression"]
+    tiny_ch = sum(tiny.channels((8, 16)))
+    assert (c["channels_raw"], c["channels"]) == (tiny_ch + 128, tiny_ch + 16)
+    assert saved["config"]["backbone_pretrained"] is False  # a random part makes the whole untrustworthy
+    det = ExDD.load(out / "exdd_none.safetensors")  # the fusion and its PCA come back by name
+    assert isinstance(det.backbone, FusedBackbone) and det.negative.shape[1] == tiny_ch + 16
+    images = np.stack([texture(np.random.default_rng(i)) for i in range(2)])[..., None]
+    assert det.predict(images)[0].shape == (2, 32, 32)
+    with pytest.raises(DefectgenError, match="names each part"):
+        load_backbone("tiny+")
+
+
+def test_trained_detectors_save_the_diffusion_backbone_options(ddpm_run, tmp_path):
+    from defectgen.detect.base import DetectorOptions, get_detector, load_detector
+
+    rng = np.random.default_rng(0)
+    normals = np.stack([texture(rng) for _ in range(4)])[..., None]
+    defects = normals.copy()
+    defects[:, 8:16, 8:16] = 250
+    masks = np.zeros((4, 32, 32), bool)
+    masks[:, 8:16, 8:16] = True
+    bb = load_backbone(str(ddpm_run), feature_timesteps=(50, 300))
+    for name in ("seg", "ast"):
+        det = get_detector(name).from_options(bb, DetectorOptions(steps=2, batch_size=2))
+        det.fit(normals, defects, masks, cleans=normals)
+        det.save(tmp_path / f"{name}.safetensors")
+        again = load_detector(tmp_path / f"{name}.safetensors")
+        backbone = again.backbone if name == "seg" else again.teacher
+        assert backbone.timesteps == (50, 300)
+        assert np.allclose(again.predict(defects)[0], det.predict(defects)[0], atol=1e-5)

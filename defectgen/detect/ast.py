@@ -20,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectgen.detect.backbone import TINY, Backbone, load_backbone
-from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.backbone import TINY, Backbone
+from defectgen.detect.base import (
+    Detector,
+    DetectorOptions,
+    backbone_of,
+    backbone_record,
+    read_weights,
+    register_detector,
+    write_weights,
+)
 from defectgen.detect.features import batches, smooth_maps, to_tensor, top_k_mean, upsample
 
 
@@ -210,7 +218,7 @@ class AST(nn.Module, Detector):
         return top_k_mean(maps, self.top_k)
 
     def config(self) -> dict:
-        return {"detector": "ast", "backbone": self.teacher.name, "strides": list(self.strides),
+        return {"detector": "ast", **backbone_record(self.teacher), "strides": list(self.strides),
                 "width": self.width, "head_width": self.head_width, "top_k": self.top_k, "sigma": self.sigma,
                 "use_head": self.use_head}
 
@@ -223,7 +231,7 @@ class AST(nn.Module, Detector):
     @classmethod
     def load(cls, path: str | Path, backbone: Backbone | None = None) -> AST:
         state, meta = read_weights(path, "ast", "AST weights file")
-        model = cls(backbone or load_backbone(meta["backbone"]), meta["strides"], meta["width"],
+        model = cls(backbone or backbone_of(meta), meta["strides"], meta["width"],
                     meta["head_width"], meta["top_k"], meta["sigma"])
         model.student.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("student.")})
         model.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})

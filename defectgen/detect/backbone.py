@@ -157,16 +157,34 @@ def resolve_backbone(spec: str | None) -> str:
 
 
 def is_pretrained(spec: str) -> bool:
-    return spec != TINY
+    return TINY not in spec.split("+")
+
+
+def _fused(spec: str, device, feature_timesteps, feature_dim):
+    from defectgen.detect.fusion import FusedBackbone
+
+    parts = spec.split("+")
+    if not all(p.strip() for p in parts):
+        raise DefectgenError(spec, "a fused backbone names each part: A+B (a transformers model, tiny or a DDPM run "
+                             "folder each)")
+    ddpm = [(Path(p) / "defectgen.json").is_file() for p in parts]
+    if (feature_timesteps is not None or feature_dim is not None) and not any(ddpm):
+        raise DefectgenError(spec, "`feature_timesteps` and `feature_dim` apply only to a DDPM run folder as "
+                             "`backbone`")
+    return FusedBackbone([load_backbone(p, device, feature_timesteps if d else None, feature_dim if d else None)
+                          for p, d in zip(parts, ddpm, strict=True)]).to(device)
 
 
 def load_backbone(spec: str | None = None, device: str | torch.device = "cpu",
                   feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None) -> Backbone:
     """A frozen backbone from a local folder or hub id (transformers `from_pretrained`), or `tiny`; None means
     `resolve_backbone`'s default. A defectgen DDPM run folder (defectgen.json of kind ddpm or cddpm) gives a
-    `DiffusionBackbone` noised to `feature_timesteps` and projected to `feature_dim` channels a level."""
+    `DiffusionBackbone` noised to `feature_timesteps` and projected to `feature_dim` channels a level. `A+B`
+    fuses backbones (`FusedBackbone`: a transformers model beside a DDPM run, say)."""
     spec = resolve_backbone(spec)
     folder = Path(spec)
+    if "+" in spec and not folder.exists():
+        return _fused(spec, device, feature_timesteps, feature_dim)
     if (folder / "defectgen.json").is_file():
         from defectgen.detect.diffusion_features import load_diffusion_backbone
         from defectgen.diffusion.folder import read_metadata

@@ -13,8 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectgen.detect.backbone import Backbone, load_backbone
-from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.backbone import Backbone
+from defectgen.detect.base import (
+    Detector,
+    DetectorOptions,
+    backbone_of,
+    backbone_record,
+    read_weights,
+    register_detector,
+    write_weights,
+)
 from defectgen.detect.features import (
     batches,
     greedy_coreset,
@@ -157,8 +165,7 @@ class ExDD(Detector):
         return out, out.reshape(len(out), -1).max(1)
 
     def config(self) -> dict:
-        extra = {"backbone_options": self.backbone.options()} if hasattr(self.backbone, "options") else {}
-        return {"detector": "exdd", "backbone": self.backbone.name, **extra, "strides": list(self.strides),
+        return {"detector": "exdd", **backbone_record(self.backbone), "strides": list(self.strides),
                 "coreset_ratio": self.coreset_ratio, "positive_ratio": self.positive_ratio, "eps": self.eps,
                 "sigma": self.sigma, "seed": self.seed, "positive_quantile": self.positive_quantile}
 
@@ -179,7 +186,7 @@ class ExDD(Detector):
         tensors, meta = read_weights(path, "exdd", "ExDD bank file")
         if "negative" not in tensors:
             raise DefectgenError(path, "not an ExDD bank file (no negative bank)")
-        backbone = backbone or load_backbone(meta["backbone"], **meta.get("backbone_options", {}))
+        backbone = backbone or backbone_of(meta)
         if hasattr(backbone, "load_projection_state"):
             backbone.load_projection_state(tensors)
         det = cls(backbone, meta["strides"], meta["coreset_ratio"], meta["positive_ratio"], meta["eps"],

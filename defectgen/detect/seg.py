@@ -29,8 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectgen.detect.ast import focal_loss
-from defectgen.detect.backbone import TINY, Backbone, load_backbone
-from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.backbone import TINY, Backbone
+from defectgen.detect.base import (
+    Detector,
+    DetectorOptions,
+    backbone_of,
+    backbone_record,
+    read_weights,
+    register_detector,
+    write_weights,
+)
 from defectgen.detect.features import batches, to_tensor, top_k_mean
 from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
@@ -271,7 +279,7 @@ class Seg(nn.Module, Detector):
         return self._run(images, batch_size, boxes=True)
 
     def config(self) -> dict[str, Any]:
-        return {"detector": "seg", "backbone": self.backbone.name, "strides": list(self.strides),
+        return {"detector": "seg", **backbone_record(self.backbone), "strides": list(self.strides),
                 "width": self.width, "class_names": self.class_names, "top_k": self.top_k,
                 "box_threshold": self.box_threshold, "min_box_area": self.min_box_area}
 
@@ -284,7 +292,7 @@ class Seg(nn.Module, Detector):
     def load(cls, path: str | Path, backbone: Backbone | None = None) -> Seg:
         state, meta = read_weights(path, "seg", "seg weights file")
         try:
-            model = cls(backbone or load_backbone(meta["backbone"]), meta["strides"], meta["width"],
+            model = cls(backbone or backbone_of(meta), meta["strides"], meta["width"],
                         meta["class_names"], meta["top_k"], meta["box_threshold"], meta["min_box_area"])
             missing, unexpected = model.load_state_dict(state, strict=False)
         except (KeyError, RuntimeError) as e:

@@ -603,7 +603,7 @@ def run_validation(
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
-                          protect=[train, test, *(synthetic or []), backbone, real_labeled, semi])
+                          protect=[train, test, *(synthetic or []), *backbone.split("+"), real_labeled, semi])
     if not is_pretrained(backbone):  # said once the inputs are known good, so a bad input stays one line
         warn(TINY_WARNING)
     out = folder.prepare()
