@@ -20,16 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectgen.detect.backbone import TINY, Backbone
-from defectgen.detect.base import (
-    Detector,
-    DetectorOptions,
-    backbone_of,
-    backbone_record,
-    read_weights,
-    register_detector,
-    write_weights,
-)
+from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import batches, smooth_maps, to_tensor, top_k_mean, upsample
 
 

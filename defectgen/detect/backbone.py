@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -230,3 +231,14 @@ def _offline_miss(error: Exception) -> bool:
     HF_HUB_OFFLINE), rather than because the model is broken."""
     text = str(error).lower()
     return any(k in text for k in ("offline", "connect", "cached", "couldn't", "internet", "resolve", "network"))
+
+
+def backbone_record(backbone) -> dict[str, Any]:
+    """What a saved detector records to load its backbone again: the name, and a diffusion backbone's options."""
+    extra = {"backbone_options": backbone.options()} if hasattr(backbone, "options") else {}
+    return {"backbone": backbone.name, **extra}
+
+
+def backbone_of(meta: dict[str, Any]):
+    """The backbone a saved detector's metadata names (see `backbone_record`)."""
+    return load_backbone(meta["backbone"], **meta.get("backbone_options", {}))

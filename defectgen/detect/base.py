@@ -159,15 +159,3 @@ def read_weights(path: str | Path, detector: str | None, what: str = "detector w
 def _article(what: str) -> str:
     return ("an " if what[:1].lower() in "aeiou" else "a ") + what
 
-
-def backbone_record(backbone) -> dict[str, Any]:
-    """What a saved detector records to load its backbone again: the name, and a diffusion backbone's options."""
-    extra = {"backbone_options": backbone.options()} if hasattr(backbone, "options") else {}
-    return {"backbone": backbone.name, **extra}
-
-
-def backbone_of(meta: dict[str, Any]):
-    """The backbone a saved detector's metadata names (see `backbone_record`)."""
-    from defectgen.detect.backbone import load_backbone
-
-    return load_backbone(meta["backbone"], **meta.get("backbone_options", {}))

@@ -13,16 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectgen.detect.backbone import Backbone
-from defectgen.detect.base import (
-    Detector,
-    DetectorOptions,
-    backbone_of,
-    backbone_record,
-    read_weights,
-    register_detector,
-    write_weights,
-)
+from defectgen.detect.backbone import Backbone, backbone_of, backbone_record
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import (
     batches,
     greedy_coreset,
