@@ -96,6 +96,21 @@ def main() -> None:
     started = time.perf_counter()
     backbones = [args.backbone, args.ddpm, f"{args.backbone}+{args.ddpm}"]
     rows, neu_rows = [], []
+
+    def save() -> None:  # after every row: an interrupted run keeps what it measured
+        out = {"benchmark": "diffusion features: MobileNetV2 vs DDPM decoder features vs both",
+               "magnetic_tile": {"data": rel(args.data), "resolution": args.resolution, "max_train": args.max_train,
+                                 "max_test": args.max_test, "coreset_ratio": args.coreset_ratio,
+                                 "seg_steps": args.steps, "runs": rows} if rows else None,
+               "neu_det": {"data": rel(args.neu_data), "labels": rel(args.neu_labels) if args.neu_labels else None,
+                           "seg_steps": 300, "runs": neu_rows} if neu_rows else None,
+               "timesteps": args.timesteps, "feature_dim": args.feature_dim, "seed": args.seed,
+               "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
+               "command": command_line("benchmarks/diffusion_features.py", sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d")}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
             seg = detector == "seg"
@@ -104,22 +119,13 @@ def main() -> None:
                                     baselines=["real"] if seg else ["none"], real_labeled=args.data if seg else None,
                                     resolution=args.resolution, max_train=args.max_train, max_test=args.max_test,
                                     coreset_ratio=args.coreset_ratio, steps=args.steps, batch_size=8))
+                save()
         if args.neu_ddpm:
             for bb in (args.backbone, args.neu_ddpm, f"{args.backbone}+{args.neu_ddpm}"):
                 neu_rows.append(one_run(args, "seg", bb, Path(tmp), train=None, test=args.neu_data / "test",
                                         baselines=["real"], real_labeled=args.neu_labels or args.neu_data / "train",
                                         resolution=args.resolution, steps=300, batch_size=8))
-    out = {"benchmark": "diffusion features: MobileNetV2 vs DDPM decoder features vs both",
-           "magnetic_tile": {"data": rel(args.data), "resolution": args.resolution, "max_train": args.max_train,
-                             "max_test": args.max_test, "coreset_ratio": args.coreset_ratio, "seg_steps": args.steps,
-                             "runs": rows},
-           "neu_det": {"data": rel(args.neu_data), "labels": rel(args.neu_labels) if args.neu_labels else None,
-                       "runs": neu_rows} if neu_rows else None,
-           "timesteps": args.timesteps, "feature_dim": args.feature_dim, "seed": args.seed, "hardware": hardware(),
-           "wall_time_s": time.perf_counter() - started,
-           "command": command_line("benchmarks/diffusion_features.py", sys.argv[1:]), "date": time.strftime("%Y-%m-%d")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+                save()
     print(f"results: {args.out}")
 
 
