@@ -20,6 +20,7 @@ from torch import nn
 
 from defectgen.errors import DefectgenError
 
+SEPARATOR = "+"  # `A+B`: backbones fused side by side (`defectgen.detect.fusion`)
 TINY = "tiny"
 # The default of validate and inspect --against: a real ImageNet model, fetched from the hub on first use (as
 # diffusers and anomalib fetch theirs) and cached; offline, a local folder is given once instead.
@@ -158,13 +159,13 @@ def resolve_backbone(spec: str | None) -> str:
 
 
 def is_pretrained(spec: str) -> bool:
-    return TINY not in spec.split("+")
+    return TINY not in spec.split(SEPARATOR)
 
 
 def _fused(spec: str, device, feature_timesteps, feature_dim):
     from defectgen.detect.fusion import FusedBackbone
 
-    parts = spec.split("+")
+    parts = spec.split(SEPARATOR)
     if not all(p.strip() for p in parts):
         raise DefectgenError(spec, "a fused backbone names each part: A+B (a transformers model, tiny or a DDPM run "
                              "folder each)")
@@ -184,7 +185,7 @@ def load_backbone(spec: str | None = None, device: str | torch.device = "cpu",
     fuses backbones (`FusedBackbone`: a transformers model beside a DDPM run, say)."""
     spec = resolve_backbone(spec)
     folder = Path(spec)
-    if "+" in spec and not folder.exists():
+    if SEPARATOR in spec and not folder.exists():
         return _fused(spec, device, feature_timesteps, feature_dim)
     if (folder / "defectgen.json").is_file():
         from defectgen.detect.diffusion_features import load_diffusion_backbone

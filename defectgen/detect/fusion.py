@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEPARATOR = "+"
+from defectgen.detect.backbone import SEPARATOR
 
 
 class FusedBackbone(nn.Module):

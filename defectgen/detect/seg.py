@@ -18,7 +18,7 @@ Image score: the mean of the top-k pixel scores (as AST). Boxes: connected compo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,8 @@ class Seg(nn.Module, Detector):
         o = self.train_options
         torch.manual_seed(o.seed)
         self._set_classes(class_names)
+        self.ema = {k: v.detach().clone() for k, v in self._decoder_state().items()}
+        ema_decay = max(0.0, min(EMA_DECAY, 1.0 - 10.0 / o.steps))
         self.n_defects = int(len(defects))
         h, w = defects.shape[1:3]
         aug = _augmenter(h == w, o.seed)
@@ -181,7 +183,7 @@ class Seg(nn.Module, Detector):
             x = to_tensor(imgs, self.device)
             y = torch.from_numpy(np.stack(labs).astype(np.int64)).to(self.device)
             loop.step(self.losses(x, y)["total"])
-            self._update_ema(min(EMA_DECAY, 1.0 - 10.0 / o.steps))
+            self._update_ema(ema_decay)
         loop.close()
         self.eval()
         return self
@@ -191,13 +193,9 @@ class Seg(nn.Module, Detector):
 
     @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
-        state = self._decoder_state()
-        if not self.ema or set(self.ema) != set(state):
-            self.ema = {k: v.detach().clone() for k, v in state.items()}
-            return
-        for k, v in state.items():
+        for k, v in self._decoder_state().items():
             if v.is_floating_point():
-                self.ema[k].lerp_(v, 1.0 - max(decay, 0.0))
+                self.ema[k].lerp_(v, 1.0 - decay)
             else:
                 self.ema[k].copy_(v)
 
@@ -235,15 +233,19 @@ class Seg(nn.Module, Detector):
         """The mean of each map's top `top_k` fraction of pixels."""
         return top_k_mean(maps, self.top_k)
 
-    def _boxes(self, prob: np.ndarray, cls: np.ndarray | None) -> list[dict[str, Any]]:
+    def regions(self, prob: np.ndarray) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+        """The defect regions of one probability map: connected components above `box_threshold` of at least
+        `min_box_area` pixels, each as (x, y, w, h, its mask within that box)."""
         n, lab, stats, _ = cv2.connectedComponentsWithStats((prob >= self.box_threshold).astype(np.uint8),
                                                             connectivity=8)
-        out = []
         for i in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[i])
-            if area < self.min_box_area:
-                continue
-            region = lab[y:y + h, x:x + w] == i
+            if area >= self.min_box_area:
+                yield x, y, w, h, lab[y:y + h, x:x + w] == i
+
+    def _boxes(self, prob: np.ndarray, cls: np.ndarray | None) -> list[dict[str, Any]]:
+        out = []
+        for x, y, w, h, region in self.regions(prob):
             name = self.class_names[0] if self.class_names else "defect"
             if cls is not None:
                 name = self.class_names[int(cls[:, y:y + h, x:x + w][:, region].mean(axis=1).argmax())]

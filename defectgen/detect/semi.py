@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -124,22 +123,21 @@ def pseudo_label(teacher: Seg, images: np.ndarray, rule: PseudoLabelRule, refere
 def _label_regions(prob: np.ndarray, cls: np.ndarray, rule: PseudoLabelRule, teacher: Seg, counts: dict[str, int],
                    check: tuple[DefectReference, torch.Tensor] | None) -> np.ndarray | None:
     """One image's label map from the teacher's maps (None when no region is kept), counting each region."""
-    n, comp, stats, _ = cv2.connectedComponentsWithStats((prob >= teacher.box_threshold).astype(np.uint8),
-                                                         connectivity=8)
     label = np.zeros(prob.shape, np.uint8)
-    for k in range(1, n):
-        if stats[k, cv2.CC_STAT_AREA] < teacher.min_box_area:
-            continue
-        region = comp == k
+    for x, y, w, h, region in teacher.regions(prob):
+        box = np.s_[y:y + h, x:x + w]
         counts["regions"] += 1
-        if float(prob[region].mean()) < rule.threshold:
+        if float(prob[box][region].mean()) < rule.threshold:
             counts["dropped_confidence"] += 1
             continue
-        if check is not None and check[0].share(check[1], region) < rule.feature_share:
-            counts["dropped_feature"] += 1
-            continue
+        if check is not None:
+            whole = np.zeros(prob.shape, bool)
+            whole[box] = region
+            if check[0].share(check[1], whole) < rule.feature_share:
+                counts["dropped_feature"] += 1
+                continue
         counts["kept"] += 1
-        label[region] = 1 + int(np.bincount(cls[region].ravel()).argmax())
+        label[box][region] = 1 + int(np.bincount(cls[box][region].ravel()).argmax())
     if not label.any():
         return None
     label[(prob >= rule.ignore_above) & (label == 0)] = IGNORE

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from defectgen.detect.backbone import TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
+from defectgen.detect.backbone import SEPARATOR, TINY_WARNING, is_pretrained, load_backbone, resolve_backbone
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector
 from defectgen.detect.semi import DefectReference, PseudoLabelRule, pseudo_label
 from defectgen.detect.tiling import Tiled, check_tile, rescale_boxes, restore_maps
@@ -603,7 +603,7 @@ def run_validation(
     for note in skipped.values():
         print(f"note: {note}; the none baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(out, overwrite=overwrite, resumable=False, verb="validate",
-                          protect=[train, test, *(synthetic or []), *backbone.split("+"), real_labeled, semi])
+                          protect=[train, test, *(synthetic or []), *backbone.split(SEPARATOR), real_labeled, semi])
     if not is_pretrained(backbone):  # said once the inputs are known good, so a bad input stays one line
         warn(TINY_WARNING)
     out = folder.prepare()
