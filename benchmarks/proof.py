@@ -62,6 +62,11 @@ def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem,copypaste")
     parser.add_argument("--transplant-strength", type=float, default=0.5,
                         help="transplant-ddpm, transplant-cddpm: t0/T of the SDEdit pass over the pasted defect")
+    parser.add_argument("--transplant-blend", choices=("paste", "seamless"), default="paste",
+                        help="transplant-*: how the real defect is pasted before the SDEdit pass (seamless: "
+                        "Poisson blending)")
+    parser.add_argument("--transplant-sampler", choices=("ddim", "ddpm", "dpm"), default="ddim",
+                        help="transplant-*: the reverse process of the SDEdit pass")
     parser.add_argument("--detectors", default="exdd,ast,seg")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
@@ -117,7 +122,7 @@ def main() -> None:
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"
         timings["ldm"] = {"train_s": time.perf_counter() - t}
-    for name in ("draem", "copypaste"):  # generators without a model to train
+    for name in ("draem", "copypaste", "copypaste-seamless"):  # generators without a model to train
         if name in generators:
             models[name] = Path(name)
             timings[name] = {"train_s": 0.0}
@@ -125,12 +130,14 @@ def main() -> None:
         if name in generators:
             models[name] = models[name.removeprefix("transplant-")]
             timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"],
-                             "strength": args.transplant_strength}
+                             "strength": args.transplant_strength, "blend": args.transplant_blend,
+                             "sampler": args.transplant_sampler}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
     masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"  # read the labeled set once
-    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste", "transplant-ddpm", "transplant-cddpm"):
+    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste", "copypaste-seamless", "transplant-ddpm",
+                 "transplant-cddpm"):
         if name not in models or name not in generators:  # a fixed order, whichever were reused
             continue
         options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name.endswith("-ddpm") or name == "ddpm"
@@ -138,13 +145,14 @@ def main() -> None:
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
         if name.startswith("transplant-"):
-            options.update(labeled=labeled, strength=args.transplant_strength)
-        if name == "copypaste":
-            options = {"labeled": labeled}
-        generator = load_generator(str(models[name]), **options)
+            options.update(labeled=labeled, strength=args.transplant_strength, blend=args.transplant_blend,
+                           sampler=args.transplant_sampler)
+        if name.startswith("copypaste"):
+            options = {"labeled": labeled, "blend": "seamless" if name.endswith("-seamless") else "paste"}
+        generator = load_generator("copypaste" if name.startswith("copypaste") else str(models[name]), **options)
         t = time.perf_counter()
         # copy-paste and the transplants bring the real defects' masks
-        own_masks = "perlin" if name == "copypaste" or name.startswith("transplant-") else masks
+        own_masks = "perlin" if name.startswith(("copypaste", "transplant-")) else masks
         result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=own_masks,
                             seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)

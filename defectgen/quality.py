@@ -6,10 +6,12 @@
   lower is better. Unlike FID it is unbiased for small sets, which is all a defect set ever is.
 - **Diversity**: mean pairwise distance between the L2-normalised features of the generated crops (in the spirit of
   IC-LPIPS): 0 when every sample is the same defect; higher is more varied.
-- **Realism**: a memory bank of the patch features inside the generated masks *only*, and the real test set scored
-  by the negative distance of each patch to that bank. If real defects look like the generated ones they land
-  close to the bank and score high: the I-AUROC / P-AUROC of that score against the real labels say how much the
-  generated defects resemble real ones (0.5 = no more than normal surface does; below 0.5 = less).
+- **Realism**: a memory bank of the patch features inside the generated masks *only*, less those that look like
+  the normal surface around them (ExDD's leave-one-image-out filter), and the real test set scored by the negative
+  distance of each patch to that bank. If real defects look like the generated ones they land close to the bank
+  and score high: the I-AUROC / P-AUROC of that score against the real labels say how much the generated defects
+  resemble real ones (0.5 = no more than normal surface does, as a set of no-op "defects" scores; below 0.5 =
+  less).
 """
 
 from __future__ import annotations
@@ -83,20 +85,58 @@ def diversity(features: np.ndarray) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+# Realism's default: a generated patch as close to normal surface as this share of normal patches is dropped.
+REALISM_NORMAL_QUANTILE = 0.99
+
+
 class _NearGenerated:
     """Realism's scorer, shaped like a detector (fit / predict / image_scores, so `Tiled` can run it): a bank of
-    the patch features inside the generated masks; each test patch scores minus its distance to the bank."""
+    the patch features inside the generated masks; each test patch scores minus its distance to the bank.
 
-    def __init__(self, backbone, strides=(8, 16), sigma: float = 4.0):
+    A patch inside a mask that looks like the normal surface says nothing about the defects (a faint defect's
+    rim, a no-op inpaint): like ExDD's positive bank, the bank keeps only the inside patches farther from the
+    generated images' own surface (patches at least one patch away from every mask, other images only) than
+    `normal_quantile` of that surface's patches are from each other (leave one image out). A set whose defects
+    all look like surface keeps no patch and scores 0.5."""
+
+    def __init__(self, backbone, strides=(8, 16), sigma: float = 4.0,
+                 normal_quantile: float | None = REALISM_NORMAL_QUANTILE, seed: int = 0):
+        if normal_quantile is not None and not 0 <= normal_quantile < 1:
+            raise ValueError(f"normal_quantile must lie in [0, 1), got {normal_quantile}")
         self.backbone, self.strides, self.sigma = backbone, tuple(strides), float(sigma)
+        self.normal_quantile, self.seed = normal_quantile, int(seed)
         self.bank = None
+        self.counts: dict[str, int] = {}
 
     def fit(self, normals, defects, masks, progress: bool = False, **_) -> _NearGenerated:
-        from defectgen.detect.features import image_features, patches_inside
+        from torch.nn.functional import max_pool2d
 
-        self.bank = patches_inside(image_features(self.backbone, defects, self.strides), masks)
-        if self.bank.shape[0] == 0:
+        from defectgen.detect.features import (
+            image_features,
+            inside_patches,
+            leave_one_out_quantile,
+            mask_cover,
+            nearest_distance,
+        )
+
+        feats = image_features(self.backbone, defects, self.strides)
+        n, d, h, w = feats.shape
+        cover = mask_cover(feats, masks)
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        groups = torch.arange(n, device=flat.device).repeat_interleave(h * w)
+        inside = inside_patches(cover).flatten()
+        surface = (max_pool2d(cover[:, None], 3, stride=1, padding=1)[:, 0] == 0).flatten()
+        bank, bank_groups = flat[inside], groups[inside]
+        if bank.shape[0] == 0:
             raise DefectgenError(None, "the generated masks cover no backbone patch")
+        self.counts = {"inside": int(bank.shape[0]), "surface": int(surface.sum())}
+        if self.normal_quantile is not None and surface.any():
+            normal, normal_groups = flat[surface], groups[surface]
+            limit = leave_one_out_quantile(normal, normal_groups, normal, normal_groups, self.normal_quantile,
+                                           self.seed)
+            bank = bank[nearest_distance(bank, normal, query_groups=bank_groups, bank_groups=normal_groups) > limit]
+        self.counts["kept"] = int(bank.shape[0])
+        self.bank = bank
         return self
 
     @torch.no_grad()
@@ -107,7 +147,10 @@ class _NearGenerated:
         for i in range(0, len(images), 16):
             feats = image_features(self.backbone, images[i:i + 16], self.strides)
             n, d, h, w = feats.shape
-            score = -nearest_distance(feats.permute(0, 2, 3, 1).reshape(-1, d), self.bank).view(n, h, w)
+            if self.bank.shape[0] == 0:  # nothing unlike surface: every patch scores the same
+                score = torch.zeros(n, h, w, device=feats.device)
+            else:
+                score = -nearest_distance(feats.permute(0, 2, 3, 1).reshape(-1, d), self.bank).view(n, h, w)
             maps.append(smooth_maps(upsample(score, tuple(images.shape[1:3])).cpu().numpy(), self.sigma))
         maps = np.concatenate(maps)
         return maps, self.image_scores(maps)
@@ -118,8 +161,11 @@ class _NearGenerated:
 
 def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test_images: list[np.ndarray],
             test_labels: np.ndarray, test_masks: list[np.ndarray] | None, resolution: int | str = 256,
-            strides=(8, 16), sigma: float = 4.0, tile: int | None = None) -> dict[str, float]:
-    """I-AUROC / P-AUROC of the real test set scored by closeness to the generated defects' patches.
+            strides=(8, 16), sigma: float = 4.0, tile: int | None = None,
+            normal_quantile: float | None = REALISM_NORMAL_QUANTILE, seed: int = 0) -> dict[str, Any]:
+    """I-AUROC / P-AUROC of the real test set scored by closeness to the generated defects' patches (those that
+    do not look like normal surface: see `_NearGenerated`; None keeps every patch inside the masks), and the
+    patch counts: inside the masks, surface, kept.
 
     resolution: the model input (`parse_resolution`, multiples of 16: the features are at strides 8 and 16), the
     one the test set's most common image size gives, for the generated images too (so both are seen at one
@@ -129,10 +175,10 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
     from defectgen.detect.tiling import Tiled, restore_maps
     from defectgen.metrics import evaluate
 
-    scorer = _NearGenerated(backbone, strides, sigma)
+    scorer = _NearGenerated(backbone, strides, sigma, normal_quantile, seed)
     sizes = [t.shape[:2] for t in test_images]
     if tile is not None:
-        model = Tiled(scorer, tile).fit([], [fit_uint8(g, *g.shape[:2], 3) for g in generated], masks)
+        model = Tiled(scorer, tile, seed).fit([], [fit_uint8(g, *g.shape[:2], 3) for g in generated], masks)
         maps, scores = model.predict([fit_uint8(t, *t.shape[:2], 3) for t in test_images])
     else:
         h, w = parse_resolution(resolution, multiple=16).for_sizes(sizes)
@@ -140,7 +186,8 @@ def realism(backbone, generated: list[np.ndarray], masks: list[np.ndarray], test
         maps, scores = scorer.predict(np.stack([fit_uint8(t, h, w, 3) for t in test_images]))
         maps = restore_maps(maps, sizes)
     result = evaluate(test_labels, scores, test_masks, maps if test_masks is not None else None)
-    return {"image_auroc": result.get("image_auroc"), "pixel_auroc": result.get("pixel_auroc")}
+    return {"image_auroc": result.get("image_auroc"), "pixel_auroc": result.get("pixel_auroc"),
+            "normal_quantile": normal_quantile, "patches": scorer.counts}
 
 
 def per_class_kid(gen_feats: np.ndarray, gen_classes: list[str | None], real_feats: np.ndarray,
@@ -187,11 +234,12 @@ def _defects(dataset, limit: int | None, seed: int):
 
 def quality_report(generated: str | Path, real: str | Path, backbone: str | None = None,
                    resolution: int | str = 256, crop: int = 64, max_samples: int | None = 200, seed: int = 0,
-                   device: str | None = None, tile: int | None = None) -> dict[str, Any]:
+                   device: str | None = None, tile: int | None = None,
+                   normal_quantile: float | None = REALISM_NORMAL_QUANTILE) -> dict[str, Any]:
     """KID, diversity and realism of the generated set at `generated` against the real defects at `real`
     (an MVTec folder: its test split; or any dataset with masks or boxes). Realism works at `resolution`, or
     with `tile` in tiles at native scale (see `realism`); both are checked before anything is read. backbone: see
-    `resolve_backbone`."""
+    `resolve_backbone`. normal_quantile: realism's surface filter (see `realism`; None turns it off)."""
     from defectgen.detect.tiling import check_tile
 
     parse_resolution(resolution, multiple=16)
@@ -233,5 +281,6 @@ def quality_report(generated: str | Path, real: str | Path, backbone: str | None
         has_masks = all(s.mask is not None or s.is_normal for s in test)
         test_masks = [s.defect_mask() for s in test] if has_masks else None
         report["realism"] = realism(net, [s.image for s in gen], [s.defect_mask() for s in gen],
-                                    [s.image for s in test], labels, test_masks, resolution, tile=tile)
+                                    [s.image for s in test], labels, test_masks, resolution, tile=tile,
+                                    normal_quantile=normal_quantile, seed=seed)
     return report

@@ -90,5 +90,48 @@ def test_realism_ranks_lookalike_defects_above_unlike_ones(tmp_path, run_cli):
         assert code == 0, err
         figures[name] = json.loads(out)["quality"]
     assert figures["alike"]["realism"]["image_auroc"] > 0.8
-    assert figures["unlike"]["realism"]["image_auroc"] < 0.5  # real normals resemble no-op 'defects' more
+    # no-op 'defects' look like surface: the filter keeps (almost) none of their patches, so they score 0.5 or less
+    assert figures["unlike"]["realism"]["image_auroc"] <= 0.5
     assert figures["alike"]["kid"] < figures["unlike"]["kid"]
+
+
+def _generated(rng, flags, size=96):
+    """Gray textures with a 24 px square mask each; flag True paints the square bright (a defect), False leaves
+    the surface untouched inside it (a no-op 'defect')."""
+    images, masks = [], []
+    for bright in flags:
+        img = rng.integers(97, 103, (size, size, 3), dtype=np.uint8)
+        y, x = rng.integers(4, size - 28, 2)
+        mask = square_mask(size, size, y, x, 24) > 0
+        if bright:
+            img[mask] = 250
+        images.append(img)
+        masks.append(mask)
+    return images, masks
+
+
+def test_realism_filter_keeps_only_patches_unlike_the_surface():
+    from defectgen.detect.backbone import load_backbone
+    from defectgen.quality import realism
+
+    rng = np.random.default_rng(5)
+    net = load_backbone("tiny")
+    test, test_masks = _generated(rng, [True] * 6 + [False] * 6)
+    labels = np.array([1] * 6 + [0] * 6)
+    test_masks = [m if y else np.zeros_like(m) for m, y in zip(test_masks, labels, strict=True)]
+
+    def score(flags, **kw):
+        images, masks = _generated(np.random.default_rng(len(flags) + sum(flags)), flags)
+        return realism(net, images, masks, test, labels, test_masks, resolution=96, **kw)
+
+    real, noop, mixed = score([True] * 8), score([False] * 8), score([True, False] * 4)
+    assert real["patches"]["kept"] >= 0.7 * real["patches"]["inside"]
+    assert noop["patches"]["kept"] <= 0.1 * noop["patches"]["inside"] and noop["image_auroc"] <= 0.5
+    # half no-op: about the bright half's patches survive ...
+    assert 0.3 * mixed["patches"]["inside"] <= mixed["patches"]["kept"] <= 0.6 * mixed["patches"]["inside"]
+    # ... and without the filter the no-op half's patches draw the real normals to the bank
+    unfiltered = score([True, False] * 4, normal_quantile=None)
+    assert unfiltered["patches"]["kept"] == unfiltered["patches"]["inside"]
+    assert mixed["image_auroc"] > 0.6 and unfiltered["image_auroc"] < 0.2
+    with pytest.raises(ValueError, match="normal_quantile"):
+        score([True] * 2, normal_quantile=1.0)

@@ -222,8 +222,10 @@ def _summary_table(path: Path, summary: dict) -> Table:
         table.add_row("diversity", f"{q['diversity']:.3f} (real defects: {q['diversity_real']:.3f})")
         if "realism" in q:
             r = q["realism"]
+            kept = r.get("patches", {})
             table.add_row("realism", f"I-AUROC {fmt_metric(r['image_auroc'])}, "
-                          f"P-AUROC {fmt_metric(r.get('pixel_auroc'))}")
+                          f"P-AUROC {fmt_metric(r.get('pixel_auroc'))} ({kept.get('kept', '-')} of "
+                          f"{kept.get('inside', '-')} patches inside the masks unlike the surface)")
         for c, v in q.get("per_class", {}).items():
             table.add_row(f"KID {c}", f"{v['kid']:.4f} +- {v['kid_std']:.4f} ({v['generated']} generated, "
                           f"{v['real']} real)")

@@ -19,6 +19,7 @@ from defectgen.detect.features import (
     batches,
     greedy_coreset,
     image_features,
+    leave_one_out_quantile,
     nearest_distance,
     patches_inside,
     smooth_maps,
@@ -114,18 +115,14 @@ class ExDD(Detector):
                 self.positive = pos.contiguous()
         return self
 
-    @torch.no_grad()
     def normal_distance_quantile(self, normal_patches: torch.Tensor, bank_index: torch.Tensor, per_image: int,
                                  limit: int = 2000) -> float:
         """How far from the negative bank a patch may lie and still be normal: the `positive_quantile` quantile
-        of (up to `limit` random) normal patches' distances to the bank entries taken from *other* images. An
-        image's own entries would make its patches look closer than an unseen normal patch ever is."""
-        g = torch.Generator().manual_seed(self.seed + 2)
-        pick = torch.randperm(normal_patches.shape[0], generator=g)[:limit].to(normal_patches.device)
-        d = nearest_distance(normal_patches[pick], self.negative, query_groups=pick // per_image,
-                             bank_groups=bank_index.to(normal_patches.device) // per_image)
-        d = d[torch.isfinite(d)]
-        return float(torch.quantile(d.float().cpu(), self.positive_quantile)) if d.numel() else 0.0
+        of normal patches' distances to the bank entries taken from *other* images (`leave_one_out_quantile`)."""
+        groups = torch.arange(normal_patches.shape[0], device=normal_patches.device) // per_image
+        return leave_one_out_quantile(normal_patches, groups, self.negative,
+                                      bank_index.to(normal_patches.device) // per_image, self.positive_quantile,
+                                      self.seed + 2, limit)
 
     @torch.no_grad()
     def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> torch.Tensor:

@@ -54,19 +54,27 @@ def image_features(backbone, images: Sequence[np.ndarray] | np.ndarray, strides:
     return torch.cat(out)
 
 
-def patches_inside(feats: torch.Tensor, masks: Sequence[np.ndarray]) -> torch.Tensor:
-    """P x D: the patches of N x D x h x w features that lie inside the N masks (a patch counts when half of it
-    is masked; an image whose mask covers no patch that much gives its most-covered patch, so tiny defects are
-    not lost)."""
+def mask_cover(feats: torch.Tensor, masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """N x h x w: the share of each patch of N x D x h x w features that the N masks cover."""
     h, w = feats.shape[-2:]
     m = torch.from_numpy(np.stack([np.asarray(x, np.float32) for x in masks]))[:, None].to(feats.device)
-    cover = F.adaptive_avg_pool2d(m, (h, w))[:, 0]
+    return F.adaptive_avg_pool2d(m, (h, w))[:, 0]
+
+
+def inside_patches(cover: torch.Tensor) -> torch.Tensor:
+    """N x h x w bool: the patches that count as inside a mask (half covered; an image whose mask covers no patch
+    that much gives its most-covered patch, so tiny defects are not lost)."""
     inside = cover >= 0.5
     best = cover.flatten(1).argmax(1)
     for i in torch.nonzero(~inside.flatten(1).any(1)).flatten().tolist():
         if cover[i].max() > 0:
             inside[i].view(-1)[best[i]] = True
-    return feats.permute(0, 2, 3, 1)[inside]
+    return inside
+
+
+def patches_inside(feats: torch.Tensor, masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """P x D: the patches of N x D x h x w features that lie inside the N masks (see `inside_patches`)."""
+    return feats.permute(0, 2, 3, 1)[inside_patches(mask_cover(feats, masks))]
 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_BLOCK_ELEMENTS,
@@ -92,6 +100,19 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, block: int = NN_
             best = torch.minimum(best, d2.min(dim=1).values)
         result[qs: qs + mq] = best.clamp_min(0).sqrt()
     return result
+
+
+@torch.no_grad()
+def leave_one_out_quantile(queries: torch.Tensor, query_groups: torch.Tensor, bank: torch.Tensor,
+                           bank_groups: torch.Tensor, quantile: float, seed: int = 0, limit: int = 2000) -> float:
+    """The `quantile` of (up to `limit` random) normal `queries`' distances to the `bank` rows of *other* groups
+    (images): how far from a normal bank a patch may lie and still be normal. An image's own rows would make its
+    patches look closer than an unseen normal patch ever is."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(queries.shape[0], generator=g)[:limit].to(queries.device)
+    d = nearest_distance(queries[pick], bank, query_groups=query_groups[pick], bank_groups=bank_groups)
+    d = d[torch.isfinite(d)]
+    return float(torch.quantile(d.float().cpu(), quantile)) if d.numel() else 0.0
 
 
 def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0, project_to: int = 128,
