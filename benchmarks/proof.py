@@ -67,6 +67,9 @@ def main() -> None:
                         "Poisson blending)")
     parser.add_argument("--transplant-sampler", choices=("ddim", "ddpm", "dpm"), default="ddim",
                         help="transplant-*: the reverse process of the SDEdit pass")
+    parser.add_argument("--transplant-keep-core", type=float, default=None,
+                        help="transplant-*: keep the pasted pixels in this share of each defect's depth (None: "
+                        "the model re-draws the whole mask)")
     parser.add_argument("--detectors", default="exdd,ast,seg")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
@@ -131,7 +134,7 @@ def main() -> None:
             models[name] = models[name.removeprefix("transplant-")]
             timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"],
                              "strength": args.transplant_strength, "blend": args.transplant_blend,
-                             "sampler": args.transplant_sampler}
+                             "sampler": args.transplant_sampler, "keep_core": args.transplant_keep_core}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
@@ -146,7 +149,7 @@ def main() -> None:
             options["strength"] = args.strength
         if name.startswith("transplant-"):
             options.update(labeled=labeled, strength=args.transplant_strength, blend=args.transplant_blend,
-                           sampler=args.transplant_sampler)
+                           sampler=args.transplant_sampler, keep_core=args.transplant_keep_core)
         if name.startswith("copypaste"):
             options = {"labeled": labeled, "blend": "seamless" if name.endswith("-seamless") else "paste"}
         generator = load_generator("copypaste" if name.startswith("copypaste") else str(models[name]), **options)

@@ -2,7 +2,9 @@
 trained DDPM from the middle of its reverse process (SDEdit). The structure comes from real defects; texture,
 shape and boundary from the model, which has learned the surface (ddpm) or the defect classes (cddpm).
 `strength` sets how far a sample strays from its pasted source: near 0 it stays the copy-paste composite, at 1
-the pasted pixels are forgotten and only the mask remains.
+the pasted pixels are forgotten and only the mask remains. `keep_core` keeps the pasted defect's own pixels in the
+mask's core and gives the model its rim, blending by depth inside the mask: the seam is re-drawn, while a small
+defect (a pinhole, a thin crack) that a re-draw would paint over as surface keeps its structure.
 
     defectgen synthesize --model runs/cddpm --labeled labeled/ --normals good/ --strength 0.5 --out synth/
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from defectgen.errors import DefectgenError
 from defectgen.io.images import mask_window, match_channels
 from defectgen.synth.copypaste import CopyPasteGenerator
 from defectgen.synth.ddpm_generator import DdpmGenerator
@@ -30,7 +34,10 @@ class TransplantGenerator:
     channels = None
 
     def __init__(self, model: str | Path, labeled: str | Path, strength: float = DEFAULT_STRENGTH,
-                 blend: str | None = None, **ddpm_options: Any):
+                 blend: str | None = None, keep_core: float | None = None, **ddpm_options: Any):
+        if keep_core is not None and not 0 < keep_core <= 1:
+            raise DefectgenError(None, f"`keep_core` must lie in (0, 1], got {keep_core}")
+        self.keep_core = keep_core
         self.paste = CopyPasteGenerator(labeled, blend=blend or "paste")
         self.ddpm = DdpmGenerator(model, strength=strength, sigma=0.0, **ddpm_options)
         self.name = f"transplant-{self.ddpm.name}"
@@ -40,7 +47,7 @@ class TransplantGenerator:
 
     def info(self) -> dict[str, Any]:
         return {**self.ddpm.info(), "model": self.name, "ddpm": str(self.ddpm.path), "strength": self.strength,
-                "labeled": self.paste.info().get("labeled"), "blend": self.paste.blend}
+                "labeled": self.paste.info().get("labeled"), "blend": self.paste.blend, "keep_core": self.keep_core}
 
     def describe(self) -> dict[str, Any]:
         return {"transplant": self.paste.describe(), "strength": self.strength}
@@ -70,15 +77,32 @@ class TransplantGenerator:
             result = image.copy()
             region = result[y0:y0 + wh, x0:x0 + ww]
             inside = mask[y0:y0 + wh, x0:x0 + ww]
-            region[inside] = match_channels(new, image.shape[2])[inside]
+            new = match_channels(new, image.shape[2])
+            if self.keep_core is not None:
+                keep = core_weight(inside, self.keep_core)[..., None]
+                new = keep * region + (1 - keep) * new
+            region[inside] = new[inside]
             out.append(result)
         return out
 
 
+def core_weight(mask: np.ndarray, core: float) -> np.ndarray:
+    """H x W in [0, 1]: 0 on the mask's edge pixels rising to 1 at `core` of the way to its deepest pixel (per
+    region, so each defect of a mask keeps its own core; 0 outside). A one-pixel-wide region is all edge."""
+    count, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    depth = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    weight = np.zeros(mask.shape, np.float32)
+    for r in range(1, count):
+        here = regions == r
+        weight[here] = np.clip((depth[here] - 1) / max(core * (float(depth[here].max()) - 1), 1e-6), 0, 1)
+    return weight
+
+
 def ddpm_generator(model: str | Path, labeled: str | Path | None = None, strength: float | None = None,
-                   blend: str | None = None, **options: Any):
+                   blend: str | None = None, keep_core: float | None = None, **options: Any):
     """The factory of DDPM model folders: with `labeled`, the harmonized transplant of its defects; else the
     DDPM's own generator (perturb-and-denoise, or conditional inpainting)."""
     if labeled is None:
         return DdpmGenerator(model, strength=strength, **options)
-    return TransplantGenerator(model, labeled, DEFAULT_STRENGTH if strength is None else strength, blend, **options)
+    return TransplantGenerator(model, labeled, DEFAULT_STRENGTH if strength is None else strength, blend, keep_core,
+                               **options)
