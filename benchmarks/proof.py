@@ -67,6 +67,8 @@ def main() -> None:
                         "Poisson blending)")
     parser.add_argument("--transplant-sampler", choices=("ddim", "ddpm", "dpm"), default="ddim",
                         help="transplant-*: the reverse process of the SDEdit pass")
+    parser.add_argument("--transplant-augment", choices=("full", "flips"), default="flips",
+                        help="transplant-*: the pasted defect's augmentation (see copypaste)")
     parser.add_argument("--transplant-keep-core", type=float, default=None,
                         help="transplant-*: keep the pasted pixels in this share of each defect's depth (None: "
                         "the model re-draws the whole mask)")
@@ -125,7 +127,8 @@ def main() -> None:
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"
         timings["ldm"] = {"train_s": time.perf_counter() - t}
-    for name in ("draem", "copypaste", "copypaste-seamless"):  # generators without a model to train
+    variants = {"copypaste": {}, "copypaste-seamless": {"blend": "seamless"}, "copypaste-flips": {"augment": "flips"}}
+    for name in ("draem", *variants):  # generators without a model to train
         if name in generators:
             models[name] = Path(name)
             timings[name] = {"train_s": 0.0}
@@ -134,13 +137,13 @@ def main() -> None:
             models[name] = models[name.removeprefix("transplant-")]
             timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"],
                              "strength": args.transplant_strength, "blend": args.transplant_blend,
-                             "sampler": args.transplant_sampler, "keep_core": args.transplant_keep_core}
+                             "sampler": args.transplant_sampler, "keep_core": args.transplant_keep_core,
+                             "augment": args.transplant_augment}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
     masks = RealMasks(args.data, seed=args.seed) if args.masks == "real" else "perlin"  # read the labeled set once
-    for name in ("ddpm", "cddpm", "ldm", "draem", "copypaste", "copypaste-seamless", "transplant-ddpm",
-                 "transplant-cddpm"):
+    for name in ("ddpm", "cddpm", "ldm", "draem", *variants, "transplant-ddpm", "transplant-cddpm"):
         if name not in models or name not in generators:  # a fixed order, whichever were reused
             continue
         options = {"steps": cfg["sample_steps"], "sampler": "ddim" if name.endswith("-ddpm") or name == "ddpm"
@@ -149,9 +152,10 @@ def main() -> None:
             options["strength"] = args.strength
         if name.startswith("transplant-"):
             options.update(labeled=labeled, strength=args.transplant_strength, blend=args.transplant_blend,
-                           sampler=args.transplant_sampler, keep_core=args.transplant_keep_core)
+                           sampler=args.transplant_sampler, keep_core=args.transplant_keep_core,
+                           augment=args.transplant_augment)
         if name.startswith("copypaste"):
-            options = {"labeled": labeled, "blend": "seamless" if name.endswith("-seamless") else "paste"}
+            options = {"labeled": labeled, **variants[name]}
         generator = load_generator("copypaste" if name.startswith("copypaste") else str(models[name]), **options)
         t = time.perf_counter()
         # copy-paste and the transplants bring the real defects' masks

@@ -193,3 +193,31 @@ def test_copypaste_set_for_validation(rng):
     again = copypaste_set(normals, labeled, 3, seed=2)
     assert np.array_equal(again[0], images[:3]) and np.array_equal(again[1], masks[:3]) and again[3] == names[:3]
     assert not np.array_equal(copypaste_set(normals, labeled, 3, seed=3)[1], masks[:3])
+
+
+def test_flips_paste_the_defect_as_recorded_and_full_varies_it(rng):
+    image = np.full((32, 32), 100, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 10:14] = 255  # an L: no flip maps it onto itself
+    mask[16:20, 14:22] = 255
+    image[mask > 0] = (np.arange(32 * 32).reshape(32, 32) % 97 + 150)[mask > 0]  # values tell pixels apart
+    labeled = [Sample(image=image[..., None], mask=mask > 0, class_name="l")]
+    ys, xs = np.nonzero(mask)
+    crop = image[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop_mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1] > 0
+    allowed = [(f(crop), f(crop_mask)) for f in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])]
+    normal = np.full((48, 48, 1), 0.2, np.float32)
+    for augment, faithful in (("flips", True), ("full", False)):
+        gen = CopyPasteGenerator(labeled, augment=augment)
+        exact = 0
+        for seed in range(6):
+            m = gen.make_mask(normal, "l", seed)
+            out = np.round(gen.generate([normal], [m], [seed], ["l"])[0][..., 0] * 255).astype(np.uint8)
+            my, mx = np.nonzero(m)
+            got, got_mask = out[my.min():my.max() + 1, mx.min():mx.max() + 1], m[my.min():my.max() + 1,
+                                                                                mx.min():mx.max() + 1]
+            exact += any(got.shape == c.shape and np.array_equal(got_mask, cm) and np.array_equal(got[cm], c[cm])
+                         for c, cm in allowed)
+        assert exact == (6 if faithful else 0), augment
+    with pytest.raises(DefectgenError, match="augment"):
+        CopyPasteGenerator(labeled, augment="some")

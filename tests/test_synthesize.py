@@ -316,7 +316,7 @@ def crack_set(tmp_path, rng) -> Path:
 
 @pytest.mark.parametrize("kind", ["ddpm", "cddpm"])
 def test_transplant_redraws_the_pasted_defect_inside_its_own_mask(tmp_path, models, normals, crack_set, kind):
-    paste = load_generator("copypaste", labeled=crack_set)
+    paste = load_generator("copypaste", labeled=crack_set, augment="flips")  # the transplant's paste
     plant = gen(models, kind, labeled=crack_set, strength=0.7)
     assert plant.name == f"transplant-{kind}" and plant.class_distribution == {"crack": 1.0}
     synthesize(paste, normals, tmp_path / "paste", 4, seed=5, progress=False)
@@ -336,6 +336,39 @@ def test_transplant_redraws_the_pasted_defect_inside_its_own_mask(tmp_path, mode
     assert info["info"]["defectgen"]["settings"]["generator"]["strength"] == 0.7
 
 
+def test_transplant_keep_core_keeps_the_pasted_core_and_redraws_the_rim(tmp_path, models, normals, crack_set):
+    from defectgen.synth.transplant import core_weight
+
+    synthesize(load_generator("copypaste", labeled=crack_set, augment="flips"), normals, tmp_path / "paste", 4,
+               seed=5, progress=False)
+    synthesize(gen(models, "ddpm", labeled=crack_set, strength=0.7, keep_core=1.0), normals, tmp_path / "core", 4,
+               seed=5, progress=False)
+    rim_changed = 0
+    for (_, image, mask, normal), (_, pasted, pasted_mask, _) in zip(
+            outputs(tmp_path / "core", normals), outputs(tmp_path / "paste", normals), strict=True):
+        assert np.array_equal(mask, pasted_mask) and np.array_equal(image[~mask], normal[~mask])
+        weight = core_weight(mask, 1.0)
+        core, rim = weight == 1, mask & (weight == 0)
+        assert core.any() and rim.any()
+        assert np.array_equal(image[core], pasted[core])  # the real defect's deepest pixels, as pasted
+        rim_changed += int(np.any(image[rim] != pasted[rim]))
+    assert rim_changed == 4  # the model re-drew every seam
+
+
+def test_core_weight_rises_from_each_regions_edge():
+    from defectgen.synth.transplant import core_weight
+
+    mask = np.zeros((20, 30), bool)
+    mask[2:13, 2:13] = True  # an 11 px square: depth 1 at its edge, 6 at its centre
+    mask[16, 5:25] = True  # a one-pixel line: all edge
+    weight = core_weight(mask, 0.5)
+    assert weight[~mask].max() == 0 and weight[16].max() == 0
+    assert weight[2, 2:13].max() == 0 and weight[7, 7] == 1  # edge 0, centre 1
+    assert 0 < weight[4, 7] < 1  # two pixels in: part way
+    assert np.array_equal(core_weight(mask, 0.5) >= core_weight(mask, 1.0), np.ones_like(mask))  # a smaller
+    # core reaches full weight sooner
+
+
 def test_cli_transplant_and_its_strength_check(tmp_path, models, normals, crack_set, run_cli):
     args = ("synthesize", "--model", models["cddpm"], "--labeled", crack_set, "--normals", normals, "--n", "2",
             "--steps", "2", "--device", "cpu")
@@ -345,3 +378,8 @@ def test_cli_transplant_and_its_strength_check(tmp_path, models, normals, crack_
         "transplant-cddpm"
     code, _, err = run_cli(*args, "--strength", "1.5", "--out", tmp_path / "bad")
     assert code == 2 and "--strength" in err and not (tmp_path / "bad").exists(), err
+    code, _, err = run_cli(*args, "--keep-core", "0", "--out", tmp_path / "bad")
+    assert code == 2 and "--keep-core" in err and not (tmp_path / "bad").exists(), err
+    no_paste = [a for a in args if a not in ("--labeled", crack_set)]
+    code, _, err = run_cli(*no_paste, "--keep-core", "0.5", "--out", tmp_path / "bad")
+    assert code == 2 and "--keep-core" in err and "--labeled" in err and not (tmp_path / "bad").exists(), err

@@ -77,10 +77,19 @@ def synthesize(
                                          "padding_mask_crop) instead of a model-sized window."),
     textures: Path | None = typer.Option(None, "--textures", help="--model draem: texture images (default: the "
                                          "normals themselves)."),
-    labeled: Path | None = typer.Option(None, "--labeled", help="--model copypaste: the labeled set whose real "
-                                        "defects (masks or boxes) are pasted, augmented, onto the normals."),
-    blend: str | None = typer.Option(None, "--blend", help="--model copypaste: paste (default) or seamless "
-                                     "(Poisson blending)."),
+    labeled: Path | None = typer.Option(None, "--labeled", help="--model copypaste, or a DDPM run (the "
+                                        "harmonized transplant): the labeled set whose real defects (masks or "
+                                        "boxes) are pasted, augmented, onto the normals (then re-drawn by the "
+                                        "DDPM from --strength)."),
+    blend: str | None = typer.Option(None, "--blend", help="--model copypaste or a transplant: paste (default) or "
+                                     "seamless (Poisson blending)."),
+    augment: str | None = typer.Option(None, "--augment", help="--model copypaste or a transplant: full (random "
+                                       "zoom, rotation, warp, brightness; copypaste's default) or flips (the "
+                                       "defect as recorded, mirrored; the transplant's default)."),
+    keep_core: float | None = typer.Option(None, "--keep-core", help="Transplant: keep the pasted defect's own "
+                                           "pixels in this share of its depth, blending to the DDPM's re-draw at "
+                                           "its rim (1: a gradual blend over the whole depth; default: the DDPM "
+                                           "re-draws the whole mask)."),
     filters: Filters = None, clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
     min_change: MinChange = 0.02,
     strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
@@ -117,6 +126,9 @@ def synthesize(
         defectgen synthesize --model runs/cddpm --normals good/ --n 100 --masks-from labeled/ --out synth/
 
         defectgen synthesize --model copypaste --labeled labeled/ --normals good/ --n 100 --out synth-copypaste/
+
+        defectgen synthesize --model runs/ddpm --labeled labeled/ --strength 0.2 --keep-core 1 --normals good/ \
+            --n 100 --out synth-transplant/
     """
     from defectgen.synth.run import synthesize_set
 
@@ -126,7 +138,8 @@ def synthesize(
         min_change=min_change, seed=seed, batch_size=batch_size, shard=parse_shard(shard), resume=resume,
         overwrite=overwrite, progress=sys.stderr.isatty(), note=say, log=out.print, sampler=sampler, steps=steps,
         strength=strength, sigma=sigma, guidance=guidance, negative_prompt=negative_prompt, mask_crop=mask_crop,
-        textures=textures, labeled=labeled, blend=blend, device=device)
+        textures=textures, labeled=labeled, blend=blend, augment=augment, keep_core=keep_core,
+        device=device)
     if run.record is not None:
         record("set", run.out_dir, **run.record)
 

@@ -26,6 +26,10 @@ from defectgen.masks import estimate_foreground, on_foreground
 from defectgen.synth.base import register_generator
 
 BLENDS = ("paste", "seamless")
+# full: random zoom, rotation, elastic warp and brightness/contrast (Ghiasi et al.'s copy-paste: variety);
+# flips: the defect as it was recorded, only mirrored (faithful: a rotated patch of a striated surface is a defect
+# of its own, and a harmonizing model supplies the variety)
+AUGMENTS = ("full", "flips")
 _MARGIN = 2  # context kept around a defect's box: the linear interpolation of a rotation reads one pixel out
 _SEAMLESS_RING = 3  # OpenCV's seamlessClone keeps about this many pixels inside the mask's edge at the destination
 
@@ -98,7 +102,8 @@ class CopyPasteGenerator:
     labeled: a labeled dataset folder or COCO file (any layout `open_dataset` reads; an MVTec root gives its
     labeled/ split, else its test defects), or a list of `Sample`s. blend: "paste" (the defect's pixels as they
     are) or "seamless" (cv2.seamlessClone: the defect's gradients, the normal image's level at its edge).
-    scale: range of the random zoom; rotate: the largest rotation in degrees; elastic: probability of an elastic
+    augment: "full" (the four below) or "flips" (random flips only; the four are ignored). scale: range of the
+    random zoom; rotate: the largest rotation in degrees; elastic: probability of an elastic
     warp; photometric: brightness and contrast limit. match_scale: resize each defect by (normal size / size of
     the image it came from), for normals and labeled images brought to a common size separately (validation).
     A defect larger than the normal image is always scaled down to fit.
@@ -110,9 +115,13 @@ class CopyPasteGenerator:
 
     def __init__(self, labeled: str | Path | Sequence[Sample], blend: str = "paste",
                  scale: tuple[float, float] = (0.75, 1.25), rotate: float = 45.0, elastic: float = 0.3,
-                 photometric: float = 0.2, match_scale: bool = False, fmt: str = "auto"):
+                 photometric: float = 0.2, match_scale: bool = False, fmt: str = "auto", augment: str = "full"):
         if blend not in BLENDS:
             raise DefectgenError(None, f"unknown blend {blend!r}; choose from {', '.join(BLENDS)}")
+        if augment not in AUGMENTS:
+            raise DefectgenError(None, f"unknown augment {augment!r}; choose from {', '.join(AUGMENTS)}")
+        if augment == "flips":
+            scale, rotate, elastic, photometric = (1.0, 1.0), 0.0, 0.0, 0.0
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must satisfy 0 < low <= high, got {scale}")
         self.folder: Path | None = None
@@ -130,7 +139,7 @@ class CopyPasteGenerator:
             self.by_class.setdefault(d.class_name, []).append(d)
         counts = Counter(d.class_name for d in self.defects)
         self.class_distribution = {c: counts[c] / len(self.defects) for c in sorted(counts)}
-        self.blend = blend
+        self.blend, self.augment = blend, augment
         self.scale = (float(scale[0]), float(scale[1]))
         self.rotate, self.elastic, self.photometric = float(rotate), float(elastic), float(photometric)
         self.match_scale = bool(match_scale)
@@ -139,7 +148,7 @@ class CopyPasteGenerator:
     def info(self) -> dict[str, Any]:
         return {"model": "copypaste", "labeled": str(self.folder) if self.folder else "given samples",
                 "defects": {c: len(d) for c, d in sorted(self.by_class.items())}, "blend": self.blend,
-                "scale": list(self.scale), "rotate": self.rotate, "elastic": self.elastic,
+                "augment": self.augment, "scale": list(self.scale), "rotate": self.rotate, "elastic": self.elastic,
                 "photometric": self.photometric, "match_scale": self.match_scale}
 
     def describe(self) -> dict[str, Any]:
@@ -302,8 +311,9 @@ def copypaste_set(normals: Sequence[np.ndarray], labeled: list[Sample], n: int, 
 
 @register_generator("copypaste")
 def from_options(name: str = "copypaste", labeled: str | Path | None = None, blend: str | None = None,
-                 **_: object) -> CopyPasteGenerator:
-    """Factory for `defectgen synthesize --model copypaste --labeled DIR [--blend paste|seamless]`."""
+                 augment: str | None = None, **_: object) -> CopyPasteGenerator:
+    """Factory for `defectgen synthesize --model copypaste --labeled DIR [--blend paste|seamless]
+    [--augment full|flips]`."""
     if labeled is None:
         raise DefectgenError(None, "the copypaste generator needs `labeled`: a labeled set whose defects it pastes")
-    return CopyPasteGenerator(labeled, blend=blend or "paste")
+    return CopyPasteGenerator(labeled, blend=blend or "paste", augment=augment or "full")

@@ -57,7 +57,7 @@ def synthesize_set(model: str | None, normals: str | Path | None, n: int, out_di
     """Generate `n` samples into `out_dir` and filter them. `model`, `normals` and `out_dir` (None) default from
     the workspace; the class of an unconditional DDPM comes from `prompt`; `note` gets one line per default taken,
     `log` the summary and the filters' lines. `generator_options` go to `load_generator` (sampler, steps,
-    strength, sigma, guidance, negative_prompt, mask_crop, textures, labeled, blend, device)."""
+    strength, sigma, guidance, negative_prompt, mask_crop, textures, labeled, blend, augment, keep_core, device)."""
     from defectgen.masks import synthesis_masks
     from defectgen.synth.pipeline import load_generator, synthesize
     from defectgen.workspace import Workspace, output_folder, synthesize_defaults

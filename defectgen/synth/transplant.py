@@ -6,7 +6,8 @@ the pasted pixels are forgotten and only the mask remains. `keep_core` keeps the
 mask's core and gives the model its rim, blending by depth inside the mask: the seam is re-drawn, while a small
 defect (a pinhole, a thin crack) that a re-draw would paint over as surface keeps its structure.
 
-    defectgen synthesize --model runs/cddpm --labeled labeled/ --normals good/ --strength 0.5 --out synth/
+    defectgen synthesize --model runs/ddpm --labeled labeled/ --normals good/ --strength 0.2 --keep-core 1 \
+        --out synth/
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class TransplantGenerator:
     channels = None
 
     def __init__(self, model: str | Path, labeled: str | Path, strength: float = DEFAULT_STRENGTH,
-                 blend: str | None = None, keep_core: float | None = None, **ddpm_options: Any):
+                 blend: str | None = None, keep_core: float | None = None, augment: str | None = None,
+                 **ddpm_options: Any):
         if keep_core is not None and not 0 < keep_core <= 1:
             raise DefectgenError(None, f"`keep_core` must lie in (0, 1], got {keep_core}")
         self.keep_core = keep_core
-        self.paste = CopyPasteGenerator(labeled, blend=blend or "paste")
+        # the model supplies the variety: the pasted defect stays as it was recorded, only mirrored
+        self.paste = CopyPasteGenerator(labeled, blend=blend or "paste", augment=augment or "flips")
         self.ddpm = DdpmGenerator(model, strength=strength, sigma=0.0, **ddpm_options)
         self.name = f"transplant-{self.ddpm.name}"
         self.strength = self.ddpm.strength
@@ -47,7 +50,8 @@ class TransplantGenerator:
 
     def info(self) -> dict[str, Any]:
         return {**self.ddpm.info(), "model": self.name, "ddpm": str(self.ddpm.path), "strength": self.strength,
-                "labeled": self.paste.info().get("labeled"), "blend": self.paste.blend, "keep_core": self.keep_core}
+                "labeled": self.paste.info().get("labeled"), "blend": self.paste.blend, "augment": self.paste.augment,
+                "keep_core": self.keep_core}
 
     def describe(self) -> dict[str, Any]:
         return {"transplant": self.paste.describe(), "strength": self.strength}
@@ -99,10 +103,14 @@ def core_weight(mask: np.ndarray, core: float) -> np.ndarray:
 
 
 def ddpm_generator(model: str | Path, labeled: str | Path | None = None, strength: float | None = None,
-                   blend: str | None = None, keep_core: float | None = None, **options: Any):
+                   blend: str | None = None, keep_core: float | None = None, augment: str | None = None,
+                   **options: Any):
     """The factory of DDPM model folders: with `labeled`, the harmonized transplant of its defects; else the
     DDPM's own generator (perturb-and-denoise, or conditional inpainting)."""
     if labeled is None:
+        for name, value in (("keep_core", keep_core), ("augment", augment), ("blend", blend)):
+            if value is not None:
+                raise DefectgenError(None, f"`{name}` belongs to the transplant: give `labeled` too")
         return DdpmGenerator(model, strength=strength, **options)
     return TransplantGenerator(model, labeled, DEFAULT_STRENGTH if strength is None else strength, blend, keep_core,
-                               **options)
+                               augment, **options)
