@@ -128,17 +128,17 @@ def main() -> None:
         models["ldm"] = work / "ldm"
         timings["ldm"] = {"train_s": time.perf_counter() - t}
     variants = {"copypaste": {}, "copypaste-seamless": {"blend": "seamless"}, "copypaste-flips": {"augment": "flips"}}
-    for name in ("draem", *variants):  # generators without a model to train
+    for name in ("draem", *variants):  # generators without a model to train (the variants are copypaste's)
         if name in generators:
-            models[name] = Path(name)
+            models[name] = Path("copypaste" if name in variants else name)
             timings[name] = {"train_s": 0.0}
+    transplant = {"strength": args.transplant_strength, "blend": args.transplant_blend,
+                  "sampler": args.transplant_sampler, "keep_core": args.transplant_keep_core,
+                  "augment": args.transplant_augment}
     for name in ("transplant-ddpm", "transplant-cddpm"):
         if name in generators:
             models[name] = models[name.removeprefix("transplant-")]
-            timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"],
-                             "strength": args.transplant_strength, "blend": args.transplant_blend,
-                             "sampler": args.transplant_sampler, "keep_core": args.transplant_keep_core,
-                             "augment": args.transplant_augment}
+            timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"], **transplant}
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
@@ -151,15 +151,13 @@ def main() -> None:
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
         if name.startswith("transplant-"):
-            options.update(labeled=labeled, strength=args.transplant_strength, blend=args.transplant_blend,
-                           sampler=args.transplant_sampler, keep_core=args.transplant_keep_core,
-                           augment=args.transplant_augment)
-        if name.startswith("copypaste"):
+            options.update(labeled=labeled, **transplant)
+        if name in variants:
             options = {"labeled": labeled, **variants[name]}
-        generator = load_generator("copypaste" if name.startswith("copypaste") else str(models[name]), **options)
+        generator = load_generator(str(models[name]), **options)
         t = time.perf_counter()
         # copy-paste and the transplants bring the real defects' masks
-        own_masks = "perlin" if name.startswith(("copypaste", "transplant-")) else masks
+        own_masks = "perlin" if name in variants or name.startswith("transplant-") else masks
         result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=own_masks,
                             seed=args.seed,
                             batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
