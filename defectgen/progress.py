@@ -2,8 +2,8 @@
 
 In a terminal it is tqdm's bar. When stderr is not a terminal (CI, nohup, a scheduler, `2> log`) tqdm would write
 carriage returns that a log shows as one endless line, or nothing at all when the bar is disabled; here it writes
-one plain line every `DEFECTGEN_PROGRESS_SECONDS` seconds (default 30) instead, so a redirected run still says
-where it is and how long it has left.
+one plain line every `DEFECTGEN_PROGRESS_SECONDS` seconds (default 30) instead, starting once a step has run
+that long, so a redirected run still says where it is and how long it has left.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
                     file=sys.stderr, **options)
     interval = plain_interval()
     options.pop("dynamic_ncols", None)
-    options.update(mininterval=interval, maxinterval=max(interval, 1.0), ncols=100, ascii=True)
-    # leave=True: the final state is one last line, so a log shows that the step finished
+    # delay: a step shorter than one interval prints nothing (a quick run's log, or a one-line error, stays clean);
+    # leave=True: a step that did print ends with its final state, so the log shows that it finished
+    options.update(mininterval=interval, maxinterval=max(interval, 1.0), delay=interval, ncols=100, ascii=True)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=True, file=_Lines(sys.stderr),
                 **options)
 

@@ -78,6 +78,13 @@ def _zoom_tiles(sample: Sample, size: int) -> list[np.ndarray]:
     return tiles
 
 
+def text_card(text: str, width: int = 480, height: int = 64) -> np.ndarray:
+    """A white RGB picture that says `text`: what a contact sheet shows when there is nothing to show."""
+    card = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(card, text[:60], (10, height // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return card
+
+
 def contact_sheet(
     samples: list[Sample], path: str | Path | None = None, tile: int = 128, columns: int = 8, zoom: bool = False,
 ) -> np.ndarray:
@@ -109,6 +116,9 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in zip(("min", "p25", "median", "p75", "max"), q, strict=True)}
 
 
+_BITS = {"uint8": 8, "uint16": 16, "float32": 32}
+
+
 def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:
     """Counts and distributions over the samples that were read (see `defectgen inspect`)."""
     sizes = Counter(f"{s.height}x{s.width}" for s in samples)  # HxW, as --size takes it
@@ -127,7 +137,8 @@ def dataset_summary(dataset, samples: list[Sample]) -> dict[str, Any]:
         "classes": dict(sorted(classes.items())),
         "sizes": dict(sizes.most_common()),
         "channels": {str(k): v for k, v in sorted(channels.items())},
-        "bit_depth": {"uint8": 8, "uint16": 16}.get(dtypes.most_common(1)[0][0], 0) if dtypes else 0,
+        # every depth present, with its count (a folder of 8-bit images with one 16-bit image says so)
+        "bit_depth": {str(_BITS.get(k, k)): v for k, v in sorted(dtypes.items(), key=lambda kv: _BITS.get(kv[0], 99))},
         "masks": len(with_mask),
         "empty_masks": empty,
         "boxes": boxes,
@@ -157,15 +168,20 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
     """`defectgen inspect`: the dataset summary, a contact sheet of `n_sheet` samples (default
     inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones
     (realism at `resolution`, or in `tile` tiles at native scale; see `quality_report`)."""
-    from tqdm import tqdm
-
     from defectgen.io import open_dataset
+    from defectgen.io.output import is_within, made_by_defectgen
+    from defectgen.progress import bar
 
     dataset = open_dataset(path, fmt, on_bad=on_bad)
-    samples = list(tqdm(dataset, total=len(dataset), desc="reading", unit="img", disable=not progress))
+    if n_sheet:
+        sheet = sheet or Path(f"inspect_{Path(path).resolve().name or 'dataset'}.png")
+        if Path(path).is_dir() and not made_by_defectgen(path) and is_within(sheet, path):
+            raise DefectgenError(sheet, f"the contact sheet would be written inside the dataset {path}, where it "
+                                 "would be read as one of its images; give `sheet` outside it (or run from "
+                                 "another folder)")
+    samples = list(bar(dataset, total=len(dataset), desc="reading", unit="img", disable=not progress))
     summary = dataset_summary(dataset, samples)
     if n_sheet and samples:
-        sheet = sheet or Path(f"inspect_{Path(path).resolve().name or 'dataset'}.png")
         picked = sheet_selection(samples, n_sheet)
         # a generated set (its samples know their normals) also shows each defect enlarged beside its normal
         zoom = any(s.source is not None for s in picked)

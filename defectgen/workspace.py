@@ -2,8 +2,8 @@
 
 An index file, `defectgen-workspace.json`, sits in the current folder beside the default output folders `runs/`,
 `synth/` and `reports/`. Every training run, synthesized set and validation report is recorded there with its
-inputs, parameters, creation time and key figures. The index is rewritten atomically under a file lock, so a killed
-run or two processes at once never leave half an index behind. Defaults taken from it are always printed.
+inputs, parameters, creation time and key figures. The index is rewritten atomically under a lock on the folder, so a
+killed run or two processes at once never leave half an index behind. Defaults taken from it are always printed.
 
 Per-workspace option defaults live in `defectgen.yaml` (or the file named by $DEFECTGEN_CONFIG): a mapping of verb
 to option defaults, e.g. `train-ddpm: {preset: tiny, steps: 50}`.
@@ -67,13 +67,17 @@ class Workspace:
 
     @contextlib.contextmanager
     def _locked(self):
-        lock = self.root / f".{INDEX}.lock"
-        with open(lock, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """An exclusive lock on the workspace folder itself (flock on its descriptor): no lock file to leave
+        behind, and the index can still be replaced atomically while it is held."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -217,15 +221,31 @@ def validate_defaults(ws: Workspace, detector: str, synthetic: list[str | Path] 
             train = ws.absolute(normals)
             notes.append(note("normals", normals, "those the synthetic set was painted on"))
         if test is None:
-            train_path = Path(train).resolve()
-            candidate = train_path.parent.parent if train_path.parts[-2:] == ("train", "good") else train_path
-            if not ((candidate / "test").is_dir() and (candidate / "ground_truth").is_dir()):
-                raise DefectgenError(None, f"no `test` given and {train} is not train/good of an MVTec folder with "
-                                     "test/ and ground_truth/; give `test`")
-            test = candidate
-            notes.append(note("test set", test / "test", "MVTec test/ beside the normals' train/good"))
+            test, why = find_test_beside(Path(train))
+            if test is None:
+                raise DefectgenError(None, f"no `test` given and there is no test/ with ground_truth/ beside {train} "
+                                     "(as in good/, test/, ground_truth/ side by side, or MVTec's train/good); give "
+                                     "`test`")
+            notes.append(note("test set", test / "test", why))
     out_dir, more = output_folder(ws, out_dir, "report", detector)
     return synthetic, None if train is None else Path(train), Path(test), out_dir, notes + more
+
+
+def find_test_beside(train: Path) -> tuple[Path | None, str]:
+    """The folder holding test/ and ground_truth/ that goes with the normals `train`, and how it was found: MVTec's
+    root above train/good, `train` itself when it is such a root, or the folder that holds `train` beside test/
+    and ground_truth/ (good/, test/, ground_truth/ side by side, the layout most people make)."""
+    path = Path(train).resolve()
+    candidates = [(path, "MVTec test/ in the normals folder")]
+    if path.parts[-2:] == ("train", "good"):
+        candidates.insert(0, (path.parent.parent, "MVTec test/ beside the normals' train/good"))
+    else:
+        candidates.append((path.parent, f"test/ beside the normals folder {path.name}/"))
+    for candidate, why in candidates:
+        if (candidate / "test").is_dir() and (candidate / "ground_truth").is_dir():
+            here = Path.cwd().resolve()  # said as the user would type it: relative inside the working folder
+            return (Path(os.path.relpath(candidate, here)) if candidate.is_relative_to(here) else candidate), why
+    return None, ""
 
 
 def figures_text(entry: dict[str, Any]) -> str:

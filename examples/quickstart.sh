@@ -15,11 +15,19 @@ train-ddpm: {preset: tiny, steps: 300, batch-size: 8, lr: 0.001, warmup: 20, che
 synthesize: {sampler: ddim, steps: 25, strength: 0.4, sigma: 1.0}
 validate: {resolution: 64, coreset-ratio: 0.25, steps: 200, overlays: 8}
 YAML
-# The detectors' backbone: a pretrained folder (yours through DEFECTGEN_BACKBONE, else the one beside this repository
-# in development). The quickstart downloads nothing, so without one it falls back to the random `tiny` backbone,
-# and validate says that its metrics are then meaningless.
-backbone="${DEFECTGEN_BACKBONE:-$root/../shared/weights/mobilenet_v2_1.0_224}"
-[ -n "${DEFECTGEN_BACKBONE:-}" ] || [ -d "$backbone" ] || backbone=tiny
+# The detectors' backbone, the first that can be had: yours (DEFECTGEN_BACKBONE), the folder beside this repository
+# in development, the default hub backbone (google/mobilenet_v2_1.0_224: cached, or downloaded once, 14 MB). Only
+# when none can be had does it fall back to the random `tiny` backbone, and validate says that its metrics are then
+# meaningless.
+echo "looking for a pretrained backbone (DEFECTGEN_BACKBONE, ../shared/weights, the hub's default) ..." >&2
+backbone=$(python -c "import sys
+from defectgen.detect.backbone import DEFAULT_BACKBONE, first_available
+print(first_available(sys.argv[1:] + [DEFAULT_BACKBONE]) or 'tiny')" "${DEFECTGEN_BACKBONE:-}" \
+  "$root/../shared/weights/mobilenet_v2_1.0_224" 2>/dev/null || echo tiny)
+if [ "$backbone" = tiny ]; then
+  echo "warning: no pretrained backbone (none configured, not cached, hub unreachable); using random 'tiny'" \
+    "features: the metrics below show that the pipeline runs, not how good the sets are" >&2
+fi
 echo "backbone: $backbone" >> defectgen.yaml
 
 defectgen inspect "$data" --sheet dataset.png

@@ -193,7 +193,7 @@ def inspect(
 
     summary = inspect_dataset(path, fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet, against=against,
                               backbone=backbone, resolution=resolution, tile=tile,
-                              progress=not as_json and sys.stderr.isatty())
+                              progress=not as_json)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from defectgen.cli.common import (
+    AllowEmpty,
     ClipModel,
     Device,
     Filters,
@@ -31,7 +31,7 @@ from defectgen.cli.common import (
 def filter_set(
     out_dir: Path = typer.Argument(..., help="A synthesize output folder."),
     filters: Filters = "change", clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
-    min_change: MinChange = 0.02,
+    min_change: MinChange = 0.02, allow_empty: AllowEmpty = False,
     material: str | None = typer.Option(None, "--material", help="clip: the material named in the normal text."),
 ) -> None:
     """Remove generated samples that a filter rejects; they move to OUT/rejected/ with their scores.
@@ -45,7 +45,7 @@ def filter_set(
     from defectgen.synth.run import filter_set as run
 
     run(out_dir, names(filters), clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
-        material=material, log=out.print)
+        material=material, log=out.print, allow_empty=allow_empty)
 
 
 @app.command("synthesize")
@@ -91,7 +91,7 @@ def synthesize(
                                            "its rim (1: a gradual blend over the whole depth; default: the DDPM "
                                            "re-draws the whole mask)."),
     filters: Filters = None, clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
-    min_change: MinChange = 0.02,
+    min_change: MinChange = 0.02, allow_empty: AllowEmpty = False,
     strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
                                           "image is diffused (default 0.5)."),
     sigma: float | None = typer.Option(None, "--sigma", help="Unconditional DDPM: std of the extra noise inside "
@@ -127,7 +127,7 @@ def synthesize(
 
         defectgen synthesize --model copypaste --labeled labeled/ --normals good/ --n 100 --out synth-copypaste/
 
-        defectgen synthesize --model runs/ddpm --labeled labeled/ --strength 0.2 --keep-core 1 --normals good/ \
+        defectgen synthesize --model runs/ddpm --labeled labeled/ --strength 0.2 --keep-core 1 --normals good/ \\
             --n 100 --out synth-transplant/
     """
     from defectgen.synth.run import synthesize_set
@@ -135,8 +135,9 @@ def synthesize(
     run = synthesize_set(
         model, normals, n, out_dir, masks=masks, mask_preset=mask_preset, masks_from=masks_from,
         class_name=class_name, prompt=prompt, filters=names(filters), clip_model=clip_model, tau0=tau0, lam=lam,
-        min_change=min_change, seed=seed, batch_size=batch_size, shard=parse_shard(shard), resume=resume,
-        overwrite=overwrite, progress=sys.stderr.isatty(), note=say, log=out.print, sampler=sampler, steps=steps,
+        min_change=min_change, allow_empty=allow_empty, seed=seed, batch_size=batch_size,
+        shard=parse_shard(shard), resume=resume,
+        overwrite=overwrite, progress=True, note=say, log=out.print, sampler=sampler, steps=steps,
         strength=strength, sigma=sigma, guidance=guidance, negative_prompt=negative_prompt, mask_crop=mask_crop,
         textures=textures, labeled=labeled, blend=blend, augment=augment, keep_core=keep_core,
         device=device)
@@ -190,6 +191,7 @@ def masks(
     summary = write_mask_set(
         out_dir, generator, n, size=parse_size(size) if size else None, like=like, like_format=fmt,
         object_only=object_only, category=category, params=params, overwrite=overwrite, on_bad=on_bad,
+        protect=(like_labeled,),
     )
     out.print(f"wrote {summary['masks']} masks to {out_dir}/masks and {out_dir}/annotations.json "
               f"(area fraction median {summary['area_median']:.4f}, min {summary['area_min']:.4f}, "

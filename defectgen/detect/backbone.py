@@ -227,6 +227,20 @@ def load_backbone(spec: str | None = None, device: str | torch.device = "cpu",
     return Backbone(model, mean, std, str(spec), backbone_api).to(device)
 
 
+def first_available(candidates: Sequence[str | None]) -> str | None:
+    """The first of `candidates` that loads (a folder that exists and holds a backbone, a hub id that is cached or
+    downloadable), or None: how the quickstart picks a pretrained backbone before it settles for `tiny`."""
+    for spec in candidates:
+        if not spec:
+            continue
+        try:
+            load_backbone(str(spec))
+        except DefectgenError:
+            continue
+        return str(spec)
+    return None
+
+
 def _offline_miss(error: Exception) -> bool:
     """Whether transformers failed because the model is neither cached nor downloadable (no network, or
     HF_HUB_OFFLINE), rather than because the model is broken."""

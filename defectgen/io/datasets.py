@@ -22,7 +22,7 @@ import numpy as np
 
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import decode_segmentation, load_coco_json
-from defectgen.io.images import is_image_file, read_image, read_mask
+from defectgen.io.images import image_files, read_image, read_mask
 from defectgen.io.sample import Box, Sample
 
 FORMATS = ("auto", "folder", "mvtec", "pairs", "voc", "coco")
@@ -159,7 +159,7 @@ class Dataset:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_image_file(p) and not p.stem.endswith(MASK_SUFFIX))
+    return [p for p in image_files(folder) if not p.stem.endswith(MASK_SUFFIX)]
 
 
 def _mask_for(image: Path) -> Path | None:
@@ -182,9 +182,23 @@ def detect_format(root: Path) -> str:
         return "mvtec"
     if _voc_parts(root):
         return "voc"
-    if any(p.stem.endswith(MASK_SUFFIX) for p in root.rglob("*") if is_image_file(p)):
+    if any(p.stem.endswith(MASK_SUFFIX) for p in image_files(root)):
         return "pairs"
     return "folder"
+
+
+def read_parts(root: Path) -> list[Path]:
+    """The folders under `root` that reading it walks (see `io.output._parts_read`): MVTec's and VOC's named parts,
+    else `root` itself."""
+    root = Path(root).resolve()
+    if not root.is_dir() or (root / "annotations.json").is_file():
+        return [root]
+    if (root / "train" / "good").is_dir() or ((root / "test").is_dir() and (root / "ground_truth").is_dir()):
+        return [root / p for p in ("train", "test", "ground_truth", "labeled")]
+    voc = _voc_parts(root)
+    if voc:
+        return [p for images, annotations, _ in voc for p in (images, annotations)]
+    return [root]
 
 
 def open_dataset(path: str | Path, format: str = "auto", on_bad: str = "error") -> Dataset:

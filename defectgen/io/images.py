@@ -49,6 +49,36 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+_noted_outputs: set[tuple[str, int]] = set()
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` at any depth, sorted, leaving out defectgen's own output folders inside it
+    (those holding its `.defectgen-*.json` marker, other than `folder` itself): a synthesized set, a masks run or a
+    contact sheet written inside an input must never become input. Says once on stderr how many were skipped."""
+    import os
+    import sys
+
+    from defectgen.io.output import made_by_defectgen
+
+    root = Path(folder)
+    found: list[Path] = []
+    skipped: list[Path] = []
+    for current, dirs, files in os.walk(root):
+        here = Path(current)
+        keep = []
+        for d in sorted(dirs):
+            (skipped if made_by_defectgen(here / d) else keep).append(here / d)
+        dirs[:] = [d.name for d in keep]
+        found += [here / f for f in files if is_image_file(here / f)]
+    if skipped and (str(root.resolve()), len(skipped)) not in _noted_outputs:
+        _noted_outputs.add((str(root.resolve()), len(skipped)))
+        names = ", ".join(str(p.relative_to(root)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        sys.stderr.write(f"note: skipped {len(skipped)} defectgen output folder(s) inside {root} ({names}); "
+                         "outputs are never read as inputs\n")
+    return sorted(found)
+
+
 def _decode(path: Path) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths

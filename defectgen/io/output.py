@@ -5,8 +5,11 @@ Rules every writer, mover and deleter follows (README, "Safety"):
 - files are written to a temporary name and renamed, with the mode a plain write would get under the umask;
 - a path taken from a file (a COCO `file_name`, `mask_file`) is resolved with `resolve_inside`, which refuses
   absolute paths, `..` and symbolic links that lead out of the folder;
+- an output folder is never an input, the model, or a folder that contains or lies inside one of them (what is
+  written inside an input folder would be read as input next time), and readers skip defectgen's own output
+  folders when they walk an input tree (`io.images.image_files`);
 - `--overwrite` clears only an empty folder or one holding defectgen's marker (`.defectgen-*.json`), and never
-  the working folder, an input, the model, or a folder that contains or lies inside one of them;
+  the working folder;
 - a run that fails or is interrupted before it wrote anything worth resuming removes the folder it created.
 """
 
@@ -102,8 +105,10 @@ def _write_marker(folder: Path, verb: str | None) -> None:
     })
 
 
-def _check_inputs(path: Path, protect: Iterable[str | Path | None], clearing: bool) -> None:
-    """Refuse an output folder that is an input or contains one; when clearing, also one that lies inside one."""
+def check_outside_inputs(path: str | Path, protect: Iterable[str | Path | None]) -> None:
+    """Refuse an output path that is an input, contains one, or lies inside an input folder (whatever is written
+    there would be read as input by the next run that walks that folder)."""
+    path = Path(path)
     real = path.resolve()
     for p in protect:
         if p is None or not Path(p).exists():
@@ -112,9 +117,18 @@ def _check_inputs(path: Path, protect: Iterable[str | Path | None], clearing: bo
         if real == other or other.is_relative_to(real):
             relation = "is" if real == other else "contains"
             raise DefectgenError(path, f"output folder {relation} the input {p}; choose another `out_dir`")
-        if clearing and real.is_relative_to(other):
-            raise DefectgenError(path, f"output folder lies inside the input {p}; refusing to clear it with "
-                                 "`overwrite`")
+        if other.is_dir() and any(real.is_relative_to(part) for part in _parts_read(other)):
+            raise DefectgenError(path, f"output folder lies inside the input folder {p}, where its files would "
+                                 "become inputs; choose an `out_dir` outside it")
+
+
+def _parts_read(folder: Path) -> list[Path]:
+    """The folders a reader walks in the input `folder`: for a dataset root whose layout names its parts (MVTec's
+    train/ test/ ground_truth/ labeled/, VOC's images/ and annotations/) those parts, so a workspace's runs/ and
+    reports/ may sit beside them; any other folder is walked whole."""
+    from defectgen.io.datasets import read_parts
+
+    return read_parts(folder)
 
 
 class OutputFolder:
@@ -142,7 +156,7 @@ class OutputFolder:
             raise DefectgenError(path, "output path exists and is not a folder")
         non_empty = path.is_dir() and any(path.iterdir())
         clearing = non_empty and self.overwrite and not self.resume
-        _check_inputs(path, self.protect, clearing)
+        check_outside_inputs(path, self.protect)
         if non_empty and not (self.overwrite or self.resume):
             hint = "pass `overwrite` to replace it" + (" or `resume` to continue" if self.resumable else "")
             raise DefectgenError(path, f"output folder is not empty; {hint}")

@@ -58,10 +58,10 @@ class Resolution:
 
 
 def parse_resolution(value: str | int | Resolution | tuple[int, int] | list[int], multiple: int = MULTIPLE,
-                     name: str = "resolution") -> Resolution:
+                     name: str = "resolution", square: bool = False) -> Resolution:
     """`HxW` (each a positive multiple of `multiple`), or one number (the short side, a positive multiple of
     `multiple`), as text, an int, or an (H, W) pair (what report.json records). Anything else raises a one-line
-    `DefectgenError` naming the parameter `name`."""
+    `DefectgenError` naming the parameter `name` and the nearest value accepted (one number when `square`)."""
     if isinstance(value, Resolution):
         if value.multiple == multiple:
             return value
@@ -72,9 +72,15 @@ def parse_resolution(value: str | int | Resolution | tuple[int, int] | list[int]
     match = re.fullmatch(r"(\d+)(?:\s*x\s*(\d+))?", text)
     sides = [int(g) for g in match.groups() if g is not None] if match else []
     if not sides or any(s <= 0 or s % multiple for s in sides):
+        nearest = [max(multiple, round(s / multiple) * multiple) for s in sides]
+        if square:  # a square window: one number, whatever was typed
+            raise DefectgenError(None, f"`{name}` must be one number, a positive multiple of {multiple} (the side "
+                                 f"of the square training window); got {value!r}"
+                                 + (f"; try {nearest[0]}" if nearest else ""))
+        hint = f"; try {'x'.join(map(str, nearest))}" if nearest else ""
         raise DefectgenError(None, f"`{name}` must be HxW (each a positive multiple of {multiple}, such as "
                              f"{8 * multiple}x{20 * multiple}) or one number, the short side with the aspect kept "
-                             f"(a positive multiple of {multiple}); got {value!r}")
+                             f"(a positive multiple of {multiple}); got {value!r}{hint}")
     if len(sides) == 1:
         return Resolution(short=sides[0], multiple=multiple)
     return Resolution(height=sides[0], width=sides[1], multiple=multiple)
@@ -85,7 +91,7 @@ def square_side(value: str | int | None, multiple: int, what: str, name: str = "
     `NxN`; a non-square HxW is refused, naming `what` trains on squares. None stays None (the model's default)."""
     if value is None:
         return None
-    res = parse_resolution(value, multiple, name)
+    res = parse_resolution(value, multiple, name, square=True)
     if res.square_side is None:
         raise DefectgenError(None, f"`{name}` {res}: {what} trains on square windows cut at native scale around "
                              f"the defects; give one number, the window side (such as {res.height})")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.images import is_image_file, read_mask
+from defectgen.io.images import image_files, read_mask
 from defectgen.io.sample import Box
 
 
@@ -20,7 +20,7 @@ class ShapeBank:
         if not folder.is_dir():
             raise DefectgenError(folder, "mask folder not found")
         self.shapes = []
-        for p in sorted(q for q in folder.rglob("*") if is_image_file(q)):
+        for p in image_files(folder):
             m = read_mask(p)
             box = Box.from_mask(m)
             if box is not None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder
@@ -16,6 +14,7 @@ from defectgen.io.images import check_image_size, write_mask
 from defectgen.io.output import output_folder
 from defectgen.io.sample import Sample
 from defectgen.masks import MaskGenerator, estimate_foreground
+from defectgen.progress import bar
 
 # Working memory of one Perlin or box mask per pixel: float32 noise, its rotation and quantile copies, the bool
 # mask, the 0/255 image and its PNG encoding.
@@ -47,8 +46,10 @@ def write_mask_set(
     out_dir: str | Path, generator: MaskGenerator, n: int, *, size: tuple[int, int] | None = None,
     like: str | Path | None = None, like_format: str = "auto", object_only: bool = False, category: str = "defect",
     params: dict[str, Any] | None = None, overwrite: bool = False, on_bad: str = "error",
+    protect: tuple[str | Path | None, ...] = (),
 ) -> dict[str, Any]:
-    """Write n masks (mask i sized like reference image i mod len, or `size`) and annotations.json."""
+    """Write n masks (mask i sized like reference image i mod len, or `size`) and annotations.json; `protect`:
+    other inputs (a --like-labeled set) the output folder must stay out of."""
     if (size is None) == (like is None):
         raise ValueError("give exactly one of size or like")
     if like is not None:
@@ -58,9 +59,10 @@ def write_mask_set(
         refs, skipped = [(size[0], size[1], None, None)], 0
     areas = []
     # A failed or interrupted run leaves no half mask set behind (it cannot be resumed).
-    with output_folder(out_dir, overwrite=overwrite, resumable=False, verb="masks", protect=[like]) as out_dir:
+    with output_folder(out_dir, overwrite=overwrite, resumable=False, verb="masks",
+                       protect=[like, *protect]) as out_dir:
         coco = CocoBuilder([category], root=out_dir)
-        for i in tqdm(range(n), desc="masks", unit="mask", disable=not sys.stderr.isatty()):
+        for i in bar(range(n), desc="masks", unit="mask"):
             h, w, fg, source = refs[i % len(refs)]
             mask, boxes = generator(i, h, w, foreground=fg, label=category)
             # the mask is the image of this set: one sample per mask, written and annotated like any other

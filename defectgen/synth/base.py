@@ -107,7 +107,8 @@ def load_generator(model: str | Path, **options: Any) -> DefectGenerator:
     if _is_foreign_inpainting_model(path):  # a diffusers inpainting folder or hub id not trained here
         return _resolve(MODEL_KINDS["ldm"])(name, **options)
     if not path.exists():
-        raise DefectgenError(path, f"no such model folder (or generator name: {', '.join(generator_names())})")
+        raise DefectgenError(None, f"no model folder {path} (and not a generator name: "
+                             f"{', '.join(generator_names())})")
     kind = read_metadata(path).get("kind")  # one-line errors for a missing or corrupt defectgen.json
     if kind not in MODEL_KINDS:
         known = ", ".join(sorted(MODEL_KINDS))
@@ -127,4 +128,6 @@ def _is_foreign_inpainting_model(path: Path) -> bool:
         except (json.JSONDecodeError, AttributeError):
             return False
     parts = str(path).split("/")
-    return len(parts) == 2 and all(parts) and not str(path).startswith((".", "~"))
+    # `runs/nosuch` beside an existing runs/ folder is a mistyped local path, not a hub id
+    return (len(parts) == 2 and all(parts) and not str(path).startswith((".", "~"))
+            and not Path(parts[0]).is_dir())

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.images import from_float, is_image_file, read_image, resize, to_float
+from defectgen.io.images import from_float, image_files, read_image, resize, to_float
 from defectgen.synth.base import register_generator
 
 # DRAEM draws three of these per anomaly; they change colour statistics and geometry so the pasted texture
@@ -51,7 +51,7 @@ class DraemGenerator:
             folder = Path(textures)
             if not folder.is_dir():
                 raise DefectgenError(folder, "texture folder not found")
-            self._paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
+            self._paths = image_files(folder)
             if not self._paths:
                 raise DefectgenError(folder, "no images found to take textures from")
             self.texture_dir = str(folder)

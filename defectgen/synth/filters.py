@@ -146,9 +146,10 @@ class _Entry:
     failed: list[str] = field(default_factory=list)
 
 
-def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
+def filter_output(out: str | Path, filters: list, log=print, allow_empty: bool = False) -> FilterSummary:
     """Score every sample of `out` with every filter; move rejected ones to out/rejected, renumber the rest,
-    rewrite annotations.json (under the one COCO rule) and redraw the contact sheet from the kept samples."""
+    rewrite annotations.json (under the one COCO rule) and redraw the contact sheet from the kept samples. Filters
+    that would reject every sample are an error, with nothing moved, unless `allow_empty`."""
     out = Path(out)
     ann_path = out / "annotations.json"
     data = load_coco_json(ann_path)
@@ -165,6 +166,10 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
             sample.mask_path = out / "masks" / f"{new_index:06d}.png"
             extra = {k: v for k, v in entry.image.items() if k not in _REWRITTEN}
             coco.add(sample, image_id=new_index + 1, filter_scores=entry.scores, **extra)
+    if entries and not kept and not allow_empty:  # decided before any file moves: the set stays as it was
+        raise DefectgenError(out, f"the filters reject all {len(entries)} samples ("
+                             + ", ".join(f"{f.name}: {f.params()}" for f in filters) + "); nothing was changed: "
+                             "loosen the filters or pass `allow_empty`")
     rejected_dir = resolve_inside(out, "rejected", what="folder")
     rejected_records = _move_rejected(out, [e for e in entries if e.failed], rejected_dir)
     _renumber(out, [(e.path, e.mask_path) for e in kept])
@@ -178,12 +183,13 @@ def filter_output(out: str | Path, filters: list, log=print) -> FilterSummary:
         earlier = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else []
         atomic_write_json(previous, (earlier if isinstance(earlier, list) else []) + rejected_records)
     atomic_write_json(ann_path, {**coco.to_dict(info), "info": info})
-    if (out / "contact_sheet.png").is_file():  # it showed the removed samples too: draw it again from the kept
+    if (out / "contact_sheet.png").is_file():  # it showed the removed samples too: drawn again from the kept ones
         from defectgen.synth.pipeline import write_contact_sheet
 
         write_contact_sheet(out, [(out / im["file_name"], out / im["mask_file"], e.class_name,
                                    Path(e.image["source"]) if e.image.get("source") else None)
-                                  for im, e in zip(coco.images, kept, strict=True)])
+                                  for im, e in zip(coco.images, kept, strict=True)],
+                            empty_note=f"the filters kept 0 of {len(entries)} samples")
     log(f"filters kept {len(kept)} of {len(entries)} samples; removed " +
         ", ".join(f"{k}: {v}" for k, v in removed.items()) + (f"; rejected samples in {rejected_dir}" if
                                                               rejected_records else ""))

@@ -29,7 +29,7 @@ from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
 from defectgen.io.images import (
     from_float,
-    is_image_file,
+    image_files,
     mask_window,
     match_channels,
     read_image,
@@ -43,7 +43,7 @@ from defectgen.io.images import (
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.sample import Box, Sample
 from defectgen.masks import MaskGenerator, estimate_foreground
-from defectgen.report import contact_sheet
+from defectgen.report import contact_sheet, text_card
 from defectgen.synth.base import GENERATORS as GENERATORS
 from defectgen.synth.base import DefectGenerator
 from defectgen.synth.base import load_generator as load_generator
@@ -64,7 +64,7 @@ class MaskFolder:
         if not folder.is_dir():
             raise DefectgenError(folder, "mask folder not found")
         source = folder / "masks" if (folder / "masks").is_dir() else folder
-        self.paths = sorted(p for p in source.rglob("*") if is_image_file(p))
+        self.paths = image_files(source)
         if not self.paths:
             raise DefectgenError(source, "no mask images found")
         self.folder = folder
@@ -358,16 +358,17 @@ def _write_set(run: _Run, coco: CocoBuilder, n: int, info: dict[str, Any], sheet
     return len(coco.annotations)
 
 
-def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None, Path | None]], size: int = 32) -> None:
+def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None, Path | None]], size: int = 32,
+                        empty_note: str = "no samples") -> None:
     """out/contact_sheet.png: the first `size` samples of `files` (image, mask, class name, source normal), each
-    with its mask outlined, then its defect enlarged beside the same crop of the normal; no sheet when `files` is
-    empty."""
+    with its mask outlined, then its defect enlarged beside the same crop of the normal; when `files` is empty, a
+    sheet that says `empty_note` (a stale sheet never stays, and the sheet is never just gone)."""
     tiles = [Sample(read_image(image), read_mask(mask), cls or DEFAULT_CATEGORY, source=source)
              for image, mask, cls, source in files[:size]]
     if tiles:
         contact_sheet(tiles, out / "contact_sheet.png", columns=4, zoom=True)
     else:
-        (out / "contact_sheet.png").unlink(missing_ok=True)
+        write_image(out / "contact_sheet.png", text_card(empty_note))
 
 
 def synthesize(
@@ -396,7 +397,7 @@ def synthesize(
     shard=(k, K) writes only samples i with i % K == k, into the same folder as the other shards; the COCO file
     and contact sheet are written once every sample is on disk. Under `accelerate launch` the shard is taken from
     the process index, and the main process writes them after all processes are done."""
-    from tqdm.auto import tqdm
+    from defectgen.progress import bar as progress_bar
 
     started = time.perf_counter()
     if n < 1:
@@ -429,8 +430,8 @@ def synthesize(
             log(f"resuming: {len(done)} of {n} samples already written")
         todo = [i for i in range(n) if i not in done and i % world == rank]
         coco = CocoBuilder(root=out, default_category=DEFAULT_CATEGORY)
-        with tqdm(total=n, initial=len(done), desc="synthesize", unit="img", dynamic_ncols=True,
-                  disable=not progress) as bar:
+        with progress_bar(total=n, initial=len(done), desc="synthesize", unit="img", leave=True,
+                          disable=not progress or (state is not None and not state.is_main_process)) as bar:
             run.generate(todo, batch_size, coco, bar)
         if state is not None:
             state.wait_for_everyone()

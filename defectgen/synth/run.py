@@ -37,20 +37,23 @@ def build_filters(names: list[str], *, clip_model: str | None = None, tau0: floa
 
 
 def filter_set(out_dir: str | Path, names: list[str], *, clip_model: str | None = None, tau0: float = 0.5,
-               lam: float = 1.0, min_change: float = 0.02, material: str | None = None, log=print):
-    """Run the filters `names` over the synthesized set in `out_dir` (rejected samples move to rejected/)."""
+               lam: float = 1.0, min_change: float = 0.02, material: str | None = None, log=print,
+               allow_empty: bool = False):
+    """Run the filters `names` over the synthesized set in `out_dir` (rejected samples move to rejected/); filters
+    that reject every sample are an error unless `allow_empty`."""
     from defectgen.synth.filters import filter_output
 
     chosen = build_filters(names, clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
                            material=material)
-    return filter_output(out_dir, chosen, log=log)
+    return filter_output(out_dir, chosen, log=log, allow_empty=allow_empty)
 
 
 def synthesize_set(model: str | None, normals: str | Path | None, n: int, out_dir: str | Path | None = None, *,
                    masks: str | Path = "perlin", mask_preset: str | None = None,
                    masks_from: str | Path | None = None, class_name: str | None = None, prompt: str | None = None,
                    filters: list[str] | None = None, clip_model: str | None = None, tau0: float = 0.5,
-                   lam: float = 1.0, min_change: float = 0.02, seed: int = 0, batch_size: int = 8,
+                   lam: float = 1.0, min_change: float = 0.02, allow_empty: bool = False, seed: int = 0,
+                   batch_size: int = 8,
                    shard: tuple[int, int] | None = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, workspace=None, note: Callable[[str], None] = print,
                    log: Callable[[str], None] = print, **generator_options: Any) -> SynthesisRun:
@@ -98,7 +101,7 @@ def synthesize_set(model: str | None, normals: str | Path | None, n: int, out_di
     if chosen:
         from defectgen.synth.filters import filter_output
 
-        run.filtered = filter_output(out_dir, chosen, log=log)
+        run.filtered = filter_output(out_dir, chosen, log=log, allow_empty=allow_empty)
         figures.update(kept=run.filtered.kept, removed=run.filtered.removed)
     run.record = {"type": getattr(generator, "name", "?"), "inputs": {"model": model, "normals": normals},
                   "params": {"prompt": prompt, "class": class_name,
