@@ -83,7 +83,9 @@ def synthesize_set(model: str | None, normals: str | Path | None, n: int, out_di
         from defectgen.prompts import prompt_class
 
         class_name = prompt_class(prompt)
-        note(using("class", class_name, f"from `prompt`; {model} is an unconditional DDPM and does not read text"))
+        shown = Path(model).resolve()
+        shown = shown.relative_to(Path.cwd().resolve()) if shown.is_relative_to(Path.cwd().resolve()) else model
+        note(using("class", class_name, f"from `prompt`; {shown} is an unconditional DDPM and does not read text"))
     mask_source = synthesis_masks(masks, masks_from, seed, mask_preset)
     result = synthesize(generator, normals, out_dir, n, masks=mask_source, mask_preset=mask_preset,
                         class_name=class_name, seed=seed, batch_size=batch_size, resume=resume, overwrite=overwrite,
