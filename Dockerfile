@@ -1,9 +1,11 @@
-# defectgen on a CUDA runtime with PyTorch preinstalled. Build: docker build -t defectgen .
+# defectgen on a CUDA runtime: the tested torch/torchvision pair (CUDA build; also runs on the CPU).
+# Build: docker build -t defectgen .
 # Run:   docker run --gpus all -v "$PWD:/data" -w /data defectgen train-ddpm --normals good/ --out runs/ddpm
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/defectgen
+RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY defectgen ./defectgen
 COPY examples ./examples

@@ -93,12 +93,11 @@ def cosine_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
-    """Binary focal loss: hard pixels (rare defects, their borders) weigh more than easy background."""
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    pt = p * target + (1 - p) * (1 - target)
-    weight = alpha * target + (1 - alpha) * (1 - target)
-    return (weight * (1 - pt) ** gamma * ce).mean()
+    """Binary focal loss (torchvision's): hard pixels (rare defects, their borders) weigh more than easy
+    background."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    return sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="mean")
 
 
 @register_detector("ast")
