@@ -26,7 +26,7 @@ import torch
 from defectgen.errors import DefectgenError
 
 DETECTORS: dict[str, type[Detector]] = {}
-_BUILTIN = ("defectgen.detect.ast", "defectgen.detect.exdd", "defectgen.detect.seg")
+_BUILTIN = ("defectgen.detect.ast", "defectgen.detect.det", "defectgen.detect.exdd", "defectgen.detect.seg")
 
 T = TypeVar("T", bound="type[Detector]")
 
@@ -44,6 +44,8 @@ class DetectorOptions:
     coreset_ratio: float = 0.1
     positive_quantile: float | None = None
     width: int | None = None
+    epochs: int = 50      # detectors trained by epochs (det): the cap
+    patience: int = 5     # ... and the epochs without a validation gain that stop them early
 
 
 class Detector(ABC):

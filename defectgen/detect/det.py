@@ -1,0 +1,333 @@
+"""det: a box detector for box datasets (NEU-DET, VOC, COCO boxes): torchvision's FCOS on the frozen project backbone
+through a feature pyramid (torchvision.ops.FeaturePyramidNetwork over strides 8, 16, 32; no P6: the last level
+takes every large box, and small images keep at least 2x2 cells on it).
+
+Why FCOS: anchor-free (one point per location, no anchor shapes to tune per dataset), one stage, focal loss and
+GIoU from torchvision; its scale assignment follows the pyramid's strides. Faster R-CNN and RetinaNet were not
+compared yet.
+
+Training runs by epochs with early stopping: a validation split carved from the training defects (never the test
+set) is scored with COCO mAP@0.5 after every epoch, the best weights are kept, and training stops when `patience`
+epochs bring no gain, or at the `epochs` cap. The backbone is frozen, so its maps are computed once per image and
+flip variant and cached (half precision, on the CPU); epochs after the first train only the pyramid and the head.
+`summary()` says how many epochs ran and why training stopped.
+
+Boxes of the training defects come from `fit(boxes=...)` (the layout's own boxes) or, without them, from the
+connected components of each class in the label maps (masks of generated defects).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
+from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.features import batches, to_tensor
+from defectgen.errors import DefectgenError
+
+_PAD = 32  # the detection transform pads every batch to a multiple of this
+_FLIPS = ((), (-1,), (-2,), (-2, -1))  # none, horizontal, vertical, both: the augmentation of each epoch
+
+
+class _Pyramid(nn.Module):
+    """The frozen backbone's maps at `strides` -> an FPN of `width` channels (what torchvision's detection models
+    take as `backbone`). `cached`, when set, replaces the backbone's maps for the next call."""
+
+    def __init__(self, body: Backbone, strides: Sequence[int], width: int):
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+
+        self.body = body
+        self.strides = tuple(int(s) for s in strides)
+        self.fpn = FeaturePyramidNetwork(body.channels(self.strides), width)
+        self.out_channels = width
+        self.cached: list[torch.Tensor] | None = None
+
+    def body_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self.body(x, self.strides)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = self.cached if self.cached is not None else self.body_maps(x)
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+def boxes_from_labels(labels: np.ndarray, n_classes: int) -> list[tuple[float, float, float, float, int]]:
+    """(x0, y0, x1, y1, class index) of each connected region of each class in a label map (0 = background,
+    1 + class index inside defects)."""
+    out = []
+    for c in range(n_classes):
+        n, _, stats, _ = cv2.connectedComponentsWithStats((labels == c + 1).astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            x, y, w, h = (float(v) for v in stats[i, :4])
+            out.append((x, y, x + w, y + h, c))
+    return out
+
+
+def _flip_boxes(boxes: torch.Tensor, dims: tuple[int, ...], h: int, w: int) -> torch.Tensor:
+    boxes = boxes.clone()
+    if -1 in dims:
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    if -2 in dims:
+        boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+    return boxes
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % _PAD, 0, (-h) % _PAD))
+
+
+@register_detector("det")
+class Det(nn.Module, Detector):
+    """backbone: frozen feature extractor; strides: its levels under the pyramid; width: pyramid and head
+    channels; class_names: set by `fit`; size: (H, W) of the model input, set by `fit`; score_thresh: boxes
+    below it are dropped."""
+
+    options = ("seed", "batch_size", "lr", "width", "epochs", "patience")
+    supervised = True
+    produces_boxes = True
+
+    def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16, 32), width: int = 64,
+                 class_names: Sequence[str] = (), size: Sequence[int] = (256, 256), score_thresh: float = 0.05):
+        super().__init__()
+        self.backbone = backbone
+        self.strides = tuple(int(s) for s in strides)
+        self.width, self.score_thresh = int(width), float(score_thresh)
+        self.pyramid = _Pyramid(backbone, self.strides, self.width)
+        self.class_names: list[str] = []
+        self.size = (int(size[0]), int(size[1]))
+        self.model: nn.Module | None = None
+        self._build(class_names or ["defect"], self.size)
+        self.train_options = DetectorOptions()
+        self.report: dict[str, Any] = {}
+        self.to(backbone.mean.device)
+
+    def _build(self, class_names: Sequence[str], size: tuple[int, int]) -> None:
+        from torchvision.models.detection import FCOS
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+        self.class_names, self.size = [str(c) for c in class_names], (int(size[0]), int(size[1]))
+        levels = self.strides  # one point per cell of each pyramid level, its size the level's stride
+        anchors = AnchorGenerator(tuple((s,) for s in levels), ((1.0,),) * len(levels))
+        # images arrive in [0, 1] at the model size: no resize, and the backbone normalises them itself
+        self.model = FCOS(self.pyramid, num_classes=len(self.class_names) + 1, min_size=min(self.size),
+                          max_size=max(self.size), image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+                          anchor_generator=anchors, score_thresh=self.score_thresh, detections_per_img=100)
+        self.model.to(self.backbone.mean.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    @classmethod
+    def from_options(cls, backbone: Backbone, options: DetectorOptions) -> Det:
+        torch.manual_seed(options.seed)
+        model = cls(backbone, width=options.width or (32 if backbone.name == TINY else 64))
+        model.train_options = options
+        return model
+
+    # ---- training -----------------------------------------------------------------------------------------------
+
+    def _targets(self, defects, masks, labels, class_names, boxes) -> tuple[list[str], list[np.ndarray]]:
+        """(class names, per defect image an n x 5 array of x0, y0, x1, y1, class index)."""
+        if boxes is not None:
+            names = sorted({str(b["class"]) for bs in boxes for b in bs}) if not class_names else list(class_names)
+            index = {c: i for i, c in enumerate(names)}
+            per_image = [np.array([[*b["bbox"][:2], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3],
+                                    index[str(b["class"])]] for b in bs], np.float32).reshape(-1, 5)
+                         for bs in boxes]
+            return names, per_image
+        if labels is None:
+            labels = np.asarray(masks, bool).astype(np.int64)
+            class_names = list(class_names[:1]) or ["defect"]
+        names = list(class_names)
+        return names, [np.array(boxes_from_labels(np.asarray(lab), len(names)), np.float32).reshape(-1, 5)
+                       for lab in labels]
+
+    def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
+            progress: bool = False, *, cleans: np.ndarray | None = None, labels: np.ndarray | None = None,
+            class_names: Sequence[str] = (), desc: str | None = None,
+            boxes: Sequence[Sequence[dict]] | None = None) -> Det:
+        """Train on the defect images' boxes (`boxes`: per image a list of {"bbox": [x, y, w, h], "class"}; else
+        the regions of `labels` or `masks`), normals as images without boxes, by epochs with early stopping on a
+        validation split of the defects (see the module docstring)."""
+        from defectgen.progress import bar
+
+        if defects is None or len(defects) == 0:
+            raise DefectgenError(None, "det is supervised and got no defect images with boxes to learn from "
+                                 "(give a labeled set with boxes or masks, or a synthetic set)")
+        names, targets = self._targets(defects, masks, labels, class_names, boxes)
+        if not any(len(t) for t in targets):
+            raise DefectgenError(None, "det got defect images but no boxes in them (every mask is empty)")
+        o = self.train_options
+        torch.manual_seed(o.seed)
+        rng = np.random.default_rng(o.seed)
+        h, w = defects.shape[1:3]
+        self._build(names, (h, w))
+        images = list(defects) + list(normals)
+        targets = targets + [np.zeros((0, 5), np.float32)] * len(normals)
+        order = rng.permutation(len(defects))
+        n_val = int(round(0.15 * len(defects))) if len(defects) >= 7 else 0
+        val, train = sorted(order[:n_val].tolist()), [*order[n_val:].tolist(), *range(len(defects), len(images))]
+        cache: dict[tuple[int, int], list[torch.Tensor]] = {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
+        best, best_state, since, history = -1.0, None, 0, []
+        reason = "reached the epoch cap"
+        epochs = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
+        for epoch in range(o.epochs):
+            self.model.train()
+            losses = []
+            perm = rng.permutation(len(train))
+            for sl in batches(len(train), o.batch_size):
+                idx = [train[k] for k in perm[sl]]
+                flips = rng.integers(len(_FLIPS), size=len(idx))
+                batch, tgts = [], []
+                for i, f in zip(idx, flips, strict=True):
+                    x = torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
+                    t = torch.from_numpy(targets[i])
+                    batch.append(x.to(self.device))
+                    tgts.append({"boxes": _flip_boxes(t[:, :4], _FLIPS[f], h, w).to(self.device),
+                                 "labels": (t[:, 4].long() + 1).to(self.device)})
+                self.pyramid.cached = self._cached_maps(cache, images, idx, flips)
+                loss = sum(self.model(batch, tgts).values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                self.pyramid.cached = None
+                losses.append(float(loss))
+            score = self._val_map([images[i] for i in val], [targets[i] for i in val]) if val else None
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_map50": score})
+            epochs.set_postfix(loss=f"{np.mean(losses):.3f}", val_map50="-" if score is None else f"{score:.3f}",
+                               refresh=False)
+            epochs.update(1)
+            if score is None:
+                continue
+            if score > best:
+                best, best_state, since = score, copy.deepcopy(self._trained_state()), 0
+            else:
+                since += 1
+                if since >= o.patience:
+                    reason = f"no gain in validation mAP@0.5 for {o.patience} epochs"
+                    break
+        epochs.close()
+        if best_state is not None:
+            self.load_state_dict(best_state, strict=False)
+        self.model.eval()
+        self.report = {"epochs": len(history), "stopped": reason if val else "no validation split (fewer than 7 "
+                       "defect images): ran every epoch", "best_val_map50": best if val else None,
+                       "validation_images": len(val), "train_images": len(train), "history": history,
+                       "classes": list(self.class_names), "defect_images": int(len(defects))}
+        return self
+
+    def _cached_maps(self, cache, images, idx, flips) -> list[torch.Tensor]:
+        """The backbone's maps of each (image, flip), computed once and kept in half precision on the CPU."""
+        missing = [(i, int(f)) for i, f in zip(idx, flips, strict=True) if (i, int(f)) not in cache]
+        if missing:
+            x = torch.stack([torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
+                             for i, f in missing]).to(self.device)
+            maps = self.pyramid.body_maps(_padded(x))
+            for k, key in enumerate(missing):
+                cache[key] = [m[k].to("cpu", torch.float16) for m in maps]
+        return [torch.stack([cache[(i, int(f))][level] for i, f in zip(idx, flips, strict=True)]).to(
+            self.device, torch.float32) for level in range(len(self.strides))]
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not _is_backbone_key(k)}
+
+    def _val_map(self, images: list[np.ndarray], targets: list[np.ndarray]) -> float:
+        from defectgen.metrics import coco_map
+
+        found = self._detect(np.stack(images), 8)
+        truth = [[{"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "class": self.class_names[int(c)]}
+                  for x0, y0, x1, y1, c in t] for t in targets]
+        return float(coco_map(truth, found, self.class_names)["map50"])
+
+    # ---- inference ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _detect(self, images: np.ndarray, batch_size: int) -> list[list[dict]]:
+        self.model.eval()
+        found = []
+        for sl in batches(len(images), batch_size):
+            x = [_as_rgb(t) for t in to_tensor(images[sl], self.device)]
+            for out in self.model(x):
+                found.append([{"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(s),
+                               "class": self.class_names[int(lab) - 1]}
+                              for (x0, y0, x1, y1), s, lab in zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                                                  out["labels"].tolist(), strict=True)])
+        return found
+
+    def predict_with_boxes(self, images: np.ndarray, batch_size: int = 8
+                           ) -> tuple[np.ndarray, np.ndarray, list[list[dict]]]:
+        """Boxes, and as anomaly map each pixel's highest box score (0 outside every box); image score: the
+        highest box score."""
+        found = self._detect(images, batch_size)
+        h, w = images.shape[1:3]
+        maps = np.zeros((len(images), h, w), np.float32)
+        for m, boxes in zip(maps, found, strict=True):
+            for b in boxes:
+                x, y, bw, bh = b["bbox"]
+                x0, y0 = max(int(x), 0), max(int(y), 0)
+                x1, y1 = min(int(np.ceil(x + bw)), w), min(int(np.ceil(y + bh)), h)
+                np.maximum(m[y0:y1, x0:x1], b["score"], out=m[y0:y1, x0:x1])
+        scores = np.asarray([max((b["score"] for b in bs), default=0.0) for bs in found], np.float32)
+        return maps, scores, found
+
+    def predict(self, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores, _ = self.predict_with_boxes(images, batch_size)
+        return maps, scores
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.report)
+
+    # ---- files --------------------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {"detector": "det", **backbone_record(self.backbone), "strides": list(self.strides),
+                "width": self.width, "class_names": self.class_names, "size": list(self.size),
+                "score_thresh": self.score_thresh}
+
+    def save(self, path: str | Path) -> None:
+        """Pyramid and head weights (the backbone is named, not stored) in one safetensors file."""
+        write_weights(path, self._trained_state(), self.config())
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None) -> Det:
+        state, meta = read_weights(path, "det", "det weights file")
+        try:
+            model = cls(backbone or backbone_of(meta), meta["strides"], meta["width"], meta["class_names"],
+                        meta["size"], meta["score_thresh"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except (KeyError, RuntimeError) as e:
+            raise DefectgenError(path, f"det weights do not fit this model ({str(e).splitlines()[0]})") from None
+        missing = [k for k in missing if not _is_backbone_key(k)]
+        if missing or unexpected:
+            raise DefectgenError(path, f"det weights do not fit this model (missing {missing[:3]}, unexpected "
+                                 f"{unexpected[:3]})")
+        model.eval()
+        return model
+
+
+def _is_backbone_key(key: str) -> bool:
+    """Keys not saved: the frozen backbone (named in the file instead) and the `pyramid.` alias of the pyramid that
+    FCOS holds as `model.backbone.`."""
+    return key.startswith(("backbone.", "pyramid.")) or ".body." in f".{key}"
+
+
+def _as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """C x H x W with three channels: the detection transform normalises three (the backbone reads gray back)."""
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+

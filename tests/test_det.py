@@ -1,0 +1,114 @@
+"""det: torchvision's FCOS on the frozen backbone finds the boxes of a tiny synthetic box set (scored by pycocotools),
+stops early on a plateau of its validation split, trains on cached backbone maps equal to the live ones, and
+round-trips through its weights file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectgen.detect import get_detector, load_backbone, load_detector
+from defectgen.detect.base import DetectorOptions
+from defectgen.errors import DefectgenError
+from defectgen.metrics import coco_map
+
+
+def box_set(n: int, seed: int) -> tuple[np.ndarray, list[list[dict]]]:
+    """64x64 gray images with one or two dark objects each: squares ('spot') and wide bars ('bar')."""
+    rng = np.random.default_rng(seed)
+    images, boxes = [], []
+    for _ in range(n):
+        img = rng.integers(70, 110, size=(64, 64, 1)).astype(np.uint8)
+        found = []
+        for _ in range(rng.integers(1, 3)):
+            cls = int(rng.integers(2))
+            w, h = (int(rng.integers(10, 20)),) * 2 if cls == 0 else (int(rng.integers(20, 34)), 10)
+            x, y = int(rng.integers(0, 64 - w)), int(rng.integers(0, 64 - h))
+            img[y:y + h, x:x + w] = 20
+            found.append({"bbox": [x, y, w, h], "class": ["spot", "bar"][cls]})
+        images.append(img)
+        boxes.append(found)
+    return np.stack(images), boxes
+
+
+NO_NORMALS = np.zeros((0, 64, 64, 1), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train, train_boxes = box_set(40, 0)
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=60, patience=60,
+                                                                                    batch_size=8, lr=3e-3))
+    return det.fit(NO_NORMALS, train, None, boxes=train_boxes)
+
+
+def test_det_finds_the_boxes_and_cocoeval_scores_it_above_one_half(trained):
+    test, test_boxes = box_set(16, 1)
+    maps, scores, found = trained.predict_with_boxes(test)
+    result = coco_map(test_boxes, found, ["bar", "spot"])
+    assert result["map50"] > 0.5, result
+    assert maps.shape == (16, 64, 64) and scores.shape == (16,)
+    # the anomaly map is the box scores painted where the boxes are
+    top = max(found[0], key=lambda b: b["score"])
+    x, y, w, h = (int(round(v)) for v in top["bbox"])
+    assert maps[0, y + h // 2, x + w // 2] == pytest.approx(top["score"]) and scores[0] == pytest.approx(top["score"])
+    report = trained.summary()
+    assert report["validation_images"] == 6 and report["train_images"] == 34 and report["epochs"] == 60
+
+
+def test_weights_round_trip(trained, tmp_path):
+    test, _ = box_set(4, 2)
+    trained.save(tmp_path / "det.safetensors")
+    again = load_detector(tmp_path / "det.safetensors", backbone=trained.backbone)
+    _, _, before = trained.predict_with_boxes(test)
+    _, _, after = again.predict_with_boxes(test)
+    assert [[b["bbox"] for b in bs] for bs in before] == [[b["bbox"] for b in bs] for bs in after]
+    assert again.class_names == ["bar", "spot"] and again.size == (64, 64)
+
+
+def test_early_stopping_stops_on_a_plateau_of_the_validation_split():
+    train, boxes = box_set(20, 3)
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=30, patience=3, lr=0.0))
+    det.fit(NO_NORMALS, train, None, boxes=boxes)  # lr 0: nothing changes, so validation mAP cannot improve
+    report = det.summary()
+    assert report["epochs"] == 4 and "no gain" in report["stopped"]  # the first epoch sets the best, 3 more end it
+    # the validation split is carved from the training defects: nothing else is seen
+    assert report["validation_images"] + report["train_images"] == 20
+
+
+def test_cached_backbone_maps_give_the_live_head_outputs(trained):
+    images, _ = box_set(3, 4)
+    cache: dict = {}
+    cached = trained._cached_maps(cache, list(images), [0, 1, 2], np.array([0, 1, 3]))
+    assert len(cache) == 3
+    from defectgen.detect.det import _FLIPS, _as_rgb
+    from defectgen.detect.features import to_tensor
+
+    x = torch.stack([torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
+                     for i, f in zip([0, 1, 2], [0, 1, 3], strict=True)])
+    with torch.no_grad():
+        live = trained.pyramid(x)
+        trained.pyramid.cached = cached
+        from_cache = trained.pyramid(x)
+        trained.pyramid.cached = None
+    for key in live:  # half-precision cache: equal up to float16 rounding
+        torch.testing.assert_close(from_cache[key], live[key], rtol=1e-2, atol=1e-2)
+
+
+def test_det_without_boxes_is_one_clear_error():
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=1))
+    images, _ = box_set(3, 5)
+    with pytest.raises(DefectgenError, match="no boxes"):
+        det.fit(NO_NORMALS, images, np.zeros((3, 64, 64), bool))
+    with pytest.raises(DefectgenError, match="no defect images"):
+        det.fit(NO_NORMALS, images[:0], None)
+
+
+def test_boxes_come_from_label_maps_when_the_layout_has_none():
+    from defectgen.detect.det import boxes_from_labels
+
+    labels = np.zeros((32, 32), np.int64)
+    labels[2:6, 3:9] = 1
+    labels[20:30, 20:22] = 2
+    assert sorted(boxes_from_labels(labels, 2)) == [(3.0, 2.0, 9.0, 6.0, 0), (20.0, 20.0, 22.0, 30.0, 1)]
