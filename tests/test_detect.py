@@ -189,3 +189,50 @@ def test_positive_quantile_drops_defect_patches_that_look_normal(backbone):
     assert from_bright.positive.shape[0] + from_bright.positive_dropped == unfiltered.positive.shape[0]
     with pytest.raises(ValueError, match="positive_quantile"):
         ExDD(backbone, positive_quantile=1.5)
+
+
+def _greedy_one_at_a_time(x: torch.Tensor, n: int, first: int) -> list[int]:
+    """The plain greedy k-center, one pick per pass over the rows, in float64: the reference."""
+    x = x.double()
+    chosen = [first]
+    min_d = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, n):
+        idx = int(torch.argmax(min_d))
+        chosen.append(idx)
+        min_d = torch.minimum(min_d, ((x - x[idx]) ** 2).sum(1))
+    return chosen
+
+
+def _coverage(x: torch.Tensor, chosen) -> float:
+    """The coverage radius: how far the row farthest from every chosen row lies from its nearest one."""
+    return float(torch.cdist(x, x[torch.as_tensor(chosen)]).min(1).values.max())
+
+
+def test_coreset_in_sweeps_picks_what_the_one_at_a_time_greedy_picks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 6, generator=g) * torch.rand(3000, 1, generator=g) * 4  # spread: no near-ties
+    first = int(torch.randint(3000, (1,), generator=torch.Generator().manual_seed(0)))
+    reference = _greedy_one_at_a_time(x, 200, first)
+    swept = greedy_coreset(x, 200, loop_rows=0, pool=64)  # many sweeps of a small pool
+    assert swept.tolist() == reference
+    assert greedy_coreset(x, 200).tolist() == reference  # small inputs: the loop, as before
+
+
+def test_coreset_of_many_rows_covers_as_well_as_the_exact_greedy():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(40, 8, generator=g) * 10
+    x = centres[torch.randint(40, (20000,), generator=g)] + torch.randn(20000, 8, generator=g)
+    first = int(torch.randint(20000, (1,), generator=torch.Generator().manual_seed(0)))
+    exact = _coverage(x, _greedy_one_at_a_time(x, 400, first))
+    swept = greedy_coreset(x, 400)  # 20,000 rows: the sweeps
+    assert len(set(swept.tolist())) == 400
+    assert _coverage(x, swept) <= exact * 1.001  # the same greedy, up to float rounding in near-ties
+    # above max_rows the picks come from a random share of the rows: within 1.5x of the exact radius here
+    sampled = greedy_coreset(x, 400, max_rows=5000)
+    assert len(set(sampled.tolist())) == 400 and _coverage(x, sampled) <= exact * 1.5
+
+
+def test_coreset_of_repeated_rows_picks_distinct_rows():
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)).repeat(400, 1)  # 20,000 rows, 50 distinct
+    chosen = greedy_coreset(x, 300, pool=64)
+    assert len(set(chosen.tolist())) == 300 and len(set((chosen % 50).tolist())) == 50

@@ -138,3 +138,25 @@ def test_unknown_choices_fail(data, tmp_path):
         run_validation("yolo", data / "mv", data / "mv", tmp_path / "o")
     with pytest.raises(DefectgenError, match="unknown baseline"):
         run_validation("exdd", data / "mv", data / "mv", tmp_path / "o", baselines=["cutpaste"])
+
+
+def test_redirected_validate_prints_progress_and_the_whole_jobs_estimate(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DEFECTGEN_PROGRESS_SECONDS", "0")  # stderr is not a terminal here: plain lines
+    run_validation("ast", data / "mv", data / "mv", tmp_path / "ast", synthetic=data / "syn", baselines=["none"],
+                   resolution=S, steps=6, batch_size=4, n_overlays=0, progress=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    whole = [line for line in lines if line.startswith("validate: ")]
+    assert len(whole) == 1 and whole[0].startswith("validate: 2 runs (synthetic, none) of 6 steps each"), err
+    assert "run 1 of 2 (synthetic)" in whole[0]
+    assert any(line.startswith("run 2 of 2 (none): 6 steps take about") for line in lines), err
+    for run in ("synthetic", "none"):
+        assert any(line.startswith(f"[{run}] ast") and "6/6" in line for line in lines), err
+        assert any(line.startswith(f"[{run}] ast: scoring") and "6/6" in line for line in lines), err
+
+    run_validation("exdd", data / "mv", data / "mv", tmp_path / "exdd", synthetic=data / "syn", baselines=["none"],
+                   resolution=S, coreset_ratio=0.5, n_overlays=0, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    for step in ("normal features", "coreset", "scoring"):
+        assert any(line.startswith(f"[none] exdd: {step}") for line in lines), lines
+    assert any(line.startswith("run 2 of 2 (none): about") for line in lines), lines

@@ -16,6 +16,7 @@ import torch
 from defectgen.detect.backbone import Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
 from defectgen.detect.features import (
+    CORESET_MAX_ROWS,
     batches,
     greedy_coreset,
     image_features,
@@ -49,6 +50,7 @@ class ExDD(Detector):
             raise ValueError(f"positive_quantile must lie in [0, 1), got {positive_quantile}")
         self.positive_quantile = None if positive_quantile is None else float(positive_quantile)
         self.positive_dropped = 0
+        self.coreset_sampled_from = 0  # normal patches above CORESET_MAX_ROWS: the greedy saw a random share
         self.backbone = backbone
         self.strides = tuple(int(s) for s in strides)
         self.coreset_ratio = float(coreset_ratio)
@@ -69,6 +71,8 @@ class ExDD(Detector):
         out = {"negative_bank": 0 if self.negative is None else int(self.negative.shape[0]),
                "positive_bank": 0 if self.positive is None else int(self.positive.shape[0]),
                "positive_dropped": self.positive_dropped}
+        if self.coreset_sampled_from:
+            out["coreset_sampled_from"] = self.coreset_sampled_from
         if hasattr(self.backbone, "compression"):  # diffusion features: the memory the PCA saves
             out["compression"] = self.backbone.compression(self.strides)
         return out
@@ -77,9 +81,10 @@ class ExDD(Detector):
     def device(self) -> torch.device:
         return self.backbone.mean.device
 
-    def features(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    def features(self, images: Sequence[np.ndarray] | np.ndarray, progress: bool = False,
+                 desc: str = "features") -> torch.Tensor:
         """N x D x h x w patch features of H x W x C images (uint8 or float in [0, 1])."""
-        return image_features(self.backbone, images, self.strides, self.batch_size)
+        return image_features(self.backbone, images, self.strides, self.batch_size, progress, desc)
 
     def fit(self, normals: Sequence[np.ndarray] | np.ndarray, defects: Sequence[np.ndarray] | None = None,
             masks: Sequence[np.ndarray] | None = None, progress: bool = False, *,
@@ -89,21 +94,26 @@ class ExDD(Detector):
         `defects` that lie inside `masks` (a patch counts when half of it is defect; an image whose defect
         covers no patch that much gives its most-covered patch, so tiny defects are not lost). The clean
         images and classes of the `Detector` interface play no part in the banks."""
+        desc = desc or "exdd"
         if progress:
-            print(f"{desc or 'exdd'}: building banks from {len(normals)} normals"
+            print(f"{desc}: building banks from {len(normals)} normals"
                   + (f" and {len(defects)} defects" if defects is not None else ""), flush=True)
         if hasattr(self.backbone, "fit_projection"):  # wide diffusion features: PCA on the normals first
             self.backbone.fit_projection(normals, self.batch_size, self.seed)
-        feats = self.features(normals)
+        feats = self.features(normals, progress, f"{desc}: normal features")
         flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
-        keep = greedy_coreset(flat, max(1, int(round(self.coreset_ratio * flat.shape[0]))), self.seed,
-                              progress=progress)
+        n_keep = max(1, int(round(self.coreset_ratio * flat.shape[0])))
+        self.coreset_sampled_from = int(flat.shape[0]) if n_keep < CORESET_MAX_ROWS < flat.shape[0] else 0
+        if self.coreset_sampled_from and progress:
+            print(f"{desc}: {flat.shape[0]} normal patches; the coreset's {n_keep} are picked among a random "
+                  f"{CORESET_MAX_ROWS} of them", flush=True)
+        keep = greedy_coreset(flat, n_keep, self.seed, progress=progress, desc=f"{desc}: coreset")
         self.negative = flat[keep].contiguous()
         self.positive = None
         if defects is not None and len(defects):
             if masks is None or len(masks) != len(defects):
                 raise ValueError("one mask per defect image is needed")
-            pos = self.defect_patches(defects, masks)
+            pos = self.defect_patches(defects, masks, progress, f"{desc}: defect features")
             if pos.shape[0] and self.positive_quantile is not None:
                 limit = self.normal_distance_quantile(flat, keep, feats.shape[-2] * feats.shape[-1])
                 near = nearest_distance(pos, self.negative) <= limit
@@ -125,9 +135,10 @@ class ExDD(Detector):
                                       self.seed + 2, limit)
 
     @torch.no_grad()
-    def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> torch.Tensor:
+    def defect_patches(self, defects: Sequence[np.ndarray], masks: Sequence[np.ndarray], progress: bool = False,
+                       desc: str = "defect features") -> torch.Tensor:
         """P x D features of the patches of `defects` that lie inside `masks` (see `fit`)."""
-        return patches_inside(self.features(defects), masks)
+        return patches_inside(self.features(defects, progress, desc), masks)
 
     @torch.no_grad()
     def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:

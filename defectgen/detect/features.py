@@ -12,6 +12,11 @@ import torch.nn.functional as F
 # Distance blocks hold at most this many float32 entries (64 MiB); with the matmul's temporaries the peak
 # extra memory of a nearest-neighbour search is about three blocks (~192 MiB), whatever the bank size.
 NN_BLOCK_ELEMENTS = 1 << 24
+# greedy_coreset: up to CORESET_LOOP_ROWS rows one pick per pass, above that picks in sweeps among the
+# CORESET_POOL farthest rows; above CORESET_MAX_ROWS rows the picks are made among a random CORESET_MAX_ROWS
+CORESET_LOOP_ROWS = 16384
+CORESET_POOL = 2048
+CORESET_MAX_ROWS = 1_000_000
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -44,13 +49,18 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def image_features(backbone, images: Sequence[np.ndarray] | np.ndarray, strides: Sequence[int] = (8, 16),
-                   batch_size: int = 16) -> torch.Tensor:
+                   batch_size: int = 16, progress: bool = False, desc: str = "features") -> torch.Tensor:
     """N x D x h x w patch features (`patch_features` of the backbone's `strides` maps) of H x W x C images of
-    one size (uint8 or float in [0, 1]), computed `batch_size` images at a time on the backbone's device."""
+    one size (uint8 or float in [0, 1]), computed `batch_size` images at a time on the backbone's device
+    (`progress`: a bar, `progress.bar`)."""
+    from defectgen.progress import bar
+
     out = []
-    for sl in batches(len(images), batch_size):
-        x = to_tensor(images[sl], backbone.mean.device)
-        out.append(patch_features(backbone(x, strides)))
+    with bar(total=len(images), desc=desc, unit="img", disable=not progress) as shown:
+        for sl in batches(len(images), batch_size):
+            x = to_tensor(images[sl], backbone.mean.device)
+            out.append(patch_features(backbone(x, strides)))
+            shown.update(sl.stop - sl.start)
     return torch.cat(out)
 
 
@@ -115,33 +125,95 @@ def leave_one_out_quantile(queries: torch.Tensor, query_groups: torch.Tensor, ba
     return float(torch.quantile(d.float().cpu(), quantile)) if d.numel() else 0.0
 
 
+@torch.no_grad()
 def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0, project_to: int = 128,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, desc: str = "coreset", pool: int = CORESET_POOL,
+                   loop_rows: int = CORESET_LOOP_ROWS, max_rows: int = CORESET_MAX_ROWS) -> torch.Tensor:
     """Indices of `n` rows chosen by greedy k-center (each pick is the row farthest from those picked so far),
-    on a random projection to `project_to` dimensions as PatchCore does, to keep each step cheap."""
+    on a random projection to `project_to` dimensions as PatchCore does, to keep each step cheap.
+
+    Up to `loop_rows` rows: one pick per pass over all rows. Above, the same picks in sweeps (`_sweep_picks`):
+    exactly the greedy picks (up to float rounding where two rows are equally far), a few thousand per pass over
+    the rows, made with one matrix product instead of one matrix-vector product per pick. Above `max_rows` rows,
+    the picks are made among a seeded random `max_rows` of them (the bank still has `n` rows): the greedy's cost
+    grows with rows x picks, i.e. with the square of the number of images. `progress`: a bar (`progress.bar`)."""
     total = features.shape[0]
     if n >= total:
         return torch.arange(total, device=features.device)
+    if n < max_rows < total:
+        sample = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed) + 1))[:max_rows]
+        sample = sample.sort().values.to(features.device)
+        return sample[greedy_coreset(features[sample], n, seed, project_to, progress, desc, pool, loop_rows,
+                                     max_rows)]
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x = features
     if features.shape[1] > project_to:
         proj = torch.randn(features.shape[1], project_to, generator=gen) / project_to ** 0.5
         x = features @ proj.to(features.device)
+    x = x.float().contiguous()
     chosen = torch.empty(n, dtype=torch.long, device=features.device)
     chosen[0] = int(torch.randint(total, (1,), generator=gen))
     # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one mat-vec per pick, no N x D temporary
     x_sq = (x * x).sum(1)
     min_d = x_sq - 2.0 * (x @ x[chosen[0]]) + x_sq[chosen[0]]
-    steps = range(1, n)
-    if progress:
-        from tqdm import tqdm
+    from defectgen.progress import bar
 
-        steps = tqdm(steps, desc="coreset", unit="pt", leave=False, mininterval=1.0)
-    for i in steps:
-        idx = torch.argmax(min_d)
-        chosen[i] = idx
-        min_d = torch.minimum(min_d, x_sq - 2.0 * (x @ x[idx]) + x_sq[idx])
+    with bar(total=n, desc=desc, unit="pt", disable=not progress) as shown:
+        shown.update(1)
+        if total <= loop_rows:
+            for i in range(1, n):
+                idx = torch.argmax(min_d)
+                chosen[i] = idx
+                min_d = torch.minimum(min_d, x_sq - 2.0 * (x @ x[idx]) + x_sq[idx])
+                if i % 256 == 0 or i == n - 1:
+                    shown.update(i + 1 - shown.n)
+        else:
+            _sweep_picks(x, x_sq, min_d, chosen, pool, shown)
     return chosen
+
+
+def _sweep_picks(x: torch.Tensor, x_sq: torch.Tensor, min_d: torch.Tensor, chosen: torch.Tensor, pool: int,
+                 shown) -> None:
+    """Fill `chosen` after its first pick with greedy k-center picks, in sweeps. A sweep takes the `pool` rows
+    farthest from the picks so far as candidates and picks among them (each pick updating the candidates'
+    distances) while the farthest candidate is farther than every row outside the pool: the row the one-at-a-time
+    greedy would pick next, since distances only shrink. Then every row's distance is updated from the sweep's
+    picks at once, in blocks of at most `NN_BLOCK_ELEMENTS`. `min_d`: squared distances to the first pick."""
+    total, n, done = x.shape[0], chosen.shape[0], 1
+    pool = max(1, min(pool, total - 1))
+    while done < n:
+        values, cand = torch.topk(min_d, pool + 1)
+        outside = float(values[pool])  # no row outside the candidates is farther than this
+        cand = cand[:pool].sort().values  # by index, so ties go to the lowest index as torch.argmax does
+        cand_x, cand_sq, cand_d = x[cand], x_sq[cand], min_d[cand]
+        picks: list[int] = []
+        while done + len(picks) < n:
+            j = int(torch.argmax(cand_d))
+            if not float(cand_d[j]) > outside:
+                break
+            picks.append(j)
+            cand_d = torch.minimum(cand_d, cand_sq - 2.0 * (cand_x @ cand_x[j]) + cand_sq[j])
+            cand_d[j] = -float("inf")  # picked: never again, even where rounding leaves it a little above 0
+        if picks:
+            new = cand[torch.tensor(picks, device=cand.device)]
+        elif outside > 0:  # a tie with a row outside the pool: one pick the plain way
+            new = torch.argmax(min_d).view(1)
+        else:  # every row is already at distance 0 (repeated rows): the rest are rows not yet picked
+            left = torch.ones(total, dtype=torch.bool, device=x.device)
+            left[chosen[:done]] = False
+            chosen[done:] = torch.nonzero(left).flatten()[:n - done]
+            shown.update(n - done)
+            return
+        chosen[done: done + len(new)] = new
+        done += len(new)
+        shown.update(len(new))
+        # min over picks p of |x - p|^2 = |x|^2 + min_p (|p|^2 - 2 x.p)
+        picked, picked_sq = x[new], x_sq[new]
+        rows = max(1, NN_BLOCK_ELEMENTS // len(new))
+        for s in range(0, total, rows):
+            d = torch.addmm(picked_sq[None], x[s: s + rows], picked.T, alpha=-2.0).min(1).values + x_sq[s: s + rows]
+            torch.minimum(min_d[s: s + rows], d, out=min_d[s: s + rows])
+        min_d[new] = -float("inf")
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:

@@ -98,12 +98,10 @@ def pseudo_label(teacher: Seg, images: np.ndarray, rule: PseudoLabelRule, refere
     counts = {"unlabeled_images": int(len(images)), "regions": 0, "kept": 0, "dropped_confidence": 0,
               "dropped_feature": 0, "images_used": 0}
     kept_images, masks, labels = [], [], []
-    steps = batches(len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
+    from defectgen.progress import bar
 
-        steps = tqdm(list(steps), desc="pseudo-labels", unit="batch", leave=False, mininterval=1.0)
-    for sl in steps:
+    for sl in bar(list(batches(len(images), batch_size)), desc="pseudo-labels", unit="batch",
+                  disable=not progress, mininterval=1.0):
         prob, cls = teacher.predict_labels(images[sl])
         feats = image_features(reference.backbone, images[sl], FEATURE_STRIDES) if reference is not None and \
             rule.feature_share > 0 else None

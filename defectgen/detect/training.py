@@ -15,24 +15,22 @@ from defectgen.detect.features import to_tensor
 
 class StepLoop:
     """The optimiser side of a training loop: a cosine learning-rate schedule down to 5% of `lr`, one backward
-    pass and optimiser step per loss, the loss history, and a tqdm bar with the loss and images per second."""
+    pass and optimiser step per loss, the loss history, and a progress bar (`defectgen.progress.bar`: drawn in a
+    terminal, a plain line every so often when stderr is redirected) with the loss and images per second."""
 
     def __init__(self, opt: torch.optim.Optimizer, steps: int, lr: float, images_per_step: int, progress: bool,
                  desc: str):
+        from defectgen.progress import above_bars, bar
         from defectgen.runtime import RunEstimate
 
         self.opt = opt
         device = next((p.device for g in opt.param_groups for p in g["params"]), None)
-        # the estimate is said where the bar is shown (a terminal), above it
-        self.estimate = RunEstimate(steps, device, _bar_line if progress else None, what=desc)
+        # the estimate is said where the bar is shown, above it; within a job (validate) it speaks of the job
+        self.estimate = RunEstimate.start(steps, device, above_bars(_say) if progress else None, what=desc)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
         self.images_per_step = images_per_step
         self.history: list[float] = []
-        self.bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=steps, desc=desc, unit="step", leave=True, mininterval=1.0)
+        self.bar = bar(total=steps, desc=desc, unit="step", leave=True, mininterval=1.0) if progress else None
         self.start = time.perf_counter()
 
     def step(self, loss: torch.Tensor) -> None:
@@ -54,10 +52,8 @@ class StepLoop:
         return self.history
 
 
-def _bar_line(text: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(text, file=sys.stderr)
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None,

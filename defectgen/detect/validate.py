@@ -39,6 +39,7 @@ from defectgen.io.output import OutputFolder
 from defectgen.io.resolution import Resolution, parse_resolution
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, coco_map, evaluate  # noqa: F401 - METRICS: the CLI reads it from here
+from defectgen.progress import above_bars, bar
 from defectgen.report import (
     fmt_metric,
     json_safe,
@@ -47,7 +48,7 @@ from defectgen.report import (
     write_roc,
     write_validation_report,
 )
-from defectgen.runtime import hardware, pick_device
+from defectgen.runtime import JobEstimate, hardware, pick_device
 
 BASELINES = ("none", "draem", "copypaste", "real", "real+synthetic")
 DEFAULT_BASELINES = ("none", "draem")
@@ -483,12 +484,10 @@ def _train_and_score(name: str, data: dict[str, Any], det_cls, detector: str, bb
     t1 = time.perf_counter()
     run: dict[str, Any] = {}
     sizes = test_set["sizes"]
+    maps, scores, found = _predict(model, test_set["images"], boxes_too, progress, f"[{name}] {detector}: scoring")
     if boxes_too:
-        maps, scores, found = model.predict_with_boxes(test_set["images"])
         run["coco"] = coco_map(test_set["boxes"], rescale_boxes(found, test_set["size"], sizes),
                                test_set["box_classes"])
-    else:
-        maps, scores = model.predict(test_set["images"])
     maps = restore_maps(maps, sizes)  # pixel metrics on the original masks, not squashed ones
     metrics = evaluate(test_set["labels"], scores, test_set["masks"], maps)
     per_class = _per_class(test_set, maps, scores)
@@ -499,6 +498,42 @@ def _train_and_score(name: str, data: dict[str, Any], det_cls, detector: str, bb
         print(f"[{name}] " + ", ".join(f"{k} {fmt_metric(v)}" for k, v in metrics.items())
               + (f", map50 {fmt_metric(run['coco']['map50'])}" if "coco" in run else ""), flush=True)
     return model, record, maps, scores
+
+
+def _predict(model, images, boxes_too: bool, progress: bool, desc: str, chunk: int = 64
+             ) -> tuple[list[np.ndarray], np.ndarray, list[list[dict]]]:
+    """The model's maps, scores (and boxes) of the test images, `chunk` images at a time under a progress bar
+    (a detector scores each image on its own, so chunks change nothing)."""
+    maps: list[np.ndarray] = []
+    scores, found = [], []
+    with bar(total=len(images), desc=desc, unit="img", disable=not progress) as shown:
+        for start in range(0, len(images), chunk):
+            part = images[start: start + chunk]
+            if boxes_too:
+                m, sc, f = model.predict_with_boxes(part)
+                found += f
+            else:
+                m, sc = model.predict(part)
+            maps += list(m)
+            scores.append(np.asarray(sc))
+            shown.update(len(part))
+    return maps, np.concatenate(scores), found
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def plan_runs(run_names: Sequence[str], det_cls, steps: int, pseudo_twins: bool) -> list[tuple[str, int | None]]:
+    """The runs validate will make, in order, with the steps each trains for (None: no steps, ExDD): what
+    `JobEstimate` estimates. With unlabeled images every run has a `+pseudo` twin right after it."""
+    per_run = int(steps) if "steps" in det_cls.options else None
+    out = []
+    for name in run_names:
+        out.append((name, per_run))
+        if pseudo_twins:
+            out.append((f"{name}+pseudo", per_run))
+    return out
 
 
 def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path] | None, real_labeled,
@@ -645,28 +680,42 @@ def _run_all(out: Path, detector: str, det_cls, bb, options: DetectorOptions, in
     curves: dict[str, dict[str, Any]] = {}
     overlay_maps: dict[str, tuple[list[np.ndarray], float, float]] = {}
     queue = list(runs_data.items())
-    while queue:
-        name, data = queue.pop(0)
-        model, results["runs"][name], maps, scores = _train_and_score(
-            name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress, tile)
-        if "pseudo" in data:
-            results["runs"][name]["pseudo"] = data["pseudo"]
-        elif inputs["unlabeled"] is not None:
-            twin = _with_pseudo_labels(name, model, data, inputs, bb, semi_rule, options.seed, progress)
-            if twin is not None:
-                queue.insert(0, (f"{name}+pseudo", twin))
-        curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
-        every = np.concatenate([m.ravel() for m in maps])  # the colour scale spans all test images
-        overlay_maps[name] = ([maps[i] for i in show], float(np.percentile(every, 1)),
-                              float(np.percentile(every, 99.9)))
-        if save_models:
-            model.save(out / f"{detector}_{name}.safetensors")
-        del maps, model, every
+    # the whole job's time: said after the first steps of the first run, and again as each run starts
+    job = JobEstimate(plan_runs(runs_data, det_cls, options.steps, inputs["unlabeled"] is not None),
+                      getattr(getattr(bb, "mean", None), "device", None), above_bars(_say) if progress else None,
+                      what="validate")
+    with job.current_job():
+        while queue:
+            name, data = queue.pop(0)
+            job.start(name)
+            model, results["runs"][name], maps, scores = _train_and_score(
+                name, data, det_cls, detector, bb, options, inputs["normals"], test_set, boxes_too, progress, tile)
+            if "pseudo" in data:
+                results["runs"][name]["pseudo"] = data["pseudo"]
+            elif inputs["unlabeled"] is not None:
+                twin = _with_pseudo_labels(name, model, data, inputs, bb, semi_rule, options.seed, progress)
+                if twin is not None:
+                    queue.insert(0, (f"{name}+pseudo", twin))
+                else:
+                    job.drop(f"{name}+pseudo")
+            job.finish()
+            _keep_run(name, results, curves, overlay_maps, maps, scores, show, model, out, detector, save_models)
+            del maps, model
     write_roc(out / "roc.png", test_set, curves)
     curves.clear()
     overlay_files = write_overlays(out / "overlays", test_set, show, overlay_maps)
     results["files"] = {"json": "report.json", "markdown": "report.md", "roc": "roc.png", "overlays": overlay_files}
     return results
+
+
+def _keep_run(name: str, results: dict[str, Any], curves: dict, overlay_maps: dict, maps, scores, show, model,
+              out: Path, detector: str, save_models: bool) -> None:
+    """What the report keeps of a finished run: its curve, its overlays' maps and colour scale, its model."""
+    curves[name] = {"scores": scores, "maps": maps, "metrics": results["runs"][name]["metrics"]}
+    every = np.concatenate([m.ravel() for m in maps])  # the colour scale spans all test images
+    overlay_maps[name] = ([maps[i] for i in show], float(np.percentile(every, 1)), float(np.percentile(every, 99.9)))
+    if save_models:
+        model.save(out / f"{detector}_{name}.safetensors")
 
 
 def _check_semi(detector: str, det_cls, tile: int | None) -> None:
