@@ -80,9 +80,16 @@ def _check_config(config: dict[str, dict], path: Path | None) -> dict[str, dict]
     return checked
 
 
-def _interrupted(message: str) -> None:
+def _interrupted(message: str, code: int = 130) -> None:
     console.print(message, highlight=False, soft_wrap=True)
-    sys.exit(130)
+    sys.exit(code)
+
+
+def _resume_hint(checkpoint) -> str:
+    """How to continue a stopped training: the same command with --resume (and --out, when the run folder was
+    the workspace's choice; the checkpoint lies in <run folder>/checkpoints/)."""
+    typed_out = any(a == "--out" or a.startswith("--out=") for a in sys.argv[1:])
+    return "; resume with --resume" + ("" if typed_out else f" --out {Path(checkpoint).parent.parent}")
 
 
 def _show_warning(message, category, *args, **kwargs) -> None:
@@ -124,8 +131,9 @@ def main() -> None:
     except DefectgenError as e:
         if debug:
             raise
-        if e.exit_code == 130:  # training.Interrupted: Ctrl-C, with the checkpoint saved on the way out
-            _interrupted(flags(e.message) + ("; resume with --resume" if getattr(e, "checkpoint", None) else ""))
+        if e.exit_code in (130, 143) and hasattr(e, "checkpoint"):  # training.Interrupted: Ctrl-C (130) or
+            checkpoint = e.checkpoint  # SIGTERM (143), with the checkpoint saved on the way out
+            _interrupted(flags(e.message) + (_resume_hint(checkpoint) if checkpoint else ""), e.exit_code)
         console.print(f"[red]error:[/red] {flags(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:

@@ -66,7 +66,9 @@ Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Learning-rate warm
 MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
 GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation micro-steps.")]
 Ema = Annotated[bool, typer.Option("--ema/--no-ema", help="Keep and save an EMA of the weights.")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps.")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=0, help="Checkpoint every N steps; left at "
+                                              "its default, every tenth of the run when that comes sooner; 0: by "
+                                              "time only (--checkpoint-minutes).")]
 Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Log to --out/logs for TensorBoard.")]
 TrainSeed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, noise.")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -29,6 +31,9 @@ from defectgen.cli.common import (
     record,
 )
 
+CheckpointMinutes = Annotated[float, typer.Option("--checkpoint-minutes", min=0, help="Also checkpoint once this "
+                                                  "much wall time has passed since the last checkpoint (0: never).")]
+
 
 def _train_config(mixed_precision: str, **fields):
     from defectgen.diffusion.training import TrainConfig
@@ -38,8 +43,52 @@ def _train_config(mixed_precision: str, **fields):
     return TrainConfig(mixed_precision=mixed_precision, **fields)
 
 
+def _checkpoint_every(ctx: typer.Context, value: int, steps: int) -> int:
+    """--checkpoint-every as typed (or set in defectgen.yaml); left at its default it is only the cap, and a run
+    checkpoints every tenth of its steps when that comes sooner."""
+    from defectgen.diffusion.training import default_checkpoint_every
+
+    source = ctx.get_parameter_source("checkpoint_every")  # click's ParameterSource (typer may carry its own click)
+    if getattr(source, "name", None) == "DEFAULT":
+        return default_checkpoint_every(steps, cap=value)
+    return value
+
+
+def _run_folder(out_dir: Path | None, stem: str, resume: bool) -> Path:
+    """--out, or the workspace's next free folder, chosen by the main process alone and handed to the others when
+    torchrun or accelerate launch started several (each would otherwise pick its own runs/<stem>-N)."""
+    from defectgen.diffusion.training import launch_warning, main_decides
+
+    warning = launch_warning()
+    if warning:
+        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    return main_decides(lambda: output(out_dir, "model", stem, resume))
+
+
+def _is_main() -> bool:
+    from defectgen.diffusion.training import process_state
+
+    return process_state().is_main_process
+
+
+@contextlib.contextmanager
+def _one_voice():
+    """With several processes, an error or stop every process meets alike is printed by the main process only; the
+    others exit with the same code and say nothing."""
+    from defectgen.diffusion.training import Interrupted
+    from defectgen.errors import DefectgenError
+
+    try:
+        yield
+    except DefectgenError as e:
+        if getattr(e, "other_process", False) or (isinstance(e, Interrupted) and not _is_main()):
+            raise SystemExit(e.exit_code) from None
+        raise
+
+
 @app.command("train-ddpm")
 def train_ddpm(
+    ctx: typer.Context,
     out_dir: Path | None = typer.Option(None, "--out", help="Run folder: the diffusers model, defectgen.json, "
                                         "checkpoints/ (default: runs/ddpm-N or runs/cddpm-N)."),
     normals: Path | None = typer.Option(None, "--normals", help="Normal images (a folder, or MVTec: train/good)."),
@@ -49,7 +98,8 @@ def train_ddpm(
     resolution: Resolution = None,
     steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
-    checkpoint_every: CheckpointEvery = 1000, resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
+    checkpoint_every: CheckpointEvery = 1000, checkpoint_minutes: CheckpointMinutes = 10.0,
+    resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
     crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
     class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
                                         "(for classifier-free guidance)."),
@@ -67,17 +117,22 @@ def train_ddpm(
 
         defectgen train-ddpm --normals good/ --out runs/ddpm --resume
 
-        accelerate launch -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
+        torchrun --nproc_per_node 2 -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
     from defectgen.diffusion.ddpm import train_ddpm as train
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
-                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed, num_workers=workers)
-    out_dir = output(out_dir, "model", "cddpm" if labeled else "ddpm", resume)
-    model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
-                  class_dropout=class_dropout, config=cfg, resume=resume, trust_checkpoint=trust_checkpoint,
-                  overwrite=overwrite, log=console.print)
+                        checkpoint_every=_checkpoint_every(ctx, checkpoint_every, steps),
+                        checkpoint_minutes=checkpoint_minutes,
+                        tensorboard=tensorboard, seed=seed, num_workers=workers)
+    with _one_voice():
+        out_dir = _run_folder(out_dir, "cddpm" if labeled else "ddpm", resume)
+        model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
+                      class_dropout=class_dropout, config=cfg, resume=resume, trust_checkpoint=trust_checkpoint,
+                      overwrite=overwrite, log=console.print)
+    if not _is_main():
+        return
     result = model.meta.get("result", {})
     record("model", out_dir, type=model.kind, inputs={"normals": normals, "labeled": labeled},
             params={"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size,
@@ -89,6 +144,7 @@ def train_ddpm(
 
 @app.command("train-ldm")
 def train_ldm(
+    ctx: typer.Context,
     labeled: Path = typer.Option(..., "--labeled", help="Labeled defects with masks (pairs, MVTec labeled/, COCO, "
                                  "VOC boxes)."),
     out_dir: Path | None = typer.Option(None, "--out", help="Run folder: a diffusers inpainting pipeline + "
@@ -107,7 +163,8 @@ def train_ldm(
     vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),
     steps: Steps = 5000, batch_size: BatchSize = 8, lr: Lr = 1e-4, warmup: Warmup = 100,
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
-    checkpoint_every: CheckpointEvery = 500, tensorboard: Tensorboard = False,
+    checkpoint_every: CheckpointEvery = 500, checkpoint_minutes: CheckpointMinutes = 10.0,
+    tensorboard: Tensorboard = False,
     fmt: Fmt = "auto",
     seed: TrainSeed = 0, resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
     overwrite: Overwrite = False,
@@ -124,13 +181,18 @@ def train_ldm(
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
-                        checkpoint_every=checkpoint_every, tensorboard=tensorboard, seed=seed)
-    out_dir = output(out_dir, "model", "ldm", resume)
-    meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
-                 resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
-                 train_text_encoder=train_text_encoder, fmt=fmt, resume=resume,
-                 trust_checkpoint=trust_checkpoint, overwrite=overwrite,
-                 log=console.print)
+                        checkpoint_every=_checkpoint_every(ctx, checkpoint_every, steps),
+                        checkpoint_minutes=checkpoint_minutes,
+                        tensorboard=tensorboard, seed=seed)
+    with _one_voice():
+        out_dir = _run_folder(out_dir, "ldm", resume)
+        meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
+                     resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
+                     train_text_encoder=train_text_encoder, fmt=fmt, resume=resume,
+                     trust_checkpoint=trust_checkpoint, overwrite=overwrite,
+                     log=console.print)
+    if not _is_main():
+        return
     record("model", out_dir, type="ldm", inputs={"labeled": labeled, "base": base, "prompts": prompts},
             params={"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank,
                     "seed": seed},

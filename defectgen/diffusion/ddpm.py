@@ -33,7 +33,7 @@ from torch import nn
 from defectgen.diffusion.folder import METADATA_FILE, PIPELINE_INDEX, has_metadata, read_metadata, update_metadata
 from defectgen.diffusion.folder import write_metadata as _write_metadata
 from defectgen.diffusion.samplers import guided_inpaint
-from defectgen.diffusion.training import TrainConfig, checkpoints, to_tensor, train_loop
+from defectgen.diffusion.training import TrainConfig, checkpoints, main_decides, process_state, to_tensor, train_loop
 from defectgen.errors import DefectgenError
 from defectgen.io.datasets import open_dataset
 from defectgen.io.images import mask_window, match_channels, resize, to_float
@@ -503,16 +503,13 @@ def _read_training_samples(normals, labeled) -> tuple[list, list]:
 
 
 def _prepare_run_folder(out, normals, labeled, resume: bool, overwrite: bool) -> tuple[OutputFolder, bool]:
-    """The run folder (prepared by the main process only, under `accelerate launch`) and whether this process is
-    the main one (only it prepares, logs and records)."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    """The run folder (prepared by the main process only, under `torchrun` or `accelerate launch`; when it refuses,
+    every process stops with its error) and whether this process is the main one (only it prepares, logs and
+    records)."""
+    state = process_state()  # joins the launcher's process group, also without a GPU
     folder = OutputFolder(out, overwrite=overwrite and not resume, resume=resume, verb="train-ddpm",
                           protect=[normals, labeled], worth_keeping=lambda d: bool(checkpoints(d)))
-    if state.is_main_process:
-        folder.prepare()
-    state.wait_for_everyone()
+    main_decides(folder.prepare)
     return folder, state.is_main_process
 
 

@@ -315,7 +315,7 @@ def train_ldm(
     of 8; a non-square HxW is refused); None: 64 for `tiny`, else the base model's own. `trust_checkpoint` lets
     `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
     resolution = square_side(resolution, 8, "the inpainting LDM")
-    from defectgen.diffusion.training import checkpoints, train_loop
+    from defectgen.diffusion.training import checkpoints, main_decides, process_state, train_loop
     from defectgen.io.output import OutputFolder
     from defectgen.prompts import load_material
 
@@ -324,7 +324,10 @@ def train_ldm(
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume, verb="train-ldm",
                           protect=[labeled, base, prompts, tokenizer],
                           worth_keeping=lambda d: bool(checkpoints(d)) or (d / "_vae_stage" / "vae").is_dir())
-    out_dir = folder.prepare()
+    is_main = process_state().is_main_process  # several processes (torchrun): the main one alone writes files
+    out_dir = main_decides(folder.prepare)
+    if not is_main:
+        log = lambda message: None  # noqa: E731
     try:
         if base == "tiny":
             resolution = resolution or 64
@@ -352,14 +355,16 @@ def train_ldm(
                             _pipeline_saver(pipe, meta, lora_rank), resume=resume, log=log,
                             trust_checkpoint=trust_checkpoint)
     except BaseException:
-        folder.abandon()  # interrupted before anything resumable was saved: no empty run folder stays behind
+        if is_main:
+            folder.abandon()  # interrupted before anything resumable was saved: no empty run folder stays behind
         raise
     import shutil
 
-    shutil.rmtree(out_dir / "_vae_stage", ignore_errors=True)
-    shutil.rmtree(out_dir / "_tokenizer", ignore_errors=True)
     meta.update({"final_loss": result.loss, "images_per_second": result.images_per_second})
-    update_metadata(out_dir, meta)
+    if is_main:
+        shutil.rmtree(out_dir / "_vae_stage", ignore_errors=True)
+        shutil.rmtree(out_dir / "_tokenizer", ignore_errors=True)
+        update_metadata(out_dir, meta)
     return meta
 
 
@@ -373,7 +378,12 @@ def _tiny_pipeline(items: list[LabeledDefect], out_dir: Path, cfg, resolution: i
         tok = load_tokenizer(tokenizer, Path(scratch))
         pipe = build_tiny_pipeline(resolution, tok, preset, cfg.seed)
         if tokenizer is None:  # keep the generated tokenizer's files inside the saved pipeline
-            pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
+            from defectgen.diffusion.training import process_state
+
+            state = process_state()
+            if state.is_main_process:
+                pipe.tokenizer.save_pretrained(str(out_dir / "_tokenizer"))
+            state.wait_for_everyone()
             pipe.tokenizer = type(pipe.tokenizer).from_pretrained(str(out_dir / "_tokenizer"))
     stage = out_dir / "_vae_stage"
     examples = InpaintCaptionExamples(items, pipe.tokenizer, resolution, caption_dropout=0.0)
@@ -395,7 +405,8 @@ def _train_vae(vae, examples: InpaintCaptionExamples, stage: Path, cfg, vae_step
     log(f"stage 1/2: training the VAE on {len(examples)} images for {vae_steps} steps")
     vae_cfg = TrainConfig(**{**cfg.__dict__, "steps": vae_steps, "ema": False, "warmup_steps": 0,
                              "lr": max(cfg.lr, 1e-4) * 4, "lr_schedule": "constant",
-                             "checkpoint_every": 10**9, "tensorboard": False, "save_on_interrupt": False})
+                             "checkpoint_every": 0, "checkpoint_minutes": 0, "tensorboard": False,
+                             "save_on_interrupt": False})
     train_loop(vae, vae_loss(), examples, stage, vae_cfg,
                save_fn=lambda module, folder: module.save_pretrained(str(folder / "vae")), resume=False, log=log)
 

@@ -1,9 +1,16 @@
 """One accelerate training loop for every diffusion model defectgen trains (DDPMs now, the LDM later).
 
-What it does: mixed precision (bf16/fp16) and multi-GPU through `Accelerator` (so `accelerate launch defectgen
-train-... ` works unchanged), gradient accumulation, an EMA of the weights (diffusers' `EMAModel`), LR warm-up and
-schedule (`diffusers.optimization.get_scheduler`), a tqdm bar with loss and images/s, optional TensorBoard, and
-atomic checkpoints (written into a temporary folder, then renamed) that `resume=True` continues from.
+What it does: mixed precision (bf16/fp16) and several processes through `Accelerator` (processes started by
+`torchrun` or `accelerate launch` join one process group, NCCL on GPUs and gloo on CPUs: see `process_state`),
+gradient accumulation, an EMA of the weights (diffusers' `EMAModel`), LR warm-up and schedule
+(`diffusers.optimization.get_scheduler`), a progress bar with loss and images/s, optional TensorBoard, and atomic
+checkpoints (written into a temporary folder, then renamed) that `resume=True` continues from.
+
+Checkpoints come every `checkpoint_interval(cfg)` steps (by default every tenth of the run, at most 1000 steps
+apart) and every `cfg.checkpoint_minutes` of wall time. Ctrl-C and SIGTERM (what `docker stop`, `timeout` and
+schedulers send) stop the run at the end of the step under way and save it, with one process or several (the
+processes agree on the step through one small all-reduce per step); a second signal a second or more later stops
+at once without saving.
 
 Checkpoints hold no pickle, so resuming from a folder someone else made cannot run code. A checkpoint folder
 `checkpoints/step-00001000/` holds
@@ -29,6 +36,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,7 +72,9 @@ class TrainConfig:
     mixed_precision: str = "no"    # no | fp16 | bf16
     ema: bool = True
     ema_max_decay: float = 0.9999
-    checkpoint_every: int = 1000
+    # Checkpoint every N steps; None: every tenth of the run, at most 1000 steps apart; 0: not by step count.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = 10.0  # also once this much wall time has passed since the last one; 0: never
     keep_checkpoints: int = 2
     tensorboard: bool = False
     seed: int = 0
@@ -74,19 +85,79 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = True
-    # Ctrl-C saves a checkpoint at the last finished step, so --resume continues from there.
+    # Ctrl-C and SIGTERM save a checkpoint at the last finished step, so --resume continues from there.
     save_on_interrupt: bool = True
+
+
+DEFAULT_CHECKPOINT_CAP = 1000  # steps between checkpoints when `checkpoint_every` is None, at most
+
+
+def default_checkpoint_every(steps: int, cap: int = DEFAULT_CHECKPOINT_CAP) -> int:
+    """The checkpoint interval when none was asked for: a tenth of the run (so a 300-step trial killed at step 103
+    keeps 90 steps), at least 1 and at most `cap` steps."""
+    return min(cap, max(1, steps // 10))
+
+
+def checkpoint_interval(cfg: TrainConfig) -> int:
+    """Steps between checkpoints (0: none by step count): `cfg.checkpoint_every` when given, else
+    `default_checkpoint_every(cfg.steps)`."""
+    if cfg.checkpoint_every is None:
+        return default_checkpoint_every(cfg.steps)
+    return max(0, int(cfg.checkpoint_every))
 
 
 class Interrupted(DefectgenError):
     """Training stopped by Ctrl-C (exit code 130); `checkpoint` is the folder --resume continues from, if any."""
 
     exit_code = 130
+    verb = "interrupted"
 
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
         where = f"checkpoint {checkpoint}" if checkpoint else "nothing saved to resume from"
-        super().__init__(None, f"interrupted at step {step} ({where})")
+        super().__init__(None, f"{self.verb} at step {step} ({where})")
+
+
+class Terminated(Interrupted):
+    """Training stopped by SIGTERM (exit code 143, 128 + 15, as the shell reports a process SIGTERM ended)."""
+
+    exit_code = 143
+    verb = "terminated (SIGTERM)"
+
+
+def process_state():
+    """accelerate's `PartialState`, made so that the processes `torchrun` or `accelerate launch --multi_gpu` start
+    join one process group also without a GPU: accelerate uses the launcher's variables (LOCAL_RANK, WORLD_SIZE)
+    on a CPU only when asked for a CPU run, and otherwise trains each process alone as "process 0 of 1". The first
+    call decides for the whole process (accelerate keeps one shared state), so call this before anything else
+    creates a `PartialState` or `Accelerator`."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_launched_without_gpu())
+
+
+def _launched_without_gpu() -> bool:
+    def number(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            return default
+
+    launched = number("LOCAL_RANK", -1) != -1 or number("WORLD_SIZE", 1) > 1
+    return launched and not torch.cuda.is_available()
+
+
+def launch_warning() -> str | None:
+    """What to say when `accelerate launch --cpu --num_processes N` started this one process: accelerate starts
+    several CPU processes only through mpirun, so N > 1 silently trains once on one process."""
+    started = any(os.environ.get(v) for v in ("LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") and os.environ.get("MASTER_ADDR") \
+            and not started:
+        return ("accelerate launch --cpu started one process: accelerate starts several CPU processes only "
+                "through mpirun, so this is one training on one process. For several processes on one machine use "
+                "'torchrun --nproc_per_node N -m defectgen.cli ...' or 'accelerate launch --multi_gpu "
+                "--num_processes N -m defectgen.cli ...' (gloo on a CPU)")
+    return None
 
 
 class TrainingData(Protocol):
@@ -206,31 +277,100 @@ def _pickle_files(folder: str | Path) -> list[Path]:
 def _load_latest_checkpoint(run: _Run, out_dir: Path, log: Callable[[str], None],
                             trust_checkpoint: bool = False) -> int | None:
     """Load the newest whole checkpoint, skipping (with a warning naming the file) damaged newer ones. A folder
-    with pickle files is refused outright unless trusted: a planted file must stop the run, not be skipped."""
-    found = checkpoints(out_dir)
+    with pickle files is refused outright unless trusted: a planted file must stop the run, not be skipped. With
+    several processes the main process lists the checkpoints and a folder counts as whole only if every process
+    loaded it, so all resume from the same step."""
+    found = main_decides(lambda: checkpoints(out_dir))
     if not found:
         log(f"no checkpoint under {out_dir / CHECKPOINT_DIR}; starting from step 0")
         return None
     problems = []
     for step, path in reversed(found):
-        pickles = _pickle_files(path)
-        if pickles and not trust_checkpoint:
-            raise DefectgenError(pickles[0], "checkpoint file in a format that can run code when loaded (pickle); "
-                                 "set `trust_checkpoint` to load it, only if you made it yourself")
-        problem = checkpoint_problem(path)
-        if problem is None:
-            try:
-                _load_checkpoint(run, path, step, legacy=bool(pickles) and not (path / _STATE_FILE).is_file())
-            except Exception as e:
-                problem = f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        refusal, problem = _everyone(run, _try_checkpoint(run, path, step, trust_checkpoint))
+        if refusal is not None:
+            raise _said_by_all(run, DefectgenError(*refusal))
         if problem is None:
             if problems:
                 log(f"warning: skipped damaged checkpoint(s): {'; '.join(problems)}; resuming from step {step}")
             log(f"resuming from {path} at step {step}")
             return step
         problems.append(problem)
-    raise DefectgenError(None, f"no usable checkpoint to resume from: {'; '.join(problems)}; use `overwrite` to "
-                         "start again")
+    raise _said_by_all(run, DefectgenError(None, f"no usable checkpoint to resume from: {'; '.join(problems)}; use "
+                                           "`overwrite` to start again"))
+
+
+def _said_by_all(run: _Run, error: DefectgenError) -> DefectgenError:
+    """An error every process raises alike: on all but the main one it is marked `other_process`, which the command
+    line exits on without printing it again."""
+    if not run.accelerator.is_main_process:
+        error.other_process = True
+    return error
+
+
+def _try_checkpoint(run: _Run, path: Path, step: int, trust_checkpoint: bool) -> tuple[tuple | None, str | None]:
+    """Load `path` into the run: (refusal, problem), both None when it loaded. A refusal is the (path, message) of a
+    pickle file nobody trusted; a problem says why the folder is skipped for an older one."""
+    pickles = _pickle_files(path)
+    if pickles and not trust_checkpoint:
+        return (str(pickles[0]), "checkpoint file in a format that can run code when loaded (pickle); set "
+                "`trust_checkpoint` to load it, only if you made it yourself"), None
+    problem = checkpoint_problem(path)
+    legacy = bool(pickles) and not (path / _STATE_FILE).is_file()
+    rank = run.accelerator.process_index
+    if problem is None and not legacy and not (path / f"rng-{rank}.safetensors").is_file():
+        problem = (f"{path / f'rng-{rank}.safetensors'}: missing (saved by fewer processes than the "
+                   f"{run.accelerator.num_processes} of this run)")
+    if problem is None:
+        try:
+            _load_checkpoint(run, path, step, legacy=legacy)
+        except Exception as e:
+            problem = f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    return None, problem
+
+
+def _everyone(run: _Run, verdict: tuple[tuple | None, str | None]) -> tuple[tuple | None, str | None]:
+    """One process's (refusal, problem) made every process's: the first refusal, else the first problem."""
+    if run.accelerator.num_processes == 1:
+        return verdict
+    import torch.distributed as dist
+
+    verdicts: list[Any] = [None] * run.accelerator.num_processes
+    dist.all_gather_object(verdicts, verdict)
+    refusal = next((r for r, _ in verdicts if r is not None), None)
+    return refusal, next((p for _, p in verdicts if p is not None), None)
+
+
+def main_decides(fn: Callable[[], Any]) -> Any:
+    """`fn()` run on the main process alone and its result handed to every process (a launched run joins the
+    process group first, see `process_state`), so that all go on with the same value, such as the run folder
+    the main process made. If `fn` raises a DefectgenError the other processes raise the same one, marked
+    `other_process = True` (the command line exits on it without printing it a second time); anything else it
+    raises stops the others with a RuntimeError naming it."""
+    state = process_state()
+    if state.num_processes == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    failure: BaseException | None = None
+    if state.is_main_process:
+        try:
+            box = [("ok", fn())]
+        except DefectgenError as e:
+            box, failure = [("error", (e.path, e.message, e.exit_code))], e
+        except BaseException as e:
+            box, failure = [("crash", f"{type(e).__name__}: {e}")], e
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    kind, value = box[0]
+    if kind == "ok":
+        return value
+    if kind == "error":
+        error = DefectgenError(value[0], value[1])
+        error.exit_code, error.other_process = value[2], True
+        raise error
+    raise RuntimeError(f"process 0 failed ({value})")
 
 
 def _load_checkpoint(run: _Run, folder: Path, step: int, legacy: bool) -> None:
@@ -250,8 +390,9 @@ def _make_accelerator(cfg: TrainConfig, out_dir: Path):
     if cfg.tensorboard:
         kwargs["log_with"] = "tensorboard"
     try:
+        process_state()  # first: join the launcher's process group, also on CPUs
         return Accelerator(
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=cfg.mixed_precision, cpu=_launched_without_gpu(),
             project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
             **kwargs,
         )
@@ -409,15 +550,84 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) ->
     random.setstate((version, tuple(int(x) for x in tensors["python"].numpy().view("<u4")), gauss_next))
 
 
-def _checkpoint_on_interrupt(run: _Run, out_dir: Path, done: int, start_step: int) -> Path | None:
-    """After Ctrl-C: save the last finished step (single process: other processes may be mid-step) and return the
-    checkpoint --resume would continue from."""
+def _checkpoint_on_interrupt(run: _Run, out_dir: Path, done: int, start_step: int, agreed: bool) -> Path | None:
+    """After Ctrl-C or SIGTERM: save the last finished step and return the checkpoint --resume would continue from.
+    With several processes only a stop every process agreed on (`agreed`: they all finished step `done` and wait
+    here) can save; a KeyboardInterrupt raised on one process alone saves nothing, as the others may be mid-step."""
     found = checkpoints(out_dir)
-    if (run.cfg.save_on_interrupt and done > start_step and run.accelerator.num_processes == 1
+    if (run.cfg.save_on_interrupt and done > start_step and (agreed or run.accelerator.num_processes == 1)
             and (not found or found[-1][0] < done)):
         _save_checkpoint(run, out_dir, done)
         found = checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+class _Abort(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM: stop now, mid-step, saving nothing."""
+
+
+class _StopSignals:
+    """While training: Ctrl-C (SIGINT) and SIGTERM only ask the loop to stop at the end of the step under way
+    (`requested`), so the checkpoint it saves is a whole step. A second signal at least `FORCE_AFTER_S` later stops
+    at once (launchers such as torchrun pass on the signal the terminal already sent, within milliseconds). The
+    previous handlers come back on exit. Outside the main thread nothing is installed (Python allows handlers only
+    there), and the signals act as before."""
+
+    FORCE_AFTER_S = 1.0
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):  # an embedded interpreter may not allow it
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.requested is None:
+            self.requested, self._first = signum, now
+        elif now - self._first >= self.FORCE_AFTER_S:
+            self.restore()
+            raise _Abort()
+
+
+def _stop_error(signum: int | None) -> type[Interrupted]:
+    return Terminated if signum == signal.SIGTERM else Interrupted
+
+
+def _agree(run: _Run, progress: _Progress, stop: _StopSignals, due: bool) -> tuple[int | None, bool]:
+    """After a step: whether to stop (the signal any process received) and whether a checkpoint is due (the main
+    process's clock decides), the same on every process; with several processes the loss shown becomes the mean
+    over them. One process: no communication."""
+    accelerator = run.accelerator
+    if accelerator.num_processes == 1:
+        return stop.requested, due
+    import torch.distributed as dist
+
+    main = accelerator.is_main_process
+    flags = torch.tensor([progress.loss or 0.0, float(stop.requested == signal.SIGTERM),
+                          float(stop.requested is not None), float(due and main)],
+                         dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(flags)
+    loss, term, any_stop, due_main = flags.tolist()
+    progress.loss = loss / accelerator.num_processes
+    signum = (signal.SIGTERM if term else signal.SIGINT) if any_stop else None
+    return signum, bool(due_main)
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -470,8 +680,12 @@ def train_loop(
     `save_fn(module, out_dir)` writes the final model; it is called on the main process with the EMA weights
     swapped in. `callback(step, loss)` runs after every optimizer step (tests use it to interrupt a run).
     `trust_checkpoint` lets `resume` load checkpoint folders holding pickle files (older defectgen versions).
+
+    Ctrl-C raises `Interrupted` (exit code 130), SIGTERM `Terminated` (143), each after saving the last finished
+    step when `cfg.save_on_interrupt`; the signal handlers in place before come back when the loop ends.
     """
-    from tqdm.auto import tqdm
+    from defectgen.progress import above_bars
+    from defectgen.progress import bar as progress_bar
 
     out_dir = Path(out_dir)
     if len(data) == 0:
@@ -489,33 +703,58 @@ def train_loop(
         accelerator.init_trackers("defectgen", config={k: v for k, v in asdict(cfg).items()
                                                       if isinstance(v, (int, float, str, bool))})
     batches = _batch_iterator(data, cfg, accelerator, start_step)
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and accelerator.is_local_main_process))
+    if accelerator.num_processes > 1 and accelerator.is_main_process:
+        log(f"process {accelerator.process_index} of {accelerator.num_processes} joined ({_backend()}, "
+            f"{accelerator.device.type}): batch {cfg.batch_size} per process, "
+            f"{cfg.batch_size * accelerator.num_processes} per micro-step")
+    bar = progress_bar(total=cfg.steps, initial=start_step, desc="train", unit="step", leave=True,
+                       disable=not (cfg.progress and accelerator.is_local_main_process))
     run.model.train()
     progress = _Progress(done=start_step, since=time.perf_counter())
     estimate = RunEstimate(cfg.steps - start_step, accelerator.device,
-                           log if accelerator.is_local_main_process else None, what="train")
-    try:
-        for step in range(start_step + 1, cfg.steps + 1):
-            _optimizer_step(run, cfg, loss_fn, batches, progress)
-            progress.done = step
-            estimate.update(step - start_step)
-            _log_step(run, cfg, step, progress, bar)
-            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_checkpoint(run, out_dir, step)
-            if callback is not None:
-                callback(step, progress.loss)
-    except KeyboardInterrupt:
+                           above_bars(log) if accelerator.is_local_main_process else None, what="train")
+    every, seconds = checkpoint_interval(cfg), cfg.checkpoint_minutes * 60.0
+    last_save = time.monotonic()
+    with _StopSignals() as stop:
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                _optimizer_step(run, cfg, loss_fn, batches, progress)
+                progress.done = step
+                due = (every > 0 and step % every == 0) or (seconds > 0 and time.monotonic() - last_save >= seconds)
+                signum, due = _agree(run, progress, stop, due)
+                estimate.update(step - start_step)
+                _log_step(run, cfg, step, progress, bar)
+                if due and step < cfg.steps:
+                    _save_checkpoint(run, out_dir, step)
+                    last_save = time.monotonic()
+                if callback is not None:
+                    callback(step, progress.loss)
+                if signum is not None and step < cfg.steps:  # every process stops after this same step
+                    bar.close()
+                    raise _stop_error(signum)(step, _checkpoint_on_interrupt(run, out_dir, step, start_step,
+                                                                             agreed=True))
+        except KeyboardInterrupt as e:  # raised mid-step (a second signal, a callback): no agreement to rely on
+            bar.close()
+            done = progress.done
+            saved = None if isinstance(e, _Abort) else _checkpoint_on_interrupt(run, out_dir, done, start_step,
+                                                                                 agreed=False)
+            if saved is None and isinstance(e, _Abort):
+                found = checkpoints(out_dir)
+                saved = found[-1][1] if found else None
+            raise _stop_error(stop.requested)(done, saved) from None
         bar.close()
-        done = progress.done
-        raise Interrupted(done, _checkpoint_on_interrupt(run, out_dir, done, start_step)) from None
-    bar.close()
-    if start_step < cfg.steps:
-        _save_checkpoint(run, out_dir, cfg.steps)
-    _save_final(run, save_fn, out_dir)
+        if start_step < cfg.steps:
+            _save_checkpoint(run, out_dir, cfg.steps)
+        _save_final(run, save_fn, out_dir)
     if cfg.tensorboard:
         accelerator.end_training()
     return TrainResult(cfg.steps, progress.loss, progress.rate, resumed_from, time.perf_counter() - started)
+
+
+def _backend() -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "no process group"
 
 
 def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
@@ -535,7 +774,9 @@ def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
     lr_scheduler = get_scheduler(
         cfg.lr_schedule, optimizer, num_warmup_steps=min(cfg.warmup_steps, cfg.steps), num_training_steps=cfg.steps,
     )
-    model, optimizer = accelerator.prepare(module, optimizer)
+    model, optimizer = accelerator.prepare(module, optimizer)  # several processes: DDP averages the gradients
+    if accelerator.process_index > 0:  # each process its own noise (process 0 keeps that of a one-process run)
+        torch.manual_seed(cfg.seed + 100_003 * accelerator.process_index)
     if cfg.compile:
         model = torch.compile(model)  # unwrap_model strips the compile wrapper again for EMA and saving
     # The LR schedule is stepped once per optimizer step ourselves (accelerate would step it once per process).
@@ -601,7 +842,7 @@ def _log_step(run: _Run, cfg: TrainConfig, step: int, progress: _Progress, bar) 
         if cfg.tensorboard:
             run.accelerator.log(logs, step=step)
     rate = progress.rate
-    bar.set_postfix(loss=f"{progress.loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
+    bar.set_postfix(loss=f"{progress.loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}", refresh=False)
     bar.update(1)
 
 
