@@ -47,13 +47,17 @@ FeatureTimestep = Annotated[list[str] | None, typer.Option(
 FeatureDim = Annotated[int | None, typer.Option(
     "--feature-dim", min=1, help="With a DDPM run folder as --backbone: channels each decoder level is "
     "PCA-projected to, fitted on the normals, before the ExDD memory bank (default: 32).")]
-RESOLUTION_HELP = (
-    "Model input: HxW (each a multiple of 32, e.g. 256x640), or one number N, the short side with each image's "
+# --resolution means a different thing to a detector and to a generator: each verb says what it does there.
+Resolution = Annotated[str | None, typer.Option("--resolution", help=(
+    "Detector input: HxW (each a multiple of 32, e.g. 256x640), or one number N, the short side with each image's "
     "aspect kept (the long side rounded to a multiple of 32; a set of mixed sizes takes its most common size). "
-    "Anomaly maps, overlays and pixel metrics come back at each image's own size. train-ddpm and train-ldm train "
-    "on square windows cut at native scale: N or NxN (a multiple of what the model needs: 8 for train-ldm, 4 or 8 "
-    "for train-ddpm's presets); a non-square HxW is refused there.")
-Resolution = Annotated[str | None, typer.Option("--resolution", help=RESOLUTION_HELP)]
+    "Anomaly maps, overlays and pixel metrics come back at each image's own size."))]
+DdpmResolution = Annotated[str | None, typer.Option("--resolution", help=(
+    "Side of the square training windows, cut at native scale (N or NxN): a multiple of 4 for the tiny preset, 8 "
+    "for small and base (default: the smallest image side, at most 256, rounded down to that multiple)."))]
+LdmResolution = Annotated[str | None, typer.Option("--resolution", help=(
+    "Side of the square windows cut at native scale around the masks (N or NxN, a multiple of 8) (default: the "
+    "base pipeline's own size; 64 for --base tiny)."))]
 Tile = Annotated[int | None, typer.Option("--tile", help="Score images at native scale in overlapping NxN tiles "
                                           "(stride N/2, maps averaged where they overlap; N a multiple of 32), for "
                                           "images larger than the model; training takes random NxN crops. "
@@ -83,6 +87,8 @@ ClipModel = Annotated[str | None, typer.Option("--clip-model", help="CLIP folder
 Tau0 = Annotated[float, typer.Option("--tau0", help="clip: starting threshold on P(defect text).")]
 Lam = Annotated[float, typer.Option(
     "--lambda", help="clip: decay of the threshold over the set, tau_t = tau0 * exp(-lambda * t / T).")]
+AllowEmpty = Annotated[bool, typer.Option(
+    "--allow-empty", help="Let the filters remove every sample (otherwise that is an error and nothing changes).")]
 MinChange = Annotated[float, typer.Option(
     "--min-change", help="change: least mean absolute change inside the mask (0-1 intensity).")]
 

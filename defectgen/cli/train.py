@@ -11,13 +11,15 @@ import typer
 from defectgen.cli.common import (
     BatchSize,
     CheckpointEvery,
+    DdpmResolution,
     Ema,
     Fmt,
     GradAccum,
+    LdmResolution,
     Lr,
     MixedPrecision,
+    OnBad,
     Overwrite,
-    Resolution,
     Steps,
     Tensorboard,
     TrainResume,
@@ -95,7 +97,7 @@ def train_ddpm(
     labeled: Path | None = typer.Option(None, "--labeled", help="Labeled defects (pairs, MVTec, VOC or COCO): "
                                         "trains the class- and mask-conditional model."),
     preset: str = typer.Option("small", "--preset", help="UNet size: tiny (CPU tests), small, base (~35M)."),
-    resolution: Resolution = None,
+    resolution: DdpmResolution = None,
     steps: Steps = 20000, batch_size: BatchSize = 16, lr: Lr = 1e-4, warmup: Warmup = 500,
     mixed_precision: MixedPrecision = "no", grad_accum: GradAccum = 1, ema: Ema = True,
     checkpoint_every: CheckpointEvery = 1000, checkpoint_minutes: CheckpointMinutes = 10.0,
@@ -105,7 +107,7 @@ def train_ddpm(
                                         "(for classifier-free guidance)."),
     tensorboard: Tensorboard = False,
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
-    seed: TrainSeed = 0, overwrite: Overwrite = False,
+    seed: TrainSeed = 0, overwrite: Overwrite = False, on_bad: OnBad = "error",
 ) -> None:
     """Train a DDPM on normal images, or a class- and mask-conditional DDPM on labeled defects.
 
@@ -130,7 +132,7 @@ def train_ddpm(
         out_dir = _run_folder(out_dir, "cddpm" if labeled else "ddpm", resume)
         model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
                       class_dropout=class_dropout, config=cfg, resume=resume, trust_checkpoint=trust_checkpoint,
-                      overwrite=overwrite, log=console.print)
+                      overwrite=overwrite, on_bad=on_bad, log=console.print)
     if not _is_main():
         return
     result = model.meta.get("result", {})
@@ -157,7 +159,7 @@ def train_ldm(
     train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
                                             "(frozen by default)."),
     preset: str = typer.Option("tiny", "--preset", help="Size of a --base tiny model: tiny or small."),
-    resolution: Resolution = None,
+    resolution: LdmResolution = None,
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer folder for --base tiny, e.g. "
                                           "../shared/weights/clip-tokenizer (default: a byte-level one)."),
     vae_steps: int = typer.Option(2000, "--vae-steps", min=1, help="--base tiny: VAE training steps first."),

@@ -419,6 +419,7 @@ def train_ddpm(
     resume: bool = False,
     trust_checkpoint: bool = False,
     overwrite: bool = False,
+    on_bad: str = "error",
     log=print,
     callback=None,
 ) -> DdpmModel:
@@ -429,12 +430,13 @@ def train_ddpm(
     `min_resolution_multiple`); a non-square HxW is refused. None: the shortest image side, at most 256.
 
     Returns the trained model (EMA weights when EMA is on), loaded back from `out`. `trust_checkpoint` lets
-    `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
+    `resume` load checkpoints that hold pickle files (saved by older defectgen versions). `on_bad` "skip" trains
+    without unreadable images (each named in a warning) instead of stopping at the first."""
     cfg = config or TrainConfig()
     _check_training_options(normals, labeled, preset, crop, class_dropout)
     resolution = square_side(resolution, min_resolution_multiple(preset), "the DDPM")
     kind = "cddpm" if labeled is not None else "ddpm"
-    normal_samples, labeled_samples = _read_training_samples(normals, labeled)
+    normal_samples, labeled_samples = _read_training_samples(normals, labeled, on_bad)
     used = labeled_samples + normal_samples
     channels = 3 if any(s.channels == 3 for s in used) else 1
     if resolution is None:
@@ -481,11 +483,11 @@ def _check_training_options(normals, labeled, preset: str, crop: str, class_drop
     preset_config(preset)
 
 
-def _read_training_samples(normals, labeled) -> tuple[list, list]:
+def _read_training_samples(normals, labeled, on_bad: str = "error") -> tuple[list, list]:
     """(normal samples, labeled defect samples), read into memory; an empty source is a DefectgenError."""
     normal_samples = []
     if normals is not None:
-        ds = open_dataset(normals)
+        ds = open_dataset(normals, on_bad=on_bad)
         if ds.format == "mvtec":
             ds = ds.select(split="train", normal=True)
         else:
@@ -493,13 +495,39 @@ def _read_training_samples(normals, labeled) -> tuple[list, list]:
         if not len(ds):
             raise DefectgenError(normals, "no normal images found")
         normal_samples = ds.read_all("normal", required=True)
+        _warn_skipped(ds)
     labeled_samples = []
     if labeled is not None:
-        ds = open_dataset(labeled).labeled_defects()
+        ds = open_dataset(labeled, on_bad=on_bad).labeled_defects()
         if not len(ds):
             raise DefectgenError(labeled, "no labeled defects (images with masks or boxes) found")
-        labeled_samples = ds.read_all("labeled", required=True)
+        labeled_samples = _with_defect_pixels(ds.read_all("labeled", required=True), labeled)
+        _warn_skipped(ds)
     return normal_samples, labeled_samples
+
+
+def _warn_skipped(ds) -> None:
+    import sys
+
+    for problem in ds.skipped:
+        sys.stderr.write(f"warning: skipped unreadable {problem}\n")
+
+
+def _with_defect_pixels(samples: list, source) -> list:
+    """The labeled samples whose mask (or boxes) marks at least one pixel; each one without is named in a warning,
+    and none left is an error: a conditional model trained on empty masks learns nothing of defects."""
+    import sys
+
+    kept = []
+    for s in samples:
+        if s.defect_mask().any():
+            kept.append(s)
+        else:
+            sys.stderr.write(f"warning: {s.mask_path or s.path}: empty mask, not a labeled defect; skipped\n")
+    if not kept:
+        raise DefectgenError(source, f"every one of the {len(samples)} labeled image(s) has an empty mask: no "
+                             "defect to learn from")
+    return kept
 
 
 def _prepare_run_folder(out, normals, labeled, resume: bool, overwrite: bool) -> tuple[OutputFolder, bool]:
