@@ -62,7 +62,10 @@ def test_unresolvable_default_says_which_flag(args, flag, run_cli):
 
 
 def test_validate_without_mvtec_test_asks_for_test(tmp_path, mvtec_dir, run_cli):
-    code, _, err = run_cli("validate", "--detector", "exdd", "--train", mvtec_dir / "labeled")
+    import shutil
+
+    shutil.copytree(mvtec_dir / "train" / "good", tmp_path / "alone" / "good")  # no test/ beside it, nor above
+    code, _, err = run_cli("validate", "--detector", "exdd", "--train", tmp_path / "alone" / "good")
     assert code == 2 and "--test" in _errors(err)[0]
 
 

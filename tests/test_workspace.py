@@ -101,7 +101,7 @@ def test_validate_defaults_follow_the_latest_set(tmp_path):
     ws.record("set", tmp_path / "synth" / "ddpm-1", type="ddpm", inputs={"normals": str(tmp_path / "mv/train/good")})
     synthetic, train, test, out, notes = validate_defaults(ws, "exdd", None, None, None, None)
     assert synthetic == [tmp_path / "synth" / "ddpm-1"] and train == tmp_path / "mv" / "train" / "good"
-    assert test == (tmp_path / "mv").resolve() and out.parts[-2:] == ("reports", "exdd-1")
+    assert test.resolve() == (tmp_path / "mv").resolve() and out.parts[-2:] == ("reports", "exdd-1")
     assert [n.split(" (")[0] for n in notes] == ["using synthetic set synth/ddpm-1", "using normals mv/train/good",
                                                  f"using test set {test / 'test'}", f"using output folder {out}"]
     synthetic, train, test, _, notes = validate_defaults(ws, "seg", ["none"], "none", tmp_path / "t", "r")
