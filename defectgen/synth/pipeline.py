@@ -291,9 +291,9 @@ def _shard(shard: tuple[int, int] | None, resume: bool, overwrite: bool, out: st
     """(accelerate state or None, rank, world, resume): under `accelerate launch` the shard is the process's."""
     state = None
     if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate / torchrun
-        from accelerate import PartialState
+        from defectgen.diffusion.training import process_state  # joins the launcher's group, also on a CPU
 
-        state = PartialState()
+        state = process_state()
         shard = (state.process_index, state.num_processes)
     rank, world = shard or (0, 1)
     if not 0 <= rank < world:
