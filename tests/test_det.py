@@ -4,6 +4,8 @@ round-trips through its weights file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,59 @@ def test_boxes_come_from_label_maps_when_the_layout_has_none():
     labels[2:6, 3:9] = 1
     labels[20:30, 20:22] = 2
     assert sorted(boxes_from_labels(labels, 2)) == [(3.0, 2.0, 9.0, 6.0, 0), (20.0, 20.0, 22.0, 30.0, 1)]
+
+
+# ---- validate --detector det ------------------------------------------------------------------------------------
+
+def _voc(root, images, boxes) -> None:
+    from conftest import write_png
+
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for i, (img, bs) in enumerate(zip(images, boxes, strict=True)):
+        write_png(root / "images" / f"{i:03d}.png", img[:, :, 0])
+        objects = "".join(f"<object><name>{b['class']}</name><bndbox><xmin>{x + 1}</xmin><ymin>{y + 1}</ymin>"
+                          f"<xmax>{x + w}</xmax><ymax>{y + h}</ymax></bndbox></object>"
+                          for b in bs for x, y, w, h in [b["bbox"]])
+        (root / "annotations" / f"{i:03d}.xml").write_text(
+            f"<annotation><filename>{i:03d}.png</filename><size><width>64</width><height>64</height>"
+            f"<depth>1</depth></size>{objects}</annotation>")
+
+
+def test_validate_det_scores_boxes_with_cocoeval_and_says_how_training_stopped(tmp_path, run_cli):
+    _voc(tmp_path / "labeled", *box_set(24, 6))
+    _voc(tmp_path / "test", *box_set(8, 7))
+    code, _, err = run_cli("validate", "--detector", "det", "--train", "none", "--test", tmp_path / "test",
+                           "--real-labeled", tmp_path / "labeled", "--synthetic", "none", "--baselines", "real",
+                           "--resolution", "64", "--epochs", "6", "--patience", "2", "--overlays", "0",
+                           "--out", tmp_path / "r")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    run = report["runs"]["real"]
+    assert set(run["coco"]["per_class"]) == {"bar", "spot"} and 0.0 <= run["coco"]["map50"] <= 1.0
+    assert 1 <= run["epochs"] <= 6 and run["stopped"] and run["validation_images"] == 4
+    assert report["config"]["epochs"] == 6 and report["config"]["patience"] == 2
+
+
+def test_validate_det_refuses_a_labeled_set_without_boxes_and_a_test_set_without_them(tmp_path, run_cli):
+    images, boxes = box_set(8, 8)
+    _voc(tmp_path / "test", images, boxes)
+    _voc(tmp_path / "nobox", images, [[] for _ in boxes])  # VOC files without objects: normal images
+    code, _, err = run_cli("validate", "--detector", "det", "--train", "none", "--test", tmp_path / "test",
+                           "--real-labeled", tmp_path / "nobox", "--synthetic", "none", "--baselines", "real",
+                           "--resolution", "64", "--out", tmp_path / "r1")
+    assert code == 2 and "no labeled defects" in err and not (tmp_path / "r1").exists(), err
+    # a test set whose defects have empty masks gives no boxes to score
+    from conftest import texture, write_png
+
+    rng = np.random.default_rng(0)
+    mv = tmp_path / "mv"
+    for i in range(2):
+        write_png(mv / "test" / "good" / f"{i}.png", texture(rng))
+        write_png(mv / "test" / "scratch" / f"{i}.png", texture(rng))
+        write_png(mv / "ground_truth" / "scratch" / f"{i}_mask.png", np.zeros((32, 32), np.uint8))
+    _voc(tmp_path / "labeled", *box_set(8, 9))
+    code, _, err = run_cli("validate", "--detector", "det", "--train", "none", "--test", mv, "--real-labeled",
+                           tmp_path / "labeled", "--synthetic", "none", "--baselines", "real", "--resolution", "32",
+                           "--out", tmp_path / "r2")
+    assert code == 2 and not (tmp_path / "r2").exists(), err
+    assert len([line for line in err.strip().splitlines() if line.startswith("error:")]) == 1, err

@@ -61,7 +61,11 @@ def validate(
     tile: Tile = None,
     steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
     batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AST, seg: Adam learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", help="AST, seg, det: Adam learning rate."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="det: most epochs per run; early stopping on a "
+                               "validation split of the training defects ends sooner."),
+    patience: int = typer.Option(5, "--patience", min=1, help="det: epochs without a validation gain that stop "
+                                 "training."),
     coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
                                         "the negative bank (greedy k-center)."),
     positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
@@ -87,7 +91,8 @@ def validate(
                                             "out of the loss."),
     overwrite: Overwrite = False,
 ) -> None:
-    """Train a detector (AST or ExDD anomaly detectors, or the supervised seg model) with a synthetic set and
+    """Train a detector (AST or ExDD anomaly detectors, the supervised seg model, or the box detector det) with a
+    synthetic set and
     with each baseline in one run, and measure all on real defects. Baselines: none (no defects), draem (classic
     DRAEM-style defects, same count), copypaste (the real labeled defects pasted onto normals), real (the labeled
     defects alone, seg) and real+synthetic (labeled defects plus the set, seg).
@@ -114,7 +119,8 @@ def validate(
     say(notes)
     results = run_validation(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names(baselines), backbone=backbone,
-        resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, coreset_ratio=coreset_ratio,
+        resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, epochs=epochs,
+        patience=patience, coreset_ratio=coreset_ratio,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,

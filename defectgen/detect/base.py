@@ -50,12 +50,15 @@ class DetectorOptions:
 
 class Detector(ABC):
     """name: registry key; options: the `DetectorOptions` fields it uses (recorded in reports);
-    supervised: learns from defects only (no unsupervised fallback); produces_boxes: has `predict_with_boxes`."""
+    supervised: learns from defects only (no unsupervised fallback); produces_boxes: has `predict_with_boxes`;
+    box_detector: boxes are what it is for, so box mAP scores it on any test set with boxes (not only on a
+    multi-class one)."""
 
     name: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
     supervised: ClassVar[bool] = False
     produces_boxes: ClassVar[bool] = False
+    box_detector: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -99,6 +99,7 @@ class Det(nn.Module, Detector):
     options = ("seed", "batch_size", "lr", "width", "epochs", "patience")
     supervised = True
     produces_boxes = True
+    box_detector = True
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16, 32), width: int = 64,
                  class_names: Sequence[str] = (), size: Sequence[int] = (256, 256), score_thresh: float = 0.05,

@@ -539,7 +539,8 @@ def plan_runs(run_names: Sequence[str], det_cls, steps: int, pseudo_twins: bool)
 def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path] | None, real_labeled,
                 test: Path, baselines: Sequence[str], n_syn: int, dev, settings: dict[str, Any]) -> dict[str, Any]:
     """report.json's config: what was run. settings: run_validation's arguments recorded as given, except the
-    options the detector does not use (steps, coreset_ratio, positive_quantile), recorded as None."""
+    options the detector does not use (steps, epochs, patience, coreset_ratio, positive_quantile), recorded as
+    None."""
     uses = set(det_cls.options)
     s = settings
     return {
@@ -550,7 +551,9 @@ def _run_config(detector: str, det_cls, train: Path | None, synthetic: list[Path
         "test": str(test), "baselines": list(baselines), "backbone": s["backbone"],
         "backbone_pretrained": is_pretrained(s["backbone"]), "feature_timesteps": s.get("feature_timesteps"),
         "feature_dim": s.get("feature_dim"), "resolution": s["resolution"], "tile": s["tile"],
-        "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None, "student_width": s["student_width"],
+        "seed": s["seed"], "steps": s["steps"] if "steps" in uses else None,
+        "epochs": s["epochs"] if "epochs" in uses else None, "patience": s["patience"] if "patience" in uses else None,
+        "student_width": s["student_width"],
         "batch_size": s["batch_size"], "lr": s["lr"],
         "coreset_ratio": s["coreset_ratio"] if "coreset_ratio" in uses else None,
         "positive_quantile": s["positive_quantile"] if "positive_quantile" in uses else None,
@@ -584,7 +587,7 @@ def run_validation(
     baselines: Sequence[str] = DEFAULT_BASELINES, backbone: str | None = None,
     resolution: int | str | Resolution = 256, seed: int = 0, steps: int = 1000, batch_size: int = 8,
     lr: float = 1e-3, coreset_ratio: float = 0.1, n_draem: int | None = None, max_train: int | None = None,
-    max_test: int | None = None, n_overlays: int = 8,
+    max_test: int | None = None, n_overlays: int = 8, epochs: int = 50, patience: int = 5,
     device: str | None = None, overwrite: bool = False, progress: bool = True, save_models: bool = False,
     student_width: int | None = None, positive_quantile: float | None = None,
     real_labeled: str | Path | None = None, tile: int | None = None,
@@ -630,7 +633,10 @@ def run_validation(
     inputs = _load_inputs(train, test, synthetic, real_labeled, None if tile else resolution, max_train, max_test,
                           seed, progress, uses_labeled=any(b in NEEDS_LABELED for b in baselines), semi=semi)
     test_set = inputs["test_set"]
-    boxes_too = det_cls.produces_boxes and len(test_set["box_classes"]) >= 2
+    boxes_too = det_cls.produces_boxes and (len(test_set["box_classes"]) >= 2 or det_cls.box_detector)
+    if det_cls.box_detector and not any(test_set["boxes"]):
+        raise DefectgenError(test, f"{detector} is scored by box mAP and the test set has no defect boxes (VOC or "
+                             "COCO boxes, or masks whose regions give them)")
     if tile and boxes_too:
         raise DefectgenError(None, "`tile` does not produce boxes yet, and this multi-class test set is scored "
                              "by box mAP: leave out `tile`")
@@ -645,10 +651,12 @@ def run_validation(
     try:
         size = test_set["size"] or (tile, tile)
         options = DetectorOptions(seed=seed, sigma=4.0 * min(size) / 256, steps=steps, batch_size=batch_size, lr=lr,
-                                  coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width)
+                                  coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width,
+                                  epochs=epochs, patience=patience)
         results = _run_all(out, detector, det_cls, bb, options, inputs, runs_data,
                            boxes_too, tile, n_overlays, save_models, progress, semi_rule)
         settings = {"backbone": backbone, "resolution": list(size), "tile": tile, "seed": seed, "steps": steps,
+                    "epochs": epochs, "patience": patience,
                     "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
                     "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test,
                     "semi": str(semi) if semi is not None else None,
