@@ -56,6 +56,7 @@ def main(argv: list[str]) -> None:
     from defectgen.metrics import coco_map
 
     started = time.perf_counter()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     train, train_boxes = load(Path(a.data), "train", a.size, a.share, a.seed)
     test, test_boxes = load(Path(a.data), "test", a.size, 1.0, 0)
     classes = sorted({b["class"] for bs in train_boxes + test_boxes for b in bs})
@@ -67,8 +68,7 @@ def main(argv: list[str]) -> None:
     _, _, found = det.predict_with_boxes(test)
     result = coco_map(test_boxes, found, classes)
     out = {"benchmark": "det_neu", "command": command_line("benchmarks/det_neu.py", argv),
-           "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip(),
+           "commit": commit,  # the code that ran: HEAD when the run started
            "hardware": hardware(), "args": vars(a) | {"data": "neu-det", "backbone": Path(a.backbone).name},
            "train_images": len(train), "test_images": len(test), "coco": result, "training": det.summary(),
            "fit_seconds": round(fit_s, 1), "total_seconds": round(time.perf_counter() - started, 1)}

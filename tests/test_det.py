@@ -74,21 +74,22 @@ def test_early_stopping_stops_on_a_plateau_of_the_validation_split():
     det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=30, patience=3, lr=0.0))
     det.fit(NO_NORMALS, train, None, boxes=boxes)  # lr 0: nothing changes, so validation mAP cannot improve
     report = det.summary()
-    assert report["epochs"] == 4 and "no gain" in report["stopped"]  # the first epoch sets the best, 3 more end it
+    # the first epoch sets the best, three more without a gain end it
+    assert report["epochs"] == 4 and "no validation gain" in report["stopped"]
     # the validation split is carved from the training defects: nothing else is seen
     assert report["validation_images"] + report["train_images"] == 20
 
 
 def test_cached_backbone_maps_give_the_live_head_outputs(trained):
-    images, _ = box_set(3, 4)
-    cache: dict = {}
-    cached = trained._cached_maps(cache, list(images), [0, 1, 2], np.array([0, 1, 3]))
-    assert len(cache) == 3
-    from defectgen.detect.det import _FLIPS, _as_rgb
-    from defectgen.detect.features import to_tensor
+    from defectgen.detect.convergence import MapCache
+    from defectgen.detect.det import _as_rgb, _padded
 
-    x = torch.stack([torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
-                     for i, f in zip([0, 1, 2], [0, 1, 3], strict=True)])
+    images, _ = box_set(3, 4)
+    cache = MapCache(trained.pyramid.body_maps, list(images), trained.device, prepare=_padded)
+    keys = [(0, 0), (1, 1), (2, 3)]  # as they are, flipped left-right, flipped both ways
+    cached = cache.maps(keys)
+    assert len(cache.store) == 3
+    x = torch.stack([_as_rgb(cache.image(i, f)) for i, f in keys])
     with torch.no_grad():
         live = trained.pyramid(x)
         trained.pyramid.cached = cached

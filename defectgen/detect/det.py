@@ -20,7 +20,6 @@ connected components of each class in the label maps (masks of generated defects
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +33,11 @@ from torch import nn
 
 from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.convergence import FLIPS, EarlyStopping, MapCache, validation_split
 from defectgen.detect.features import batches, to_tensor
 from defectgen.errors import DefectgenError
 
 _PAD = 32  # the detection transform pads every batch to a multiple of this
-_FLIPS = ((), (-1,), (-2,), (-2, -1))  # none, horizontal, vertical, both: the augmentation (`flips` first ones)
 
 
 class _Pyramid(nn.Module):
@@ -108,8 +107,8 @@ class Det(nn.Module, Detector):
         self.backbone = backbone
         self.strides = tuple(int(s) for s in strides)
         self.width, self.score_thresh = int(width), float(score_thresh)
-        if not 1 <= flips <= len(_FLIPS):
-            raise ValueError(f"flips must lie in 1..{len(_FLIPS)}")
+        if not 1 <= flips <= len(FLIPS):
+            raise ValueError(f"flips must lie in 1..{len(FLIPS)}")
         self.flips = int(flips)  # the flip variants trained on: each image's backbone maps are cached this often
         self.pyramid = _Pyramid(backbone, self.strides, self.width)
         self.class_names: list[str] = []
@@ -184,32 +183,28 @@ class Det(nn.Module, Detector):
         self._build(names, (h, w))
         images = list(defects) + list(normals)
         targets = targets + [np.zeros((0, 5), np.float32)] * len(normals)
-        order = rng.permutation(len(defects))
-        n_val = int(round(0.15 * len(defects))) if len(defects) >= 7 else 0
-        val, train = sorted(order[:n_val].tolist()), [*order[n_val:].tolist(), *range(len(defects), len(images))]
-        cache: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self._fill_cache(cache, images, [(i, f) for i in train for f in range(self.flips)] + [(i, 0) for i in val],
-                         progress, desc)
+        train, val = validation_split(len(defects), o.seed)
+        train += list(range(len(defects), len(images)))  # normals: images without boxes, never validated
+        cache = MapCache(self.pyramid.body_maps, images, self.device, prepare=_padded)
+        cache.fill([(i, f) for i in train for f in range(self.flips)] + [(i, 0) for i in val],
+                   max(o.batch_size, 16), progress, f"{desc or 'det'}: backbone maps")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
-        best, best_state, since, history = -1.0, None, 0, []
-        reason = "reached the epoch cap"
-        epochs = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
-        for epoch in range(o.epochs):
+        stop = EarlyStopping(o.patience)
+        shown = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
+        for epoch in range(1, o.epochs + 1):
             self.model.train()
             losses = []
             perm = rng.permutation(len(train))
             for sl in batches(len(train), o.batch_size):
-                idx = [train[k] for k in perm[sl]]
-                flips = rng.integers(self.flips, size=len(idx))
+                keys = [(train[k], int(rng.integers(self.flips))) for k in perm[sl]]
                 batch, tgts = [], []
-                for i, f in zip(idx, flips, strict=True):
-                    x = torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
+                for i, f in keys:
                     t = torch.from_numpy(targets[i])
-                    batch.append(x.to(self.device))
-                    tgts.append({"boxes": _flip_boxes(t[:, :4], _FLIPS[f], h, w).to(self.device),
+                    batch.append(_as_rgb(cache.image(i, f)).to(self.device))
+                    tgts.append({"boxes": _flip_boxes(t[:, :4], FLIPS[f], h, w).to(self.device),
                                  "labels": (t[:, 4].long() + 1).to(self.device)})
-                self.pyramid.cached = self._cached_maps(cache, images, idx, flips)
+                self.pyramid.cached = cache.maps(keys)
                 loss = sum(self.model(batch, tgts).values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -218,61 +213,27 @@ class Det(nn.Module, Detector):
                 self.pyramid.cached = None
                 losses.append(float(loss.detach()))
             score = self._val_map(cache, images, val, [targets[i] for i in val]) if val else None
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_map50": score})
-            epochs.set_postfix(loss=f"{np.mean(losses):.3f}", val_map50="-" if score is None else f"{score:.3f}",
-                               refresh=False)
-            epochs.update(1)
-            if score is None:
-                continue
-            if score > best:
-                best, best_state, since = score, copy.deepcopy(self._trained_state()), 0
-            else:
-                since += 1
-                if since >= o.patience:
-                    reason = f"no gain in validation mAP@0.5 for {o.patience} epochs"
-                    break
-        epochs.close()
-        if best_state is not None:
-            self.load_state_dict(best_state, strict=False)
+            shown.set_postfix(loss=f"{np.mean(losses):.3f}", val_map50="-" if score is None else f"{score:.3f}",
+                              refresh=False)
+            shown.update(1)
+            if stop.update(epoch, float(np.mean(losses)), score, self._trained_state):
+                break
+        shown.close()
+        stop.restore(self)
         self.model.eval()
-        self.report = {"epochs": len(history), "stopped": reason if val else "no validation split (fewer than 7 "
-                       "defect images): ran every epoch", "best_val_map50": best if val else None,
-                       "validation_images": len(val), "train_images": len(train), "history": history,
-                       "classes": list(self.class_names), "defect_images": int(len(defects))}
+        self.report = {**stop.report(len(val), len(train), "COCO mAP@0.5"), "classes": list(self.class_names),
+                       "defect_images": int(len(defects))}
         return self
-
-    def _fill_cache(self, cache, images, keys: list[tuple[int, int]], progress: bool, desc: str | None) -> None:
-        """The backbone's maps of every (image, flip) in `keys`, computed now in batches, with a progress bar."""
-        from defectgen.progress import bar
-
-        step = max(self.train_options.batch_size, 16)
-        with bar(total=len(keys), desc=f"{desc or 'det'}: backbone maps", unit="img", disable=not progress) as b:
-            for sl in batches(len(keys), step):
-                chunk = keys[sl]
-                self._cached_maps(cache, images, [i for i, _ in chunk], [f for _, f in chunk])
-                b.update(len(chunk))
-
-    def _cached_maps(self, cache, images, idx, flips) -> list[torch.Tensor]:
-        """The backbone's maps of each (image, flip), computed once and kept in half precision on the CPU."""
-        missing = [(i, int(f)) for i, f in zip(idx, flips, strict=True) if (i, int(f)) not in cache]
-        if missing:
-            x = torch.stack([torch.flip(_as_rgb(to_tensor(images[i][None], "cpu")[0]), _FLIPS[f])
-                             for i, f in missing]).to(self.device)
-            maps = self.pyramid.body_maps(_padded(x))
-            for k, key in enumerate(missing):
-                cache[key] = [m[k].to("cpu", torch.float16) for m in maps]
-        return [torch.stack([cache[(i, int(f))][level] for i, f in zip(idx, flips, strict=True)]).to(
-            self.device, torch.float32) for level in range(len(self.strides))]
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not _is_backbone_key(k)}
 
-    def _val_map(self, cache, images: list[np.ndarray], val: list[int], targets: list[np.ndarray]) -> float:
+    def _val_map(self, cache: MapCache, images: list[np.ndarray], val: list[int], targets: list[np.ndarray]
+                 ) -> float:
         """COCO mAP@0.5 of the validation images, scored from their cached backbone maps."""
         from defectgen.metrics import coco_map
 
-        found = self._detect(np.stack([images[i] for i in val]), 8,
-                             lambda sl: self._cached_maps(cache, images, val[sl], [0] * len(val[sl])))
+        found = self._detect(np.stack([images[i] for i in val]), 8, lambda sl: cache.maps([(i, 0) for i in val[sl]]))
         truth = [[{"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "class": self.class_names[int(c)]}
                   for x0, y0, x1, y1, c in t] for t in targets]
         return float(coco_map(truth, found, self.class_names)["map50"])
