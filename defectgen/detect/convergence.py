@@ -15,12 +15,12 @@ import torch
 from defectgen.detect.features import batches, to_tensor
 
 VALIDATION_SHARE = 0.15
-MIN_DEFECTS_FOR_VALIDATION = 7  # fewer: every defect trains, and every epoch runs
+MIN_DEFECTS_FOR_VALIDATION = 20  # fewer: every defect trains and every epoch runs (a 2-image split only adds noise)
 
 
 def validation_split(n_defects: int, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices) of `n_defects` defect images: a seeded 15% for validation, none when
-    there are fewer than 7 defects."""
+    there are fewer than `MIN_DEFECTS_FOR_VALIDATION`."""
     order = np.random.default_rng([seed, 7]).permutation(n_defects)
     n_val = int(round(VALIDATION_SHARE * n_defects)) if n_defects >= MIN_DEFECTS_FOR_VALIDATION else 0
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())

@@ -5,8 +5,12 @@ measure it on real ones).
 Decoder: SegFormer-style and light: each backbone level (strides 4-32) projected by a 1x1 convolution,
 upsampled to stride 4, concatenated, fused by two 3x3 convolutions; a 1x1 head gives the defect logit and, when
 the training defects name several classes, one logit per class. Trained with focal + dice loss on (image,
-mask) pairs: defect images and normal images with empty masks as negatives, flipped, rotated and
-brightness-jittered (albumentations). The backbone stays frozen (as AST's teacher and ExDD's extractor).
+mask) pairs: defect images and normal images with empty masks as negatives, flipped. The backbone stays frozen
+(as AST's teacher and ExDD's extractor), so its maps of every training image and flip are computed once and cached
+(`detect.convergence.MapCache`): the steps train only the decoder. Up to `steps` steps, with early stopping: after
+each pass over the training defects a validation split carved from them (15%, from 7 defects up) is scored by
+pixel AP, the best pass's weights are kept, and `patience` passes without a gain end training; the summary says
+how many passes ran and why it stopped. (Before the cache, images were also rotated and brightness-jittered.)
 
 Label maps may mark pixels 255 (`IGNORE`): they are left out of every loss (pseudo-labels the teacher was unsure
 of, `defectgen.detect.semi`). An exponential moving average of the decoder's weights is kept while training:
@@ -31,6 +35,7 @@ from torch import nn
 from defectgen.detect.ast import focal_loss
 from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
+from defectgen.detect.convergence import FLIPS, EarlyStopping, MapCache, validation_split
 from defectgen.detect.features import batches, to_tensor, top_k_mean
 from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
@@ -45,21 +50,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
 
 
-def _augmenter(square: bool, seed: int):
-    import albumentations as A
-
-    geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] + ([A.RandomRotate90(p=0.5)] if square else [])
-    return A.Compose([*geo, A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)],
-                     seed=seed)
-
-
 @register_detector("seg")
 class Seg(nn.Module, Detector):
     """backbone: frozen feature extractor; strides: its levels the decoder reads; width: decoder channels;
     class_names: the defect classes (set by `fit`); top_k: fraction of the map's pixels averaged into the image
     score; box_threshold: map level that cuts boxes; min_box_area: smaller components (pixels) give no box."""
 
-    options = ("seed", "steps", "batch_size", "lr", "width")
+    options = ("seed", "steps", "batch_size", "lr", "width", "patience")
     supervised = True
     produces_boxes = True
 
@@ -84,6 +81,7 @@ class Seg(nn.Module, Detector):
         self.history: list[float] = []
         self.ema: dict[str, torch.Tensor] = {}
         self.n_defects = 0
+        self.convergence: dict[str, Any] = {}
         self.to(backbone.mean.device)
 
     @property
@@ -113,6 +111,10 @@ class Seg(nn.Module, Detector):
         """B x C x H x W in [0, 1] -> B x (1 + classes) x H x W logits."""
         with torch.no_grad():
             feats = self.backbone(x, self.strides)
+        return self.decode(feats, x.shape[-2:])
+
+    def decode(self, feats: list[torch.Tensor], out_size) -> torch.Tensor:
+        """The backbone's maps (live or cached) -> B x (1 + classes) x `out_size` logits."""
         size = feats[0].shape[-2:]
         parts = []
         for lat, f in zip(self.lateral, feats, strict=True):
@@ -120,11 +122,13 @@ class Seg(nn.Module, Detector):
             parts.append(p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear",
                                                                       align_corners=False))
         logits = self.head(self.fuse(torch.cat(parts, dim=1)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
 
     def losses(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """labels: B x H x W long, 0 = normal, 1 + class index inside defects, `IGNORE` left out."""
-        logits = self(x)
+        return self.losses_of(self(x), labels)
+
+    def losses_of(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         seen = labels != IGNORE
         defect = logits[:, 0][seen]
         target = (labels[seen] > 0).float()
@@ -159,34 +163,64 @@ class Seg(nn.Module, Detector):
         ema_decay = max(0.0, min(EMA_DECAY, 1.0 - 10.0 / o.steps))
         self.n_defects = int(len(defects))
         h, w = defects.shape[1:3]
-        aug = _augmenter(h == w, o.seed)
         rng = np.random.default_rng(o.seed)
         # half defects, half normals; a dataset without normals (NEU-DET) fills whole batches with defects,
         # whose background pixels are the negatives
         n_def = max(1, o.batch_size // 2) if len(normals) else o.batch_size
         n_norm = o.batch_size - n_def
+        train, val = validation_split(len(defects), o.seed)
+        images = list(defects) + list(normals)
+        normal_ids = list(range(len(defects), len(images)))
+        # the frozen backbone's maps of each defect in its four flips, each normal as it is and mirrored
+        cache = MapCache(lambda x: self.backbone(x, self.strides), images, self.device)
+        cache.fill([(i, f) for i in train for f in range(len(FLIPS))] + [(i, 0) for i in val]
+                   + [(i, f) for i in normal_ids for f in range(2)], max(o.batch_size, 16), progress,
+                   f"{desc or 'seg'}: backbone maps")
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
         self.train()
         loop = StepLoop(opt, o.steps, o.lr, n_def + n_norm, progress, desc or "seg")
         self.history = loop.history
-        labels = np.asarray(labels).astype(np.uint8)  # OpenCV-backed flips and rotations take uint8 masks
-        empty = np.zeros((h, w), np.uint8)
-        for _ in range(o.steps):
-            pairs = [(defects[j], labels[j]) for j in rng.integers(len(defects), size=n_def)]
-            pairs += [(normals[i], empty) for i in rng.integers(len(normals), size=n_norm)]
-            imgs, labs = [], []
-            for img, lab in pairs:
-                a = aug(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(lab))
-                imgs.append(a["image"].reshape(h, w, -1))
-                labs.append(a["mask"])
-            x = to_tensor(imgs, self.device)
-            y = torch.from_numpy(np.stack(labs).astype(np.int64)).to(self.device)
-            loop.step(self.losses(x, y)["total"])
-            self._update_ema(ema_decay)
+        labels = np.asarray(labels).astype(np.int64)
+        per_epoch = -(-len(train) // n_def)  # steps that show every training defect once
+        stop = EarlyStopping(o.patience)
+        step, epoch_losses = 0, []
+        while step < o.steps:
+            for start in range(0, per_epoch * n_def, n_def):
+                if step >= o.steps:
+                    break
+                if start == 0:
+                    perm = rng.permutation(len(train))
+                keys = [(train[perm[(start + k) % len(train)]], int(rng.integers(len(FLIPS)))) for k in range(n_def)]
+                keys += [(normal_ids[i], int(rng.integers(2))) for i in rng.integers(len(normals), size=n_norm)]
+                y = torch.from_numpy(np.stack([
+                    np.flip(labels[i], [d + 2 for d in FLIPS[f]]) if i < len(defects) else np.zeros((h, w), np.int64)
+                    for i, f in keys]).copy()).to(self.device)
+                loss = self.losses_of(self.decode(cache.maps(keys), (h, w)), y)["total"]
+                loop.step(loss)
+                epoch_losses.append(float(loss.detach()))
+                self._update_ema(ema_decay)
+                step += 1
+            score = self._val_ap(cache, val, masks) if val else None
+            if stop.update(len(stop.history) + 1, float(np.mean(epoch_losses)), score, self._decoder_state):
+                break
+            epoch_losses = []
         loop.close()
+        stop.restore(self)
+        self.convergence = stop.report(len(val), len(train), "pixel AP")
         self.eval()
         return self
+
+    @torch.no_grad()
+    def _val_ap(self, cache: MapCache, val: list[int], masks: np.ndarray) -> float:
+        """Pixel AP of the validation defects' defect maps, from their cached backbone maps."""
+        from defectgen.metrics import average_precision
+
+        self.eval()
+        probs = [torch.sigmoid(self.decode(cache.maps([(i, 0) for i in val[sl]]), masks.shape[1:3])[:, 0]).cpu()
+                 for sl in batches(len(val), 16)]
+        self.train()
+        return float(average_precision(np.asarray(masks)[val].astype(bool).ravel(), torch.cat(probs).numpy().ravel()))
 
     def _decoder_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
@@ -213,7 +247,8 @@ class Seg(nn.Module, Detector):
         h = self.history
         n = max(1, len(h) // 20)
         return {"loss_first": float(np.mean(h[:n])) if h else None, "loss_last": float(np.mean(h[-n:])) if h
-                else None, "steps": len(h), "defect_images": self.n_defects, "classes": list(self.class_names)}
+                else None, "steps": len(h), "defect_images": self.n_defects, "classes": list(self.class_names),
+                **self.convergence}
 
     @torch.no_grad()
     def _run(self, images: np.ndarray, batch_size: int, boxes: bool) -> tuple[np.ndarray, np.ndarray, list]:
