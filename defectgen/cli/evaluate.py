@@ -59,13 +59,14 @@ def validate(
     feature_dim: FeatureDim = None,
     resolution: Resolution = "256",
     tile: Tile = None,
-    steps: int = typer.Option(1000, "--steps", min=1, help="AST, seg: training steps per run."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="AST: training steps per run; seg: the most steps "
+                              "(early stopping may end sooner)."),
     batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
     lr: float = typer.Option(1e-3, "--lr", help="AST, seg, det: Adam learning rate."),
     epochs: int = typer.Option(50, "--epochs", min=1, help="det: most epochs per run; early stopping on a "
                                "validation split of the training defects ends sooner."),
-    patience: int = typer.Option(5, "--patience", min=1, help="det: epochs without a validation gain that stop "
-                                 "training."),
+    patience: int = typer.Option(5, "--patience", min=1, help="det, seg: epochs (passes over the training "
+                                 "defects) without a validation gain that stop training."),
     coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
                                         "the negative bank (greedy k-center)."),
     positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
