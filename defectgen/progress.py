@@ -9,6 +9,7 @@ that long, so a redirected run still says where it is and how long it has left.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,15 +18,22 @@ PLAIN_INTERVAL_S = 30.0
 
 
 class _Lines:
-    """A file for tqdm that turns each redraw (`\\r...`) into one line of its own."""
+    """A file for tqdm that turns each redraw (`\\r...`) into one line of its own, and leaves out a redraw that
+    reports the same count as the line before (tqdm draws the final count again when the bar closes)."""
 
     def __init__(self, stream):
         self.stream = stream
+        self.last: str | None = None
 
     def write(self, text: str) -> None:
         text = text.replace("\r", "").replace("\x1b[A", "").strip()
-        if text:
+        if not text:
+            return
+        count = re.search(r"\d+/\d+", text)
+        key = text[:count.end()] if count else text
+        if key != self.last:
             self.stream.write(text + "\n")
+        self.last = key
 
     def flush(self) -> None:
         self.stream.flush()

@@ -4,7 +4,6 @@ holds, and how close its generated defects are to real ones) and runs (the works
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -123,7 +122,7 @@ def validate(
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, epochs=epochs,
         patience=patience, coreset_ratio=coreset_ratio,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
-        overwrite=overwrite, progress=sys.stderr.isatty(), save_models=save_models,
+        overwrite=overwrite, progress=True, save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
         feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi,
         semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above),

@@ -68,10 +68,9 @@ class Dataset:
 
     def read_all(self, what: str, progress: bool = False, required: bool = False) -> list[Sample]:
         """Every sample, read now (with a progress bar named after `what`); `required`: none is an error."""
-        from tqdm import tqdm
+        from defectgen.progress import bar
 
-        samples = list(tqdm(self, total=len(self), desc=f"reading {what}", unit="img", disable=not progress,
-                            leave=False))
+        samples = list(bar(self, total=len(self), desc=f"reading {what}", unit="img", disable=not progress))
         if required and not samples:
             raise DefectgenError(self.root, f"no readable {what} images")
         return samples
