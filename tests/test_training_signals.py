@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoint_safety import _Data  # the same six-example data set
 from torch import nn
 
 from defectgen.diffusion import training
@@ -27,14 +28,6 @@ from defectgen.diffusion.training import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Data:
-    def __len__(self) -> int:
-        return 6
-
-    def example(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        return {"x": torch.from_numpy(rng.standard_normal(4).astype(np.float32)) + index}
 
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
