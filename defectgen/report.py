@@ -231,14 +231,26 @@ def _coco_lines(runs: dict[str, Any]) -> list[str]:
     if not coco:
         return []
     names = sorted({c for r in coco.values() for c in r["per_class"]})
-    lines = ["", "COCO box mAP (boxes from the map's connected components; class-agnostic: every box one "
-             "class):", "", "| run | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | " + " | ".join(
-                 f"{c} mAP@0.5" for c in names) + " |", "|---|---|---|---|" + "---|" * len(names)]
+    header = "| run | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | " + " | ".join(f"{c} mAP@0.5" for c in names)
+    lines = ["", "COCO box mAP (pycocotools; seg's boxes are its map's connected components, det's its own; "
+             "class-agnostic: every box one class):", "", header + " |", "|---|---|---|---|" + "---|" * len(names)]
     for name, r in coco.items():
         head = " | ".join(fmt_metric(r[k]) for k in ("map50", "map", "agnostic_map50"))
         per = " | ".join(fmt_metric(r["per_class"].get(c, {}).get("map50")) for c in names)
         lines.append(f"| {name} | {head} | {per} |")
     return lines
+
+
+def _training_lines(runs: dict[str, Any]) -> list[str]:
+    """How long each run of a detector trained to convergence (det, seg) trained and why it stopped."""
+    lines = []
+    for name, r in runs.items():
+        if "stopped" not in r:
+            continue
+        best = (f"; best epoch {r['best_epoch']}, validation {r.get('validation_metric', '')} "
+                f"{fmt_metric(r['best'])} on {r['validation_images']} images" if r.get("best") is not None else "")
+        lines.append(f"- `{name}`: {r['epochs']} epochs on {r['train_images']} images, {r['stopped']}{best}.")
+    return ["", "Training:", "", *lines] if lines else []
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -258,6 +270,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         m = r["metrics"]
         lines.append(f"| {name} | " + " | ".join(fmt_metric(m.get(k)) for k in METRICS) + f" | {r['train_s']:.0f} |")
     lines += _per_class_lines(runs) + _coco_lines(runs)
+    lines += _training_lines(runs)
     for run, why in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{run}`: {why}."]
     for run, r in runs.items():

@@ -146,6 +146,8 @@ def test_validate_det_scores_boxes_with_cocoeval_and_says_how_training_stopped(t
     assert set(run["coco"]["per_class"]) == {"bar", "spot"} and 0.0 <= run["coco"]["map50"] <= 1.0
     assert 1 <= run["epochs"] <= 6 and run["stopped"] and run["validation_images"] == 4
     assert report["config"]["epochs"] == 6 and report["config"]["patience"] == 2
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"- `real`: {run['epochs']} epochs on 20 images" in md and "COCO mAP@0.5" in md
 
 
 def test_validate_det_refuses_a_labeled_set_without_boxes_and_a_test_set_without_them(tmp_path, run_cli):
