@@ -146,28 +146,32 @@ class Det(nn.Module, Detector):
     # ---- training -----------------------------------------------------------------------------------------------
 
     def _targets(self, defects, masks, labels, class_names, boxes) -> tuple[list[str], list[np.ndarray]]:
-        """(class names, per defect image an n x 5 array of x0, y0, x1, y1, class index)."""
-        if boxes is not None:
-            names = sorted({str(b["class"]) for bs in boxes for b in bs}) if not class_names else list(class_names)
-            index = {c: i for i, c in enumerate(names)}
-            per_image = [np.array([[*b["bbox"][:2], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3],
-                                    index[str(b["class"])]] for b in bs], np.float32).reshape(-1, 5)
-                         for bs in boxes]
-            return names, per_image
-        if labels is None:
+        """(class names, per defect image an n x 5 array of x0, y0, x1, y1, class index): an image's `boxes`
+        where given, else the regions of each class in its label map (or its mask)."""
+        names = (list(class_names) or sorted({str(b["class"]) for bs in boxes or [] if bs for b in bs})
+                 or ["defect"])
+        if labels is None and masks is not None:  # a mask's regions are of the first class
             labels = np.asarray(masks, bool).astype(np.int64)
-            class_names = list(class_names[:1]) or ["defect"]
-        names = list(class_names)
-        return names, [np.array(boxes_from_labels(np.asarray(lab), len(names)), np.float32).reshape(-1, 5)
-                       for lab in labels]
+        index = {c: i for i, c in enumerate(names)}
+        out = []
+        for i in range(len(defects)):
+            given = boxes[i] if boxes is not None else None
+            if given is not None:
+                out.append(np.array([[*b["bbox"][:2], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3],
+                                      index[str(b["class"])]] for b in given], np.float32).reshape(-1, 5))
+            elif labels is not None:
+                out.append(np.array(boxes_from_labels(np.asarray(labels[i]), len(names)), np.float32).reshape(-1, 5))
+            else:
+                out.append(np.zeros((0, 5), np.float32))
+        return names, out
 
     def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
             progress: bool = False, *, cleans: np.ndarray | None = None, labels: np.ndarray | None = None,
             class_names: Sequence[str] = (), desc: str | None = None,
             boxes: Sequence[Sequence[dict]] | None = None) -> Det:
-        """Train on the defect images' boxes (`boxes`: per image a list of {"bbox": [x, y, w, h], "class"}; else
-        the regions of `labels` or `masks`), normals as images without boxes, by epochs with early stopping on a
-        validation split of the defects (see the module docstring)."""
+        """Train on the defect images' boxes (`boxes`: per image a list of {"bbox": [x, y, w, h], "class"}, or None
+        for an image whose label map's (or mask's) regions serve), normals as images without boxes, by epochs with
+        early stopping on a validation split of the defects (see the module docstring)."""
         from defectgen.progress import bar
 
         if defects is None or len(defects) == 0:

@@ -90,6 +90,10 @@ def _boxes_of(s: Sample, mask: np.ndarray | None) -> list[dict[str, Any]]:
             for b in s.boxes]
 
 
+def _class_or_defect(s: Sample) -> str:
+    return s.class_name if s.class_name not in (None, "good") else "defect"
+
+
 def _label_map(s: Sample, mask: np.ndarray, names: list[str]) -> np.ndarray:
     """Ints at the mask's size: 0 outside `mask`, 1 + index into `names` (extended as classes appear) inside; a
     multi-class image's pixels take the class of the smallest box holding them, the rest the image's class."""
@@ -198,9 +202,13 @@ def load_labeled(labeled: Path, size: Size, channels: int, test_classes: Sequenc
     if missing:
         raise DefectgenError(labeled, f"labeled class(es) {', '.join(missing)} do not occur in the test set "
                              f"(its classes: {', '.join(sorted(test_classes)) or 'none'})")
+    # the layout's own boxes at the model size, for box detectors (None: a mask's regions serve)
+    boxes = [[{"bbox": _scaled_box(b, s.height, s.width, m.shape), "class": b.label or _class_or_defect(s)}
+              for b in s.boxes] if s.boxes and s.mask_path is None else None
+             for s, m in zip(samples, masks, strict=True)]
     return {"images": stack_or_list([_fit(s.image, size, channels) for s in samples]),
             "masks": stack_or_list(masks), "labels": stack_or_list(label_maps), "class_names": names,
-            "samples": samples}
+            "boxes": boxes, "samples": samples}
 
 
 def _declared_sources(synthetic: Path) -> dict[Path, Path]:
@@ -343,16 +351,21 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     remap = np.arange(256, dtype=np.uint8)  # IGNORE (255) stays left out
     remap[:len(b["class_names"]) + 1] = [0] + [names.index(c) + 1 for c in b["class_names"]]
     cleans = None if a["cleans"] is None or b["cleans"] is None else _join(a["cleans"], b["cleans"])
+    boxes = None
+    if a.get("boxes") is not None or b.get("boxes") is not None:
+        boxes = [*(a.get("boxes") or [None] * len(a["images"])), *(b.get("boxes") or [None] * len(b["images"]))]
     return {"images": _join(a["images"], b["images"]), "masks": _join(a["masks"], b["masks"]),
             "cleans": cleans, "labels": _join(a["labels"], [remap[x] for x in b["labels"]]), "class_names": names,
             "synthetic_images": a["synthetic_images"] + b["synthetic_images"],
-            "real_images": a["real_images"] + b["real_images"]}
+            "real_images": a["real_images"] + b["real_images"], "boxes": boxes}
 
 
 def _training_set(images=None, masks=None, cleans=None, labels=None, class_names=(), synthetic_images=0,
-                  real_images=0) -> dict[str, Any]:
+                  real_images=0, boxes=None) -> dict[str, Any]:
+    """boxes: per image its layout's boxes ({"bbox": [x, y, w, h], "class"}) or None (its mask's regions serve),
+    or None for the whole set."""
     return {"images": images, "masks": masks, "cleans": cleans, "labels": labels, "class_names": list(class_names),
-            "synthetic_images": synthetic_images, "real_images": real_images}
+            "synthetic_images": synthetic_images, "real_images": real_images, "boxes": boxes}
 
 
 def _copypaste(normals: np.ndarray, labeled: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
@@ -451,7 +464,8 @@ def _training_sets(baselines: Sequence[str], inputs: dict[str, Any], n_draem: in
     runs_data: dict[str, dict[str, Any]] = {} if synthetic is None else {"synthetic": synthetic}
     n_syn = n_draem or (len(synthetic["images"]) if synthetic is not None else 100)
     real = None if labeled is None else _training_set(labeled["images"], labeled["masks"], None, labeled["labels"],
-                                                      labeled["class_names"], real_images=len(labeled["images"]))
+                                                      labeled["class_names"], real_images=len(labeled["images"]),
+                                                      boxes=labeled["boxes"])
     for b in baselines:
         if b == "none":
             runs_data[b] = _training_set()
@@ -478,8 +492,9 @@ def _train_and_score(name: str, data: dict[str, Any], det_cls, detector: str, bb
     model = det_cls.from_options(bb, options)
     if tile is not None:
         model = Tiled(model, tile, options.seed)
+    boxes = {"boxes": data["boxes"]} if det_cls.box_detector and data.get("boxes") is not None else {}
     model.fit(normals, data["images"], data["masks"], progress=progress, cleans=data["cleans"],
-              labels=data["labels"], class_names=data["class_names"], desc=f"[{name}] {detector}")
+              labels=data["labels"], class_names=data["class_names"], desc=f"[{name}] {detector}", **boxes)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     run: dict[str, Any] = {}
