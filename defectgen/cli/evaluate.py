@@ -33,8 +33,9 @@ from defectgen.report import fmt_metric
 
 @app.command("validate")
 def validate(
-    detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors) or seg (supervised "
-                                 "segmentation; also box mAP on multi-class test sets)."),
+    detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors), seg (supervised "
+                                 "segmentation; also box mAP on multi-class test sets) or det (a box detector, "
+                                 "scored by box mAP)."),
     train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
                                       "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
                                       "dataset without normal images, such as NEU-DET)."),
@@ -99,16 +100,19 @@ def validate(
 
     Examples:
 
-        defectgen validate --detector exdd --train ../shared/datasets/magnetic-tile --synthetic synth/
-        --test ../shared/datasets/magnetic-tile --backbone ../shared/weights/mobilenet_v2_1.0_224 --out report/
+        defectgen validate --detector exdd --train ../shared/datasets/magnetic-tile --synthetic synth/ \\
+            --test ../shared/datasets/magnetic-tile --backbone ../shared/weights/mobilenet_v2_1.0_224 --out report/
 
         defectgen validate --detector ast --train good/ --test test-set/ --synthetic none --out report/
 
-        defectgen validate --detector seg --train good/ --test test-set/ --synthetic synth/ --real-labeled labeled/
-        --baselines real,real+synthetic,copypaste,draem --out report/
+        defectgen validate --detector seg --train good/ --test test-set/ --synthetic synth/ --real-labeled labeled/ \\
+            --baselines real,real+synthetic,copypaste,draem --out report/
 
-        defectgen validate --detector seg --train none --test neu-det --real-labeled labels-20/ --synthetic synth/
-        --baselines real,real+synthetic --semi unlabeled/ --out report/
+        defectgen validate --detector seg --train none --test neu-det --real-labeled labels-20/ --synthetic synth/ \\
+            --baselines real,real+synthetic --semi unlabeled/ --out report/
+
+        defectgen validate --detector det --train none --test neu-det --real-labeled neu-det --synthetic none \\
+            --baselines real --resolution 224 --epochs 30 --out report/
     """
     from defectgen.detect.semi import PseudoLabelRule
     from defectgen.detect.validate import run_validation
