@@ -171,11 +171,11 @@ class Seg(nn.Module, Detector):
         train, val = validation_split(len(defects), o.seed)
         images = list(defects) + list(normals)
         normal_ids = list(range(len(defects), len(images)))
-        # the frozen backbone's maps of each defect in its four flips, each normal as it is and mirrored
+        # the frozen backbone's maps of each defect in its four flips, computed up front; a normal's (as it is or
+        # mirrored) only when a batch first draws it, since a run early-stopped may never draw most of them
         cache = MapCache(lambda x: self.backbone(x, self.strides), images, self.device)
-        cache.fill([(i, f) for i in train for f in range(len(FLIPS))] + [(i, 0) for i in val]
-                   + [(i, f) for i in normal_ids for f in range(2)], max(o.batch_size, 16), progress,
-                   f"{desc or 'seg'}: backbone maps")
+        cache.fill([(i, f) for i in train for f in range(len(FLIPS))] + [(i, 0) for i in val],
+                   max(o.batch_size, 16), progress, f"{desc or 'seg'}: backbone maps")
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
         self.train()

@@ -187,7 +187,7 @@ def detect_format(root: Path) -> str:
 
 
 def read_parts(root: Path) -> list[Path]:
-    """The folders under `root` that reading it walks (see `io.output._parts_read`): MVTec's and VOC's named parts,
+    """The folders under `root` that reading it walks (`io.output.check_outside_inputs`): MVTec's and VOC's named parts,
     else `root` itself."""
     root = Path(root).resolve()
     if not root.is_dir() or (root / "annotations.json").is_file():

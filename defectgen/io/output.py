@@ -108,6 +108,8 @@ def _write_marker(folder: Path, verb: str | None) -> None:
 def check_outside_inputs(path: str | Path, protect: Iterable[str | Path | None]) -> None:
     """Refuse an output path that is an input, contains one, or lies inside an input folder (whatever is written
     there would be read as input by the next run that walks that folder)."""
+    from defectgen.io.datasets import read_parts  # datasets imports this module
+
     path = Path(path)
     real = path.resolve()
     for p in protect:
@@ -117,18 +119,11 @@ def check_outside_inputs(path: str | Path, protect: Iterable[str | Path | None])
         if real == other or other.is_relative_to(real):
             relation = "is" if real == other else "contains"
             raise DefectgenError(path, f"output folder {relation} the input {p}; choose another `out_dir`")
-        if other.is_dir() and any(real.is_relative_to(part) for part in _parts_read(other)):
+        # a dataset root counts by the parts its reader walks (MVTec's train/ test/ ..., VOC's images/ ...), so a
+        # workspace's runs/ and reports/ may sit beside them; any other folder is walked whole
+        if other.is_dir() and any(real.is_relative_to(part) for part in read_parts(other)):
             raise DefectgenError(path, f"output folder lies inside the input folder {p}, where its files would "
                                  "become inputs; choose an `out_dir` outside it")
-
-
-def _parts_read(folder: Path) -> list[Path]:
-    """The folders a reader walks in the input `folder`: for a dataset root whose layout names its parts (MVTec's
-    train/ test/ ground_truth/ labeled/, VOC's images/ and annotations/) those parts, so a workspace's runs/ and
-    reports/ may sit beside them; any other folder is walked whole."""
-    from defectgen.io.datasets import read_parts
-
-    return read_parts(folder)
 
 
 class OutputFolder:
