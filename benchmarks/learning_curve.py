@@ -1,6 +1,7 @@
 """The real-only learning curve: the `real` run of `validate` trained on shares of the labeled defects, several seeds
 each (the share's subset and the detector's initialisation both drawn per seed), scored on the real test set.
-Writes benchmarks/results/learning_curve_<dataset>_<detector>_<tag>.json (mean +- std per share, each step's gain
+The frozen backbone's maps of each image are computed once for
+the whole curve (`detect.convergence.shared_maps`). Writes benchmarks/results/learning_curve_<dataset>_<detector>_<tag>.json (mean +- std per share, each step's gain
 against twice its standard error, the commit, the hardware) and a PNG plot beside it.
 
     python benchmarks/learning_curve.py --dataset neu-det --detector det --shares 0.2,0.4,1.0 --seeds 0,1,2
@@ -100,6 +101,7 @@ def main(argv: list[str]) -> None:
     a = p.parse_args(argv)
 
     from benchmarks.proof_neu import labeled_subsets
+    from defectgen.detect.convergence import shared_maps
     from defectgen.detect.validate import run_validation
 
     data = a.data or SHARED / "datasets" / a.dataset
@@ -112,7 +114,8 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     values: dict[str, dict[float, list[float]]] = {m: defaultdict(list) for m in metrics}
     runs = []
-    with tempfile.TemporaryDirectory(prefix="curve-") as tmp:
+    # every run trains and scores on the same images through the same frozen backbone: its maps are computed once
+    with tempfile.TemporaryDirectory(prefix="curve-") as tmp, shared_maps():
         work = Path(tmp)
         for seed in seeds:
             subsets = labeled_subsets(data / "train", shares, seed, work / f"s{seed}") if a.dataset == "neu-det" \

@@ -191,3 +191,25 @@ def test_validate_hands_det_the_layouts_own_boxes_unmerged(tmp_path):
     assert names == ["spot"] and per_image[0].tolist() == [[10, 10, 20, 20, 0], [20, 10, 30, 20, 0]]
     merged = det._targets(labeled["images"], labeled["masks"], labeled["labels"], ["spot"], None)[1]
     assert merged[0].tolist() == [[10, 10, 30, 20, 0]]  # what the label map alone gives
+
+
+def test_shared_map_store_computes_each_image_once_across_runs():
+    """Inside `shared_maps()` a second run on the same images (a learning curve's next share or seed) finds every
+    backbone map already computed, and trains to the same weights as a run without the store."""
+    from defectgen.detect.convergence import shared_maps
+
+    train, boxes = box_set(20, 6)
+    opts = DetectorOptions(epochs=2, patience=5, batch_size=8, lr=3e-3)
+
+    def fit():
+        return get_detector("det").from_options(load_backbone("tiny"), opts).fit(NO_NORMALS, train, None,
+                                                                                   boxes=boxes)
+    alone = fit()
+    with shared_maps() as store:
+        first = fit()
+        n = len(store)
+        second = fit()
+        assert n == 17 * 4 + 3 and len(store) == n  # training defects in four flips, validation ones as they are
+    for a, b in ((alone, first), (first, second)):
+        for k, v in a._trained_state().items():
+            torch.testing.assert_close(b._trained_state()[k], v)

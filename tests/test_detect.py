@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from defectgen.detect import AST, ExDD, load_backbone, train_ast
-from defectgen.detect.features import greedy_coreset, nearest_distance
+from defectgen.detect.features import greedy_coreset, nearest_distance, to_tensor
 from defectgen.errors import DefectgenError
 from defectgen.metrics import image_auroc
 
@@ -144,7 +144,9 @@ def test_ast_loss_falls_and_round_trips(backbone, tmp_path):
     syn, masks, clean = bright_squares(rng, 8)
     torch.manual_seed(0)
     model = AST(backbone, width=8, head_width=16)
-    history = train_ast(model, train, syn, masks, clean, steps=40, batch_size=8, lr=3e-3, progress=False)
+    history, report = train_ast(model, train, syn, masks, clean, steps=40, batch_size=8, lr=3e-3,
+                                progress=False)
+    assert report["validation_images"] == 0  # 8 defects: too few to carve a split, every pass runs
     assert np.mean(history[-5:]) < 0.8 * np.mean(history[:5])
     assert model.use_head
     test_def, _, _ = bright_squares(rng, 4)
@@ -159,10 +161,40 @@ def test_ast_loss_falls_and_round_trips(backbone, tmp_path):
 def test_ast_without_defects_uses_student_teacher_distance(backbone):
     rng = np.random.default_rng(3)
     model = AST(backbone, width=8, head_width=16)
-    history = train_ast(model, normals(rng, 8, channels=3), steps=15, batch_size=4, progress=False)
+    history, report = train_ast(model, normals(rng, 8, channels=3), steps=15, batch_size=4, progress=False)
+    assert len(history) == 15 and "no defects" in report["stopped"]
     assert not model.use_head and np.mean(history[-3:]) < np.mean(history[:3])
     maps, scores = model.predict(normals(rng, 2, channels=3))
     assert maps.shape == (2, SIZE, SIZE) and (scores >= 0).all()
+
+
+def test_ast_head_stops_early_on_its_validation_split_and_keeps_the_best_pass(backbone):
+    rng = np.random.default_rng(4)
+    syn, masks, clean = bright_squares(rng, 24)
+    model = AST(backbone, width=8, head_width=16)
+    # lr 0: nothing learns, so the first pass's validation AP is never beaten and three passes later it stops
+    history, report = train_ast(model, normals(rng, 6), syn, masks, clean, steps=500, batch_size=8, lr=0.0,
+                                patience=3, progress=False)
+    assert report["validation_images"] == 4 and report["train_images"] == 20
+    assert report["epochs"] == 4 and "no validation gain" in report["stopped"] and report["best_epoch"] == 1
+    assert len(history) == 4 * 5  # four passes of 20 training defects, 4 per batch
+
+
+def test_ast_losses_from_cached_teacher_maps_equal_the_live_ones(backbone):
+    from defectgen.detect.convergence import MapCache
+
+    rng = np.random.default_rng(5)
+    syn, masks, clean = bright_squares(rng, 3)
+    model = AST(backbone, width=8, head_width=16).eval()
+    x, c = to_tensor(syn, model.device), to_tensor(clean, model.device)
+    m = torch.from_numpy(masks.astype(np.float32))
+    cache = MapCache(lambda t: model.teacher(t, model.strides), list(syn) + list(clean), model.device)
+    with torch.no_grad():
+        live = model.losses(x, c, m, with_head=True)
+        cached = model.losses_of(x, cache.maps([(3, 0), (4, 0), (5, 0)]), cache.maps([(0, 0), (1, 0), (2, 0)]), m,
+                                 with_head=True)
+    for k in live:  # half-precision cache: equal up to float16 rounding
+        torch.testing.assert_close(cached[k], live[k], rtol=1e-2, atol=1e-3)
 
 
 def test_load_rejects_other_files(tmp_path, backbone):

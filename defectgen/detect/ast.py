@@ -105,7 +105,7 @@ class AST(nn.Module, Detector):
     """teacher: the frozen backbone; strides: teacher levels (4, 8, 16 as in DeSTSeg); width: student width;
     top_k: fraction of the map's pixels averaged into the image score; sigma: blur of the map in pixels."""
 
-    options = ("seed", "sigma", "steps", "batch_size", "lr", "width")
+    options = ("seed", "sigma", "steps", "batch_size", "lr", "width", "patience")
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (4, 8, 16), width: int = 32,
                  head_width: int = 64, top_k: float = 0.002, sigma: float = 4.0):
@@ -120,6 +120,7 @@ class AST(nn.Module, Detector):
         self.use_head = False  # becomes True once the head has seen synthetic defects
         self.train_options = DetectorOptions()
         self.history: list[float] = []
+        self.convergence: dict[str, Any] = {}
         self.to(backbone.mean.device)
 
     @classmethod
@@ -139,8 +140,9 @@ class AST(nn.Module, Detector):
         from defectgen.detect.training import train_ast
 
         o = self.train_options
-        self.history = train_ast(self, normals, defects, masks, cleans, steps=o.steps, batch_size=o.batch_size,
-                                 lr=o.lr, seed=o.seed, progress=progress, desc=desc or "ast")
+        self.history, self.convergence = train_ast(
+            self, normals, defects, masks, cleans, steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=o.seed,
+            patience=o.patience, progress=progress, desc=desc or "ast")
         return self
 
     def summary(self) -> dict[str, Any]:
@@ -148,7 +150,8 @@ class AST(nn.Module, Detector):
         if not h:
             return {}
         n = max(1, len(h) // 20)
-        return {"loss_first": float(np.mean(h[:n])), "loss_last": float(np.mean(h[-n:])), "steps": len(h)}
+        return {"loss_first": float(np.mean(h[:n])), "loss_last": float(np.mean(h[-n:])), "steps": len(h),
+                **self.convergence}
 
     @property
     def device(self) -> torch.device:
@@ -174,6 +177,11 @@ class AST(nn.Module, Detector):
         with torch.no_grad():
             t_clean = self.teacher(clean, self.strides)
             t_img = self.teacher(images, self.strides)
+        return self.losses_of(images, t_clean, t_img, masks, with_head)
+
+    def losses_of(self, images: torch.Tensor, t_clean: list[torch.Tensor], t_img: list[torch.Tensor],
+                  masks: torch.Tensor, with_head: bool) -> dict[str, torch.Tensor]:
+        """`losses` with the teacher's maps of the clean and the defect images given (live or cached)."""
         s = self.student(self.teacher._prepare(images))
         out = {"cosine": cosine_loss(s, t_clean)}
         if with_head:
@@ -184,6 +192,11 @@ class AST(nn.Module, Detector):
             out["l1"] = (torch.sigmoid(logits) - masks).abs().mean()
         out["total"] = sum(out.values())
         return out
+
+    def head_map(self, images: torch.Tensor, t_img: list[torch.Tensor]) -> torch.Tensor:
+        """The head's defect probability, B x H x W, of images whose teacher maps are given."""
+        s = self.student(self.teacher._prepare(images))
+        return torch.sigmoid(upsample(self.head(self._head_input(t_img, s)), tuple(images.shape[-2:])))[:, 0]
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 16

@@ -33,7 +33,8 @@ from torch import nn
 
 from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
-from defectgen.detect.convergence import FLIPS, EarlyStopping, MapCache, validation_split
+from defectgen.detect.convergence import (FLIPS, EarlyStopping, MapCache, backbone_identity, stored_maps_of,
+                                          validation_split)
 from defectgen.detect.features import batches, to_tensor
 from defectgen.errors import DefectgenError
 
@@ -189,7 +190,8 @@ class Det(nn.Module, Detector):
         targets = targets + [np.zeros((0, 5), np.float32)] * len(normals)
         train, val = validation_split(len(defects), o.seed)
         train += list(range(len(defects), len(images)))  # normals: images without boxes, never validated
-        cache = MapCache(self.pyramid.body_maps, images, self.device, prepare=_padded)
+        cache = MapCache(self.pyramid.body_maps, images, self.device, prepare=_padded,
+                         identity=self._identity())
         cache.fill([(i, f) for i in train for f in range(self.flips)] + [(i, 0) for i in val],
                    max(o.batch_size, 16), progress, f"{desc or 'det'}: backbone maps")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -229,6 +231,9 @@ class Det(nn.Module, Detector):
                        "defect_images": int(len(defects))}
         return self
 
+    def _identity(self) -> str:
+        return backbone_identity(self.backbone, self.strides, f"padded to {_PAD}")
+
     def _trained_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not _is_backbone_key(k)}
 
@@ -249,6 +254,7 @@ class Det(nn.Module, Detector):
         """Per image its boxes; `maps_of(slice)`, when given, hands the batch's cached backbone maps."""
         self.model.eval()
         found = []
+        maps_of = maps_of or stored_maps_of(self.pyramid.body_maps, images, self.device, self._identity(), _padded)
         for sl in batches(len(images), batch_size):
             x = [_as_rgb(t) for t in to_tensor(images[sl], self.device)]
             self.pyramid.cached = maps_of(sl) if maps_of is not None else None

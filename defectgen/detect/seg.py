@@ -35,7 +35,8 @@ from torch import nn
 from defectgen.detect.ast import focal_loss
 from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
-from defectgen.detect.convergence import FLIPS, EarlyStopping, MapCache, validation_split
+from defectgen.detect.convergence import (FLIPS, EarlyStopping, MapCache, backbone_identity, stored_maps_of,
+                                          validation_split)
 from defectgen.detect.features import batches, to_tensor, top_k_mean
 from defectgen.detect.training import StepLoop
 from defectgen.errors import DefectgenError
@@ -173,7 +174,8 @@ class Seg(nn.Module, Detector):
         normal_ids = list(range(len(defects), len(images)))
         # the frozen backbone's maps of each defect in its four flips, computed up front; a normal's (as it is or
         # mirrored) only when a batch first draws it, since a run early-stopped may never draw most of them
-        cache = MapCache(lambda x: self.backbone(x, self.strides), images, self.device)
+        cache = MapCache(lambda x: self.backbone(x, self.strides), images, self.device,
+                         identity=backbone_identity(self.backbone, self.strides))
         cache.fill([(i, f) for i in train for f in range(len(FLIPS))] + [(i, 0) for i in val],
                    max(o.batch_size, 16), progress, f"{desc or 'seg'}: backbone maps")
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
@@ -254,8 +256,11 @@ class Seg(nn.Module, Detector):
     def _run(self, images: np.ndarray, batch_size: int, boxes: bool) -> tuple[np.ndarray, np.ndarray, list]:
         self.eval()
         maps, found = [], []
+        maps_of = stored_maps_of(lambda x: self.backbone(x, self.strides), images, self.device,
+                                 backbone_identity(self.backbone, self.strides))
         for sl in batches(len(images), batch_size):
-            logits = self(to_tensor(images[sl], self.device))
+            logits = (self(to_tensor(images[sl], self.device)) if maps_of is None
+                      else self.decode(maps_of(sl), images.shape[1:3]))
             prob = torch.sigmoid(logits[:, 0]).cpu().numpy().astype(np.float32)
             maps.append(prob)
             if boxes:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 import time
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from defectgen.detect.ast import AST
-from defectgen.detect.features import to_tensor
+from defectgen.detect.convergence import EarlyStopping, MapCache, backbone_identity, validation_split
+from defectgen.detect.features import batches
 
 
 class StepLoop:
@@ -58,11 +61,18 @@ def _say(text: str) -> None:
 
 def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None,
               masks: np.ndarray | None = None, cleans: np.ndarray | None = None, steps: int = 1000,
-              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-              desc: str = "ast") -> list[float]:
-    """Train the student (and, with defects, the segmentation head) for `steps` Adam steps; returns the loss
-    of each step. normals: N x H x W x C uint8. defects/masks/cleans: the synthetic images, their masks and the
-    normals they were made from (equal shapes). Half of each batch is synthetic when there are defects."""
+              batch_size: int = 8, lr: float = 1e-3, seed: int = 0, patience: int = 5, progress: bool = True,
+              desc: str = "ast") -> tuple[list[float], dict[str, Any]]:
+    """Train the student (and, with defects, the segmentation head) for at most `steps` Adam steps; returns the
+    loss of each step and how training converged. normals: N x H x W x C uint8. defects/masks/cleans: the synthetic
+    images, their masks and the normals they were made from (equal shapes). Half of each batch is synthetic when
+    there are defects.
+
+    With defects, training runs by passes over the training defects with early stopping: a validation split carved
+    from them (`convergence.validation_split`) is scored by the head's pixel AP after each pass, the best pass's
+    student and head are kept, and `patience` passes without a gain end training. The frozen teacher's maps of
+    every image (normals as they are and mirrored, defects, their clean normals) are computed once and cached; the
+    student, which learns, runs live. Without defects the student alone learns, for `steps` steps."""
     has_defects = defects is not None and len(defects) > 0
     if has_defects and (masks is None or cleans is None or not len(masks) == len(cleans) == len(defects)):
         raise ValueError("defects need masks and clean images, one each")
@@ -75,21 +85,64 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
     model.head.train()
     n_def = batch_size // 2 if has_defects else 0
     n_norm = batch_size - n_def
+    n_d = len(defects) if has_defects else 0
+    # one image list for the teacher's cache: defects, their cleans, then the normals
+    images = (list(defects) + list(cleans) if has_defects else []) + list(normals)
+    normal0 = 2 * n_d
+    cache = MapCache(lambda x: model.teacher(x, model.strides), images, model.device,
+                     identity=backbone_identity(model.teacher, model.strides))
+    train, val = validation_split(n_d, seed) if has_defects else ([], [])
+    cache.fill([(i, 0) for i in train] + [(n_d + i, 0) for i in train] + [(i, 0) for i in val],
+               max(batch_size, 16), progress, f"{desc}: teacher maps")
+    stop = EarlyStopping(patience)
     loop = StepLoop(opt, steps, lr, batch_size, progress, desc)
-    for _ in range(steps):
-        idx = rng.integers(len(normals), size=n_norm)
-        # random flips keep a small set of normals from being memorised pixel by pixel
-        imgs = [normals[i][:, ::-1] if rng.random() < 0.5 else normals[i] for i in idx]
-        clean = list(imgs)
-        mk = [np.zeros(normals.shape[1:3], np.float32)] * n_norm
-        if has_defects:
-            jdx = rng.integers(len(defects), size=n_def)
-            imgs += [defects[j] for j in jdx]
-            clean += [cleans[j] for j in jdx]
-            mk += [masks[j].astype(np.float32) for j in jdx]
-        x = to_tensor(imgs, model.device)
-        c = to_tensor(clean, model.device)
-        m = torch.from_numpy(np.stack(mk)).to(model.device)
-        loop.step(model.losses(x, c, m, with_head=has_defects)["total"])
+    # a pass shows every training defect once; without defects a "pass" is a tenth of the steps, for the record
+    per_pass = -(-len(train) // n_def) if train else max(1, steps // 10)
+    mk_normal = np.zeros(normals.shape[1:3], np.float32)
+    done, perm, pass_losses = 0, None, []
+    while done < steps:
+        for k in range(per_pass):
+            if done >= steps:
+                break
+            if k == 0 and train:
+                perm = rng.permutation(len(train))
+            # normals, half of them mirrored: a small set of normals is not memorised pixel by pixel
+            keys = [(normal0 + int(i), int(rng.random() < 0.5)) for i in rng.integers(len(normals), size=n_norm)]
+            picks = [train[perm[(k * n_def + j) % len(train)]] for j in range(n_def)] if train else []
+            x = torch.stack([cache.image(i, f) for i, f in keys] + [cache.image(j, 0) for j in picks]).to(model.device)
+            t_clean = cache.maps(keys + [(n_d + j, 0) for j in picks])
+            t_img = cache.maps(keys + [(j, 0) for j in picks])
+            m = torch.from_numpy(np.stack([mk_normal] * n_norm + [masks[j].astype(np.float32) for j in picks])
+                                 ).to(model.device)
+            loss = model.losses_of(x, t_clean, t_img, m, with_head=has_defects)["total"]
+            loop.step(loss)
+            pass_losses.append(float(loss.detach()))
+            done += 1
+        score = _val_ap(model, cache, val, masks) if val else None
+        if stop.update(len(stop.history) + 1, float(np.mean(pass_losses)), score, lambda: _trained_state(model)):
+            break
+        pass_losses = []
+    history = loop.close()
+    stop.restore(model)
     model.eval()
-    return loop.close()
+    report = stop.report(len(val), len(train), "pixel AP") if has_defects else {
+        "epochs": len(stop.history), "train_images": len(normals),
+        "stopped": "no defects to validate on: the student ran every step"}
+    return history, report
+
+
+def _trained_state(model: AST) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+
+
+@torch.no_grad()
+def _val_ap(model: AST, cache: MapCache, val: list[int], masks: np.ndarray) -> float:
+    """Pixel AP of the head's maps of the validation defects (teacher maps from the cache)."""
+    from defectgen.metrics import average_precision
+
+    model.eval()
+    probs = [model.head_map(torch.stack([cache.image(i, 0) for i in val[sl]]).to(model.device),
+                            cache.maps([(i, 0) for i in val[sl]])).cpu() for sl in batches(len(val), 16)]
+    model.student.train()
+    model.head.train()
+    return float(average_precision(np.asarray(masks)[val].astype(bool).ravel(), torch.cat(probs).numpy().ravel()))
