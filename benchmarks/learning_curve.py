@@ -1,7 +1,7 @@
 """The real-only learning curve: the `real` run of `validate` trained on shares of the labeled defects, several seeds
-each (the share's subset and the detector's initialisation both drawn per seed), scored on the real test set.
-The frozen backbone's maps of each image are computed once for
-the whole curve (`detect.convergence.shared_maps`). Writes benchmarks/results/learning_curve_<dataset>_<detector>_<tag>.json (mean +- std per share, each step's gain
+each (the share's subset and the detector's initialisation both drawn per seed), scored on the real test set. The
+frozen backbone's maps of each image are computed once for the whole curve (`detect.convergence.shared_maps`).
+Writes benchmarks/results/learning_curve_<dataset>_<detector>_<tag>.json (mean +- std per share, each step's gain
 against twice its standard error, the commit, the hardware) and a PNG plot beside it.
 
     python benchmarks/learning_curve.py --dataset neu-det --detector det --shares 0.2,0.4,1.0 --seeds 0,1,2

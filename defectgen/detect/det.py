@@ -33,8 +33,14 @@ from torch import nn
 
 from defectgen.detect.backbone import TINY, Backbone, backbone_of, backbone_record
 from defectgen.detect.base import Detector, DetectorOptions, read_weights, register_detector, write_weights
-from defectgen.detect.convergence import (FLIPS, EarlyStopping, MapCache, backbone_identity, stored_maps_of,
-                                          validation_split)
+from defectgen.detect.convergence import (
+    FLIPS,
+    EarlyStopping,
+    MapCache,
+    backbone_identity,
+    stored_maps_of,
+    validation_split,
+)
 from defectgen.detect.features import batches, to_tensor
 from defectgen.errors import DefectgenError
 
