@@ -3,6 +3,7 @@ the train split, by epochs with early stopping on a validation split of those la
 benchmarks/results/det_neu_<tag>.json with the hardware, the git commit, the training report and the time.
 
     python benchmarks/det_neu.py --share 1.0 --epochs 50 --patience 5 --tag cpu-full
+    python benchmarks/det_neu.py --share 1.0 --box-head retinanet --tag cpu-retinanet
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--box-head", default="fcos", help="fcos, retinanet or faster-rcnn")
     p.add_argument("--tag", default="cpu")
     a = p.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> None:
     test, test_boxes = load(Path(a.data), "test", a.size, 1.0, 0)
     classes = sorted({b["class"] for bs in train_boxes + test_boxes for b in bs})
     det = get_detector("det").from_options(load_backbone(a.backbone), DetectorOptions(
-        seed=a.seed, epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr))
+        seed=a.seed, epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, box_head=a.box_head))
     det.fit(np.zeros((0, *train.shape[1:]), np.uint8), train, None, boxes=train_boxes, class_names=classes,
             progress=True)
     fit_s = time.perf_counter() - started

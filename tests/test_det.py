@@ -173,6 +173,10 @@ def test_validate_det_refuses_a_labeled_set_without_boxes_and_a_test_set_without
                            "--out", tmp_path / "r2")
     assert code == 2 and not (tmp_path / "r2").exists(), err
     assert len([line for line in err.strip().splitlines() if line.startswith("error:")]) == 1, err
+    code, _, err = run_cli("validate", "--detector", "det", "--train", "none", "--test", tmp_path / "test",
+                           "--real-labeled", tmp_path / "labeled", "--synthetic", "none", "--baselines", "real",
+                           "--box-head", "yolo", "--out", tmp_path / "r3")
+    assert code == 2 and "unknown box head 'yolo'" in err and not (tmp_path / "r3").exists(), err
 
 
 def test_validate_hands_det_the_layouts_own_boxes_unmerged(tmp_path):
@@ -213,3 +217,23 @@ def test_shared_map_store_computes_each_image_once_across_runs():
     for a, b in ((alone, first), (first, second)):
         for k, v in a._trained_state().items():
             torch.testing.assert_close(b._trained_state()[k], v)
+
+
+@pytest.mark.parametrize("head", ["retinanet", "faster-rcnn"])
+def test_other_box_heads_train_on_the_same_pyramid_and_round_trip(head, tmp_path):
+    train, boxes = box_set(12, 7)
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=2, batch_size=6,
+                                                                                    lr=3e-3, box_head=head))
+    det.fit(NO_NORMALS, train, None, boxes=boxes)
+    assert det.summary()["epochs"] == 2 and np.isfinite(det.summary()["history"][-1]["loss"])
+    det.save(tmp_path / "det.safetensors")
+    again = load_detector(tmp_path / "det.safetensors", backbone=det.backbone)
+    assert again.head == head
+    _, _, before = det.predict_with_boxes(train[:3])
+    _, _, after = again.predict_with_boxes(train[:3])
+    assert [[b["bbox"] for b in bs] for bs in before] == [[b["bbox"] for b in bs] for bs in after]
+
+
+def test_unknown_box_head_is_one_clear_error():
+    with pytest.raises(DefectgenError, match="unknown box head 'yolo'"):
+        get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(box_head="yolo"))

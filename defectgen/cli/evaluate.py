@@ -67,6 +67,8 @@ def validate(
                                "validation split of the training defects ends sooner."),
     patience: int = typer.Option(5, "--patience", min=1, help="det, seg: epochs (passes over the training "
                                  "defects) without a validation gain that stop training."),
+    box_head: str = typer.Option("fcos", "--box-head", help="det: torchvision's detection model on the backbone's "
+                                 "feature pyramid: fcos, retinanet or faster-rcnn."),
     coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
                                         "the negative bank (greedy k-center)."),
     positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
@@ -124,7 +126,7 @@ def validate(
     results = run_validation(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names(baselines), backbone=backbone,
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, epochs=epochs,
-        patience=patience, coreset_ratio=coreset_ratio,
+        patience=patience, coreset_ratio=coreset_ratio, box_head=box_head,
         n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
         overwrite=overwrite, progress=True, save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,

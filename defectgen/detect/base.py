@@ -46,6 +46,7 @@ class DetectorOptions:
     width: int | None = None
     epochs: int = 50      # detectors trained by epochs (det): the cap
     patience: int = 5     # ... and the epochs without a validation gain that stop them early
+    box_head: str = "fcos"  # det: fcos, retinanet or faster-rcnn (torchvision's models on the same pyramid)
 
 
 class Detector(ABC):

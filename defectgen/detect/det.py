@@ -70,6 +70,44 @@ class _Pyramid(nn.Module):
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
+def _fcos(pyramid: _Pyramid, strides: Sequence[int], score_thresh: float, common: dict) -> nn.Module:
+    """Anchor-free: one point per cell of each level, its size the level's stride."""
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    return FCOS(pyramid, anchor_generator=anchors, score_thresh=score_thresh, detections_per_img=100, **common)
+
+
+def _anchors(strides: Sequence[int]):
+    """Three sizes (4, 5 and 6.3 strides: RetinaNet's octave scales) and three aspect ratios per level."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(tuple(float(4 * s * 2 ** (k / 3)) for k in range(3)) for s in strides)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+
+
+def _retinanet(pyramid: _Pyramid, strides: Sequence[int], score_thresh: float, common: dict) -> nn.Module:
+    """One stage on anchors, focal loss."""
+    from torchvision.models.detection import RetinaNet
+
+    return RetinaNet(pyramid, anchor_generator=_anchors(strides), score_thresh=score_thresh, detections_per_img=100,
+                     **common)
+
+
+def _faster_rcnn(pyramid: _Pyramid, strides: Sequence[int], score_thresh: float, common: dict) -> nn.Module:
+    """Two stages: region proposals on anchors, then RoIAlign over every pyramid level and a box head."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.ops import MultiScaleRoIAlign
+
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], output_size=7, sampling_ratio=2)
+    return FasterRCNN(pyramid, rpn_anchor_generator=_anchors(strides), box_roi_pool=pool,
+                      box_score_thresh=score_thresh, box_detections_per_img=100, **common)
+
+
+BOX_HEADS = {"fcos": _fcos, "retinanet": _retinanet, "faster-rcnn": _faster_rcnn}
+
+
 def boxes_from_labels(labels: np.ndarray, n_classes: int) -> list[tuple[float, float, float, float, int]]:
     """(x0, y0, x1, y1, class index) of each connected region of each class in a label map (0 = background,
     1 + class index inside defects)."""
@@ -102,15 +140,18 @@ class Det(nn.Module, Detector):
     channels; class_names: set by `fit`; size: (H, W) of the model input, set by `fit`; score_thresh: boxes
     below it are dropped."""
 
-    options = ("seed", "batch_size", "lr", "width", "epochs", "patience")
+    options = ("seed", "batch_size", "lr", "width", "epochs", "patience", "box_head")
     supervised = True
     produces_boxes = True
     box_detector = True
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (8, 16, 32), width: int = 64,
                  class_names: Sequence[str] = (), size: Sequence[int] = (256, 256), score_thresh: float = 0.05,
-                 flips: int = 4):
+                 flips: int = 4, head: str = "fcos"):
         super().__init__()
+        if head not in BOX_HEADS:
+            raise DefectgenError(None, f"unknown box head {head!r}: choose one of {', '.join(BOX_HEADS)}")
+        self.head = head
         self.backbone = backbone
         self.strides = tuple(int(s) for s in strides)
         self.width, self.score_thresh = int(width), float(score_thresh)
@@ -127,16 +168,11 @@ class Det(nn.Module, Detector):
         self.to(backbone.mean.device)
 
     def _build(self, class_names: Sequence[str], size: tuple[int, int]) -> None:
-        from torchvision.models.detection import FCOS
-        from torchvision.models.detection.anchor_utils import AnchorGenerator
-
         self.class_names, self.size = [str(c) for c in class_names], (int(size[0]), int(size[1]))
-        levels = self.strides  # one point per cell of each pyramid level, its size the level's stride
-        anchors = AnchorGenerator(tuple((s,) for s in levels), ((1.0,),) * len(levels))
         # images arrive in [0, 1] at the model size: no resize, and the backbone normalises them itself
-        self.model = FCOS(self.pyramid, num_classes=len(self.class_names) + 1, min_size=min(self.size),
-                          max_size=max(self.size), image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-                          anchor_generator=anchors, score_thresh=self.score_thresh, detections_per_img=100)
+        common = {"num_classes": len(self.class_names) + 1, "min_size": min(self.size), "max_size": max(self.size),
+                  "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0]}
+        self.model = BOX_HEADS[self.head](self.pyramid, self.strides, self.score_thresh, common)
         self.model.to(self.backbone.mean.device)
 
     @property
@@ -146,7 +182,7 @@ class Det(nn.Module, Detector):
     @classmethod
     def from_options(cls, backbone: Backbone, options: DetectorOptions) -> Det:
         torch.manual_seed(options.seed)
-        model = cls(backbone, width=options.width or (32 if backbone.name == TINY else 64))
+        model = cls(backbone, width=options.width or (32 if backbone.name == TINY else 64), head=options.box_head)
         model.train_options = options
         return model
 
@@ -303,7 +339,7 @@ class Det(nn.Module, Detector):
     def config(self) -> dict[str, Any]:
         return {"detector": "det", **backbone_record(self.backbone), "strides": list(self.strides),
                 "width": self.width, "class_names": self.class_names, "size": list(self.size),
-                "score_thresh": self.score_thresh, "flips": self.flips}
+                "score_thresh": self.score_thresh, "flips": self.flips, "head": self.head}
 
     def save(self, path: str | Path) -> None:
         """Pyramid and head weights (the backbone is named, not stored) in one safetensors file."""
@@ -314,7 +350,7 @@ class Det(nn.Module, Detector):
         state, meta = read_weights(path, "det", "det weights file")
         try:
             model = cls(backbone or backbone_of(meta), meta["strides"], meta["width"], meta["class_names"],
-                        meta["size"], meta["score_thresh"], meta.get("flips", 4))
+                        meta["size"], meta["score_thresh"], meta.get("flips", 4), meta.get("head", "fcos"))
             missing, unexpected = model.load_state_dict(state, strict=False)
         except (KeyError, RuntimeError) as e:
             raise DefectgenError(path, f"det weights do not fit this model ({str(e).splitlines()[0]})") from None

@@ -607,7 +607,8 @@ def run_validation(
     student_width: int | None = None, positive_quantile: float | None = None,
     real_labeled: str | Path | None = None, tile: int | None = None,
     feature_timesteps: Sequence[int] | None = None, feature_dim: int | None = None,
-    semi: str | Path | None = None, semi_rule: PseudoLabelRule | None = None) -> dict[str, Any]:
+    semi: str | Path | None = None, semi_rule: PseudoLabelRule | None = None, box_head: str = "fcos"
+) -> dict[str, Any]:
     """Train `detector` once per run (synthetic set, then each baseline), score each on the real test set,
     write the report to `out`, and return the results dict (also written as report.json).
 
@@ -628,9 +629,13 @@ def run_validation(
 
     semi: a folder of unlabeled images (any layout; its labels, if any, are not read): each run gets a
     `RUN+pseudo` twin trained with the pseudo-labels its teacher gives them under `semi_rule`
-    (`defectgen.detect.semi`; seg only)."""
+    (`defectgen.detect.semi`; seg only). box_head: det's torchvision model (`detect.det.BOX_HEADS`)."""
+    from defectgen.detect.det import BOX_HEADS
+
     start = time.perf_counter()
     det_cls = get_detector(detector)
+    if box_head not in BOX_HEADS:
+        raise DefectgenError(None, f"unknown box head {box_head!r}: choose one of {', '.join(BOX_HEADS)}")
     resolution, tile = parse_resolution(resolution), check_tile(tile)
     baselines, skipped = _check_choices(detector, det_cls, train, synthetic, baselines, real_labeled)
     if semi is not None:
@@ -667,11 +672,11 @@ def run_validation(
         size = test_set["size"] or (tile, tile)
         options = DetectorOptions(seed=seed, sigma=4.0 * min(size) / 256, steps=steps, batch_size=batch_size, lr=lr,
                                   coreset_ratio=coreset_ratio, positive_quantile=positive_quantile, width=student_width,
-                                  epochs=epochs, patience=patience)
+                                  epochs=epochs, patience=patience, box_head=box_head)
         results = _run_all(out, detector, det_cls, bb, options, inputs, runs_data,
                            boxes_too, tile, n_overlays, save_models, progress, semi_rule)
         settings = {"backbone": backbone, "resolution": list(size), "tile": tile, "seed": seed, "steps": steps,
-                    "epochs": epochs, "patience": patience,
+                    "epochs": epochs, "patience": patience, "box_head": box_head if detector == "det" else None,
                     "student_width": student_width, "batch_size": batch_size, "lr": lr, "coreset_ratio": coreset_ratio,
                     "positive_quantile": positive_quantile, "max_train": max_train, "max_test": max_test,
                     "semi": str(semi) if semi is not None else None,
