@@ -40,7 +40,7 @@ NO_NORMALS = np.zeros((0, 64, 64, 1), np.uint8)
 @pytest.fixture(scope="module")
 def trained():
     train, train_boxes = box_set(40, 0)
-    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=60, patience=60,
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=6, patience=6,
                                                                                     batch_size=8, lr=3e-3))
     return det.fit(NO_NORMALS, train, None, boxes=train_boxes)
 
@@ -56,7 +56,7 @@ def test_det_finds_the_boxes_and_cocoeval_scores_it_above_one_half(trained):
     x, y, w, h = (int(round(v)) for v in top["bbox"])
     assert maps[0, y + h // 2, x + w // 2] == pytest.approx(top["score"]) and scores[0] == pytest.approx(top["score"])
     report = trained.summary()
-    assert report["validation_images"] == 6 and report["train_images"] == 34 and report["epochs"] == 60
+    assert report["validation_images"] == 6 and report["train_images"] == 34 and report["epochs"] == 6
 
 
 def test_weights_round_trip(trained, tmp_path):
@@ -222,10 +222,10 @@ def test_shared_map_store_computes_each_image_once_across_runs():
 @pytest.mark.parametrize("head", ["retinanet", "faster-rcnn"])
 def test_other_box_heads_train_on_the_same_pyramid_and_round_trip(head, tmp_path):
     train, boxes = box_set(12, 7)
-    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=2, batch_size=6,
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(epochs=1, batch_size=6,
                                                                                     lr=3e-3, box_head=head))
     det.fit(NO_NORMALS, train, None, boxes=boxes)
-    assert det.summary()["epochs"] == 2 and np.isfinite(det.summary()["history"][-1]["loss"])
+    assert det.summary()["epochs"] == 1 and np.isfinite(det.summary()["history"][-1]["loss"])
     det.save(tmp_path / "det.safetensors")
     again = load_detector(tmp_path / "det.safetensors", backbone=det.backbone)
     assert again.head == head

@@ -21,6 +21,32 @@ VALIDATION_SHARE = 0.15
 MIN_DEFECTS_FOR_VALIDATION = 20  # fewer: every defect trains and every epoch runs (a 2-image split only adds noise)
 
 
+MIN_STEPS_PER_EPOCH = 50  # between two validations: a small set is not stopped after a few dozen steps
+
+
+def steps_per_epoch(n_train: int, per_step: int) -> int:
+    """Steps between two validations ("an epoch" in the reports): one pass over `n_train` training defects,
+    `per_step` a step, and at least `MIN_STEPS_PER_EPOCH`, so that `patience` epochs are never only a few dozen
+    steps (30 labeled defects, 4 a step, stopped after 6 passes of 7 steps: pixel AUROC 0.62 on magnetic-tile)."""
+    return max(-(-n_train // max(per_step, 1)), MIN_STEPS_PER_EPOCH)
+
+
+class Shuffled:
+    """Draws training items in shuffled passes: each pass a new permutation, every item once a pass."""
+
+    def __init__(self, items: Sequence[int], rng: np.random.Generator):
+        self.items, self.rng, self.order, self.pos = list(items), rng, [], 0
+
+    def draw(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= len(self.order):
+                self.order, self.pos = [self.items[i] for i in self.rng.permutation(len(self.items))], 0
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out
+
+
 def validation_split(n_defects: int, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices) of `n_defects` defect images: a seeded 15% for validation, none when
     there are fewer than `MIN_DEFECTS_FOR_VALIDATION`."""

@@ -7,7 +7,8 @@ GIoU from torchvision; its scale assignment follows the pyramid's strides. Faste
 compared yet.
 
 Training runs by epochs with early stopping: a validation split carved from the training defects (never the test
-set) is scored with COCO mAP@0.5 after every epoch, the best weights are kept, and training stops when `patience`
+set) is scored with COCO mAP@0.5 after every epoch (a pass over the training images, and at least
+`convergence.MIN_STEPS_PER_EPOCH` steps), the best weights are kept, and training stops when `patience`
 epochs bring no gain, or at the `epochs` cap. The backbone is frozen, so its maps are computed once per image and
 flip variant (`flips`: none, horizontal, vertical and both by default) before the first epoch and cached (half
 precision, on the CPU); the epochs train only the pyramid and the head, and validation reads the cache too. On the
@@ -37,7 +38,9 @@ from defectgen.detect.convergence import (
     FLIPS,
     EarlyStopping,
     MapCache,
+    Shuffled,
     backbone_identity,
+    steps_per_epoch,
     stored_maps_of,
     validation_split,
 )
@@ -239,13 +242,13 @@ class Det(nn.Module, Detector):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
         stop = EarlyStopping(o.patience)
+        per_epoch, drawn = steps_per_epoch(len(train), o.batch_size), Shuffled(train, rng)
         shown = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
         for epoch in range(1, o.epochs + 1):
             self.model.train()
             losses = []
-            perm = rng.permutation(len(train))
-            for sl in batches(len(train), o.batch_size):
-                keys = [(train[k], int(rng.integers(self.flips))) for k in perm[sl]]
+            for _ in range(per_epoch):
+                keys = [(i, int(rng.integers(self.flips))) for i in drawn.draw(o.batch_size)]
                 batch, tgts = [], []
                 for i, f in keys:
                     t = torch.from_numpy(targets[i])

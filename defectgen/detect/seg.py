@@ -9,7 +9,8 @@ mask) pairs: defect images and normal images with empty masks as negatives, flip
 (as AST's teacher and ExDD's extractor), so its maps of every training image and flip are computed once and cached
 (`detect.convergence.MapCache`): the steps train only the decoder. Up to `steps` steps, with early stopping: after
 each pass over the training defects a validation split carved from them (15%, from 7 defects up) is scored by
-pixel AP, the best pass's weights are kept, and `patience` passes without a gain end training; the summary says
+pixel AP, the best pass's weights are kept, and `patience` passes without a gain end training (a pass: at least
+`convergence.MIN_STEPS_PER_EPOCH` steps); the summary says
 how many passes ran and why it stopped. (Before the cache, images were also rotated and brightness-jittered.)
 
 Label maps may mark pixels 255 (`IGNORE`): they are left out of every loss (pseudo-labels the teacher was unsure
@@ -39,7 +40,9 @@ from defectgen.detect.convergence import (
     FLIPS,
     EarlyStopping,
     MapCache,
+    Shuffled,
     backbone_identity,
+    steps_per_epoch,
     stored_maps_of,
     validation_split,
 )
@@ -190,16 +193,15 @@ class Seg(nn.Module, Detector):
         loop = StepLoop(opt, o.steps, o.lr, n_def + n_norm, progress, desc or "seg")
         self.history = loop.history
         labels = np.asarray(labels).astype(np.int64)
-        per_epoch = -(-len(train) // n_def)  # steps that show every training defect once
+        per_epoch = steps_per_epoch(len(train), n_def)
+        drawn = Shuffled(train, rng)
         stop = EarlyStopping(o.patience)
         step, epoch_losses = 0, []
         while step < o.steps:
-            for start in range(0, per_epoch * n_def, n_def):
+            for _ in range(per_epoch):
                 if step >= o.steps:
                     break
-                if start == 0:
-                    perm = rng.permutation(len(train))
-                keys = [(train[perm[(start + k) % len(train)]], int(rng.integers(len(FLIPS)))) for k in range(n_def)]
+                keys = [(i, int(rng.integers(len(FLIPS)))) for i in drawn.draw(n_def)]
                 keys += [(normal_ids[i], int(rng.integers(2))) for i in rng.integers(len(normals), size=n_norm)]
                 y = torch.from_numpy(np.stack([
                     np.flip(labels[i], [d + 2 for d in FLIPS[f]]) if i < len(defects) else np.zeros((h, w), np.int64)

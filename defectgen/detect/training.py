@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from defectgen.detect.ast import AST
-from defectgen.detect.convergence import EarlyStopping, MapCache, backbone_identity, validation_split
+from defectgen.detect.convergence import (
+    EarlyStopping,
+    MapCache,
+    Shuffled,
+    backbone_identity,
+    steps_per_epoch,
+    validation_split,
+)
 from defectgen.detect.features import batches
 
 
@@ -95,19 +102,19 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
                max(batch_size, 16), progress, f"{desc}: teacher maps")
     stop = EarlyStopping(patience)
     loop = StepLoop(opt, steps, lr, batch_size, progress, desc)
-    # a pass shows every training defect once; without defects a "pass" is a tenth of the steps, for the record
-    per_pass = -(-len(train) // n_def) if train else max(1, steps // 10)
+    # a pass shows every training defect once (and lasts at least MIN_STEPS_PER_EPOCH steps); without defects a
+    # "pass" is a tenth of the steps, for the record
+    per_pass = steps_per_epoch(len(train), n_def) if train else max(1, steps // 10)
+    drawn = Shuffled(train, rng)
     mk_normal = np.zeros(normals.shape[1:3], np.float32)
-    done, perm, pass_losses = 0, None, []
+    done, pass_losses = 0, []
     while done < steps:
-        for k in range(per_pass):
+        for _ in range(per_pass):
             if done >= steps:
                 break
-            if k == 0 and train:
-                perm = rng.permutation(len(train))
             # normals, half of them mirrored: a small set of normals is not memorised pixel by pixel
             keys = [(normal0 + int(i), int(rng.random() < 0.5)) for i in rng.integers(len(normals), size=n_norm)]
-            picks = [train[perm[(k * n_def + j) % len(train)]] for j in range(n_def)] if train else []
+            picks = drawn.draw(n_def) if train else []
             x = torch.stack([cache.image(i, f) for i, f in keys] + [cache.image(j, 0) for j in picks]).to(model.device)
             t_clean = cache.maps(keys + [(n_d + j, 0) for j in picks])
             t_img = cache.maps(keys + [(j, 0) for j in picks])
