@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import SHARED, command_line, fmt, hardware, rel  # noqa: E402
-from defectgen.detect.validate import run_validation  # noqa: E402
+from defectgen.evaluate import ValidationConfig, run_validation  # noqa: E402
 
 SEG_STRIDES = (4, 8, 16, 32)
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -49,10 +49,10 @@ def _memory(run: dict, backbone: str, detector: str, timesteps) -> dict:
 def one_run(args: argparse.Namespace, detector: str, backbone: str, work: Path, **where) -> dict:
     """One validate run of `detector` with `backbone`: figures, memory per patch, seconds per image."""
     is_ddpm = any((Path(p) / "defectgen.json").is_file() for p in backbone.split("+"))
-    res = run_validation(detector, backbone=backbone, seed=args.seed, n_overlays=0, progress=False,
-                         feature_timesteps=args.timesteps if is_ddpm else None,
-                         feature_dim=args.feature_dim if is_ddpm else None,
-                         out=work / f"{detector}-{len(list(work.glob('*')))}", **where)
+    res = run_validation(ValidationConfig(
+        detector, backbone=backbone, seed=args.seed, n_overlays=0, progress=False,
+        feature_timesteps=args.timesteps if is_ddpm else None, feature_dim=args.feature_dim if is_ddpm else None,
+        out=work / f"{detector}-{len(list(work.glob('*')))}", **where))
     name, run = next(iter(res["runs"].items()))
     row = {"detector": detector, "backbone": "+".join(rel(p) for p in backbone.split("+")), "run": name,
            "metrics": run["metrics"],

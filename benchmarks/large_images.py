@@ -79,7 +79,7 @@ def main() -> None:
     import torch
     import transformers  # noqa: F401
 
-    from defectgen.detect.validate import run_validation
+    from defectgen.evaluate import ValidationConfig, run_validation
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as work:
@@ -87,10 +87,10 @@ def main() -> None:
         make_set(data, args.n, h, w, args.seed)
         before = peak_rss_mib()
         start = time.perf_counter()
-        res = run_validation("exdd", data, data, Path(work) / "report", synthetic=None, baselines=["none"],
-                             backbone=args.backbone, tile=tile, resolution=min(h, w) // 32 * 32,
-                             coreset_ratio=args.coreset_ratio, seed=args.seed,
-                             n_overlays=2, device="cpu", progress=False)
+        res = run_validation(ValidationConfig(
+            "exdd", data, data, Path(work) / "report", synthetic=None, baselines=["none"], backbone=args.backbone,
+            tile=tile, resolution=min(h, w) // 32 * 32, coreset_ratio=args.coreset_ratio, seed=args.seed, n_overlays=2,
+            device="cpu", progress=False))
         wall = time.perf_counter() - start
     run = res["runs"]["none"]
     per_image = len(tile_starts(h, tile, tile // 2)) * len(tile_starts(w, tile, tile // 2)) if tile else 1

@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
 
     from benchmarks.proof_neu import labeled_subsets
     from defectgen.detect.convergence import shared_maps
-    from defectgen.detect.validate import run_validation
+    from defectgen.evaluate import ValidationConfig, run_validation
 
     data = a.data or SHARED / "datasets" / a.dataset
     shares = [float(v) for v in (a.shares or ("0.2,0.4,1.0" if a.dataset == "neu-det" else "0.25,0.5,1.0"))
@@ -122,12 +122,12 @@ def main(argv: list[str]) -> None:
                 else {s: mvtec_labeled_subset(data, s, seed, work) for s in shares}
             for share in shares:
                 t0 = time.perf_counter()
-                res = run_validation(
+                res = run_validation(ValidationConfig(
                     a.detector, None if a.dataset == "neu-det" else data, data,
                     work / f"report-{share:g}-{seed}", synthetic=None, baselines=("real",),
                     real_labeled=subsets[share], backbone=a.backbone, resolution=a.resolution, seed=seed,
                     steps=a.steps, epochs=a.epochs, patience=a.patience, max_train=a.max_train, n_overlays=0,
-                    overwrite=True, progress=True)
+                    overwrite=True, progress=True))
                 run = res["runs"]["real"]
                 for m in metrics:
                     values[m][share].append(score(run, m))

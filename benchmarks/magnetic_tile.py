@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import command_line  # noqa: E402
-from defectgen.detect.validate import hardware, run_validation  # noqa: E402
+from defectgen.evaluate import ValidationConfig, run_validation  # noqa: E402
 from defectgen.io.output import atomic_write_json, atomic_write_text  # noqa: E402
+from defectgen.runtime import hardware  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -53,13 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     results = {}
     for det in [d.strip() for d in args.detectors.split(",") if d.strip()]:
-        results[det] = run_validation(
+        results[det] = run_validation(ValidationConfig(
             det, args.data, args.data, args.work / det, synthetic=args.synthetic,
             baselines=[b for b in args.baselines.split(",") if b], backbone=args.backbone,
             resolution=args.resolution, tile=args.tile, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
             coreset_ratio=args.coreset_ratio, n_draem=args.n_draem, max_train=args.max_train,
             max_test=args.max_test, device=args.device, overwrite=True, progress=True,
-        )
+        ))
     hw = hardware()
     device = "gpu" if "gpu" in hw and args.device != "cpu" else "cpu"
     summary = {

@@ -165,14 +165,14 @@ def main() -> None:
         timings[name].update(synth_s=seconds, images_per_s=cfg["n"] / seconds, annotations=result.annotations)
         sets[name] = work / f"synth-{name}{suffix}"
 
-    from defectgen.quality import quality_report
+    from defectgen.evaluate.quality import quality_report
 
     quality = {}
     for name, folder in sets.items():
         quality[name] = quality_report(folder, args.data, backbone=args.backbone, resolution=cfg["det_res"],
                                        seed=args.seed)
 
-    from defectgen.detect.validate import run_validation
+    from defectgen.evaluate import ValidationConfig, run_validation
 
     table: dict[str, dict] = {}
     for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
@@ -185,14 +185,14 @@ def main() -> None:
                 baselines = ("real", "draem", "real+synthetic") if seg else ("none", "draem")
             else:
                 baselines = ("real+synthetic",) if seg else ()
-            res = run_validation(
+            res = run_validation(ValidationConfig(
                 detector, args.data, args.data, work / f"report-{detector}-{name}{suffix}", synthetic=folder,
                 baselines=baselines, real_labeled=labeled if seg else None, backbone=args.backbone,
                 resolution=cfg["det_res"],
                 seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
                 n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
                 positive_quantile=args.positive_quantile,
-            )
+            ))
             for run, values in res["runs"].items():
                 # draem on the same masks as the diffusion sets vs the built-in draem baseline (Perlin masks)
                 key = (f"{name} ({args.masks} masks)" if name == "draem" else name) if run == "synthetic" else run
@@ -219,9 +219,9 @@ def main() -> None:
 
 def _figure(sets: dict[str, Path], data: Path, path: Path) -> Path:
     """Rows: real test defects, then each generator's samples, with mask outlines."""
+    from defectgen.evaluate.report import contact_sheet
     from defectgen.io.datasets import open_dataset
     from defectgen.io.images import write_image
-    from defectgen.report import contact_sheet
 
     rows = []
     real = open_dataset(data).select(split="test", normal=False)

@@ -65,7 +65,7 @@ GENERATORS = ("cddpm", "ldm", "draem", "copypaste")
 
 def crops_by_class(dataset, size: int) -> tuple[list[np.ndarray], list[str]]:
     """A crop around each image's defect boxes, with the image's class."""
-    from defectgen.quality import defect_crop
+    from defectgen.evaluate.quality import defect_crop
 
     crops, classes = [], []
     for s in dataset:
@@ -135,7 +135,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    from defectgen.detect.validate import run_validation
+    from defectgen.evaluate import ValidationConfig, run_validation
 
     train_dir, test_dir = args.data / "train", args.data / "test"
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
@@ -157,13 +157,13 @@ def main() -> None:
         semi = unlabeled_rest(train_dir, subsets[f], work) if args.semi and f < 1.0 else None
         # no generator: the real labels alone (with --semi, beside their +pseudo twin)
         for k, (name, folders) in enumerate(sets[f].items() or [(None, {})]):
-            res = run_validation(
+            res = run_validation(ValidationConfig(
                 "seg", None, test_dir, work / f"report-seg-{name or 'real'}-{round(f * 100)}",
                 synthetic=list(folders.values()) or None,
                 baselines=("real", "real+synthetic")[:1 if name is None else 2] if k == 0 else ("real+synthetic",),
                 real_labeled=subsets[f], backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed,
                 steps=cfg["seg_steps"], batch_size=cfg["seg_batch"], overwrite=True, progress=sys.stderr.isatty(),
-                n_overlays=4, semi=semi)
+                n_overlays=4, semi=semi))
             for run, values in res["runs"].items():
                 base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
                 key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
@@ -256,8 +256,8 @@ def generation_quality(args, cfg: dict, sets: dict[str, dict[str, Path]], train_
                        ) -> tuple[dict[str, dict], list[str]]:
     """KID, diversity and class fidelity of each set's crops against the real test crops of the same class."""
     from defectgen.detect.backbone import load_backbone
+    from defectgen.evaluate.quality import class_fidelity, crop_features, diversity, kid, per_class_kid
     from defectgen.io.datasets import open_dataset
-    from defectgen.quality import class_fidelity, crop_features, diversity, kid, per_class_kid
 
     net = load_backbone(args.backbone)
     ref_crops, ref_cls = crops_by_class(open_dataset(train_dir).select(normal=False), cfg["crop"])
@@ -291,9 +291,9 @@ def generation_quality(args, cfg: dict, sets: dict[str, dict[str, Path]], train_
 
 def _figure(sets: dict[str, dict[str, Path]], test_dir: Path, classes: list[str], path: Path) -> Path:
     """One column per class; rows: two real test defects, then two samples of each generator."""
+    from defectgen.evaluate.report import contact_sheet
     from defectgen.io.datasets import open_dataset
     from defectgen.io.images import write_image
-    from defectgen.report import contact_sheet
 
     real = open_dataset(test_dir).select(normal=False)
     rows = []

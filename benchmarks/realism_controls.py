@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/realism_controls_cpu.json"))
     args = parser.parse_args()
 
-    from defectgen.quality import REALISM_NORMAL_QUANTILE, quality_report
+    from defectgen.evaluate.quality import REALISM_NORMAL_QUANTILE, quality_report
 
     sets = dict(s.split("=", 1) for s in args.sets)
     first = Path(next(iter(sets.values())))

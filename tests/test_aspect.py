@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from defectgen.detect.validate import run_validation
 from defectgen.errors import DefectgenError
+from defectgen.evaluate import ValidationConfig, run_validation
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.images import read_image
 from defectgen.io.resolution import parse_resolution
@@ -75,9 +75,9 @@ def test_resolution_spec_reads_hxw_or_the_short_side():
 
 
 def _pixel_auroc(data, tmp_path, detector, resolution, **kw):
-    res = run_validation(detector, data / "mv", data / "mv", tmp_path / f"{detector}-{resolution}",
-                         resolution=resolution, steps=60, batch_size=4, coreset_ratio=0.5, n_overlays=1,
-                         progress=False, **kw)
+    res = run_validation(ValidationConfig(
+        detector, data / "mv", data / "mv", tmp_path / f"{detector}-{resolution}", resolution=resolution, steps=60,
+        batch_size=4, coreset_ratio=0.5, n_overlays=1, progress=False, **kw))
     run = res["runs"]["none" if "none" in res["runs"] else "synthetic"]
     return run["metrics"]["pixel_auroc"], res
 
@@ -97,8 +97,9 @@ def test_detectors_find_a_thin_defect_at_the_images_own_aspect(data, tmp_path, d
 
 def test_images_whose_size_is_no_multiple_of_32(data, tmp_path):
     """70 x 200 images: the model sees 64 x 192 (short side 64, aspect kept), maps come back at 70 x 200."""
-    res = run_validation("exdd", data / "odd", data / "odd", tmp_path / "odd", baselines=["none"], resolution="64",
-                         coreset_ratio=0.5, n_overlays=1, progress=False)
+    res = run_validation(ValidationConfig(
+        "exdd", data / "odd", data / "odd", tmp_path / "odd", baselines=["none"], resolution="64", coreset_ratio=0.5,
+        n_overlays=1, progress=False))
     assert res["config"]["resolution"] == [64, 192]
     assert 0 <= res["runs"]["none"]["metrics"]["pixel_auroc"] <= 1
     overlay = read_image(next((tmp_path / "odd" / "overlays").glob("*.png")))
@@ -117,8 +118,9 @@ def test_tiles_give_maps_at_the_images_own_size(data, tmp_path):
     maps, scores = det.predict([img[:, :, None], _normal(rng, 40, 50)[:, :, None]])
     assert maps[0].shape == (100, 300) and maps[1].shape == (40, 50) and scores.shape == (2,)
     assert maps[0][m > 0].mean() > np.percentile(maps[0], 99)  # the defect stands out after stitching
-    res = run_validation("exdd", data / "odd", data / "odd", tmp_path / "tiled", baselines=["none"], tile=64,
-                         coreset_ratio=0.5, n_overlays=0, progress=False)
+    res = run_validation(ValidationConfig(
+        "exdd", data / "odd", data / "odd", tmp_path / "tiled", baselines=["none"], tile=64, coreset_ratio=0.5,
+        n_overlays=0, progress=False))
     assert res["config"]["tile"] == 64 and res["config"]["resolution"] == [64, 64]
 
 

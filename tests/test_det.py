@@ -181,19 +181,19 @@ def test_validate_det_refuses_a_labeled_set_without_boxes_and_a_test_set_without
 
 def test_validate_hands_det_the_layouts_own_boxes_unmerged(tmp_path):
     """Two touching boxes of one class stay two training boxes (a label map would merge them into one)."""
-    from defectgen.detect.validate import load_labeled
+    from defectgen.evaluate.data import load_labeled
 
     img = np.full((64, 64, 1), 90, np.uint8)
     img[10:20, 10:20] = img[10:20, 20:30] = 20
     _voc(tmp_path / "lab", [img], [[{"bbox": [10, 10, 10, 10], "class": "spot"},
                                     {"bbox": [20, 10, 10, 10], "class": "spot"}]])
     labeled = load_labeled(tmp_path / "lab", (64, 64), 1, ["spot"], False)
-    assert [b["bbox"] for b in labeled["boxes"][0]] == [[10.0, 10.0, 10.0, 10.0], [20.0, 10.0, 10.0, 10.0]]
+    assert [b["bbox"] for b in labeled.boxes[0]] == [[10.0, 10.0, 10.0, 10.0], [20.0, 10.0, 10.0, 10.0]]
     det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions())
-    names, per_image = det._targets(labeled["images"], labeled["masks"], labeled["labels"],
-                                    labeled["class_names"], labeled["boxes"])
+    names, per_image = det._targets(labeled.images, labeled.masks, labeled.labels, labeled.class_names,
+                                    labeled.boxes)
     assert names == ["spot"] and per_image[0].tolist() == [[10, 10, 20, 20, 0], [20, 10, 30, 20, 0]]
-    merged = det._targets(labeled["images"], labeled["masks"], labeled["labels"], ["spot"], None)[1]
+    merged = det._targets(labeled.images, labeled.masks, labeled.labels, ["spot"], None)[1]
     assert merged[0].tolist() == [[10, 10, 30, 20, 0]]  # what the label map alone gives
 
 

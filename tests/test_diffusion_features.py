@@ -11,10 +11,10 @@ import torch
 from defectgen.detect.backbone import load_backbone
 from defectgen.detect.diffusion_features import DiffusionBackbone
 from defectgen.detect.exdd import ExDD
-from defectgen.detect.validate import run_validation
 from defectgen.diffusion.ddpm import build_model, save_model, train_ddpm
 from defectgen.diffusion.training import TrainConfig
 from defectgen.errors import DefectgenError
+from defectgen.evaluate import ValidationConfig, run_validation
 from defectgen.metrics import evaluate
 from tests.conftest import texture, write_png
 
@@ -82,9 +82,10 @@ def test_not_a_ddpm_run_is_one_line_naming_the_folder(tmp_path, ddpm_run):
 
 def test_exdd_with_ddpm_features_writes_the_report(ddpm_run, mvtec_dir, tmp_path):
     out = tmp_path / "report"
-    res = run_validation("exdd", mvtec_dir, mvtec_dir, out, synthetic=None, baselines=["none"],
-                         backbone=str(ddpm_run), resolution=32, coreset_ratio=0.5, n_overlays=1, progress=False,
-                         feature_timesteps=[100, 200], feature_dim=16, save_models=True)
+    res = run_validation(ValidationConfig(
+        "exdd", mvtec_dir, mvtec_dir, out, synthetic=None, baselines=["none"], backbone=str(ddpm_run), resolution=32,
+        coreset_ratio=0.5, n_overlays=1, progress=False, feature_timesteps=[100, 200], feature_dim=16,
+        save_models=True))
     saved = json.loads((out / "report.json").read_text())
     cfg = saved["config"]
     assert (cfg["backbone"], cfg["backbone_pretrained"]) == (str(ddpm_run), True)
@@ -100,8 +101,9 @@ def test_exdd_with_ddpm_features_writes_the_report(ddpm_run, mvtec_dir, tmp_path
 @pytest.mark.parametrize("detector", ["ast", "seg"])
 def test_trained_detectors_take_ddpm_features(ddpm_run, mvtec_dir, tmp_path, detector):
     # a gray DDPM teacher: AST's student reads the 1-channel image as the teacher does
-    res = run_validation(detector, mvtec_dir, mvtec_dir, tmp_path / "r", baselines=["draem"], backbone=str(ddpm_run),
-                         resolution=32, steps=2, batch_size=2, n_overlays=0, progress=False)
+    res = run_validation(ValidationConfig(
+        detector, mvtec_dir, mvtec_dir, tmp_path / "r", baselines=["draem"], backbone=str(ddpm_run), resolution=32,
+        steps=2, batch_size=2, n_overlays=0, progress=False))
     assert res["config"]["backbone"] == str(ddpm_run) and res["config"]["feature_timesteps"] == [100]
     assert 0 <= res["runs"]["draem"]["metrics"]["pixel_auroc"] <= 1
 
@@ -142,8 +144,9 @@ def test_fused_backbone_puts_both_side_by_side_and_round_trips(ddpm_run, mvtec_d
     assert bb.channels((8, 16)) == [a + b for a, b in zip(tiny.channels((8, 16)), ddpm.channels((8, 16)),
                                                            strict=True)]
     out = tmp_path / "report"
-    run_validation("exdd", mvtec_dir, mvtec_dir, out, baselines=["none"], backbone=spec, resolution=32,
-                   coreset_ratio=0.5, n_overlays=0, progress=False, feature_dim=8, save_models=True)
+    run_validation(ValidationConfig(
+        "exdd", mvtec_dir, mvtec_dir, out, baselines=["none"], backbone=spec, resolution=32, coreset_ratio=0.5,
+        n_overlays=0, progress=False, feature_dim=8, save_models=True))
     saved = json.loads((out / "report.json").read_text())
     c = saved["runs"]["none"]["compression"]
     tiny_ch = sum(tiny.channels((8, 16)))

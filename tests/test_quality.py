@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from defectgen.quality import class_fidelity, defect_crop, diversity, kid, per_class_kid
+from defectgen.evaluate.quality import class_fidelity, defect_crop, diversity, kid, per_class_kid
 from tests.conftest import square_mask, write_png
 
 
@@ -112,7 +112,7 @@ def _generated(rng, flags, size=96):
 
 def test_realism_filter_keeps_only_patches_unlike_the_surface():
     from defectgen.detect.backbone import load_backbone
-    from defectgen.quality import realism
+    from defectgen.evaluate.quality import realism
 
     rng = np.random.default_rng(5)
     net = load_backbone("tiny")

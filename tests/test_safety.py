@@ -389,12 +389,12 @@ def test_help_shows_placeholders_and_no_bool_types(run_cli):
 
 
 def test_interrupted_validate_leaves_no_report_folder(tmp_path, mvtec_dir, monkeypatch, run_cli):
-    import defectgen.detect.validate as validate
+    import defectgen.evaluate.experiment as experiment
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(validate, "load_backbone", interrupt)  # Ctrl-C once the report folder exists
+    monkeypatch.setattr(experiment, "load_backbone", interrupt)  # Ctrl-C once the report folder exists
     code, _, err = run_cli("validate", "--detector", "exdd", "--train", mvtec_dir, "--test", mvtec_dir,
                            "--resolution", "32", "--synthetic", "none", "--baselines", "none")
     assert code == 130 and "interrupted" in err

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from defectgen.detect.base import DetectorOptions, detector_names, get_detector, load_detector
-from defectgen.detect.validate import run_validation
 from defectgen.errors import DefectgenError
+from defectgen.evaluate import ValidationConfig, run_validation
 from defectgen.io.coco import CocoBuilder
 from defectgen.metrics import coco_map, pixel_auroc
 from tests.conftest import texture, write_png
@@ -203,9 +203,10 @@ def test_cli_seg_with_labeled_baselines(data, tmp_path, run_cli):
 
 def test_multi_class_test_set_gets_coco_map_per_class(data, tmp_path):
     out = tmp_path / "report"
-    res = run_validation("seg", data / "mv" / "train" / "good", data / "voc", out, synthetic=data / "syn",
-                         baselines=["real", "real+synthetic", "none"], real_labeled=data / "lab2", resolution=S,
-                         steps=20, batch_size=4, n_overlays=0, progress=False)
+    res = run_validation(ValidationConfig(
+        "seg", data / "mv" / "train" / "good", data / "voc", out, synthetic=data / "syn",
+        baselines=["real", "real+synthetic", "none"], real_labeled=data / "lab2", resolution=S, steps=20, batch_size=4,
+        n_overlays=0, progress=False))
     saved = json.loads((out / "report.json").read_text())
     assert list(saved["runs"]) == ["synthetic", "real", "real+synthetic"]
     assert "supervised" in saved["skipped"]["none"]
@@ -279,9 +280,9 @@ def test_bad_run_choices_exit_2_with_one_line(data, tmp_path, run_cli):
 
 
 def test_copypaste_baseline_for_an_anomaly_detector(data, tmp_path):
-    res = run_validation("exdd", data / "mv", data / "mv", tmp_path / "r", baselines=["copypaste"],
-                         real_labeled=data / "mv", n_draem=5, resolution=S, coreset_ratio=0.5, n_overlays=0,
-                         progress=False)
+    res = run_validation(ValidationConfig(
+        "exdd", data / "mv", data / "mv", tmp_path / "r", baselines=["copypaste"], real_labeled=data / "mv", n_draem=5,
+        resolution=S, coreset_ratio=0.5, n_overlays=0, progress=False))
     run = res["runs"]["copypaste"]
     assert run["synthetic_images"] == 5 and run["positive_bank"] > 0
     assert res["config"]["n_copypaste"] == 5
@@ -296,17 +297,18 @@ def test_detection_test_set_without_normals_is_scored_by_map(data, tmp_path):
         for sub, ext in (("images", "png"), ("annotations", "xml")):
             (voc / sub).mkdir(parents=True, exist_ok=True)
             shutil.copy(data / "voc" / sub / f"{i:03d}.{ext}", voc / sub)
-    res = run_validation("seg", data / "mv" / "train" / "good", voc, tmp_path / "r", baselines=["real"],
-                         real_labeled=data / "lab2", resolution=S, steps=2, batch_size=4, n_overlays=1,
-                         progress=False)
+    res = run_validation(ValidationConfig(
+        "seg", data / "mv" / "train" / "good", voc, tmp_path / "r", baselines=["real"], real_labeled=data / "lab2",
+        resolution=S, steps=2, batch_size=4, n_overlays=1, progress=False))
     run = res["runs"]["real"]
     assert run["metrics"]["image_auroc"] is None and run["metrics"]["pixel_auroc"] is not None
     assert set(run["coco"]["per_class"]) == {"hole", "spot"} and res["test"]["normal"] == 0
     for f in voc.glob("annotations/*.xml"):  # one class left: no mAP to fall back on, so normals are needed
         f.write_text(f.read_text().replace("<name>hole</name>", "<name>spot</name>"))
     with pytest.raises(DefectgenError, match="no normal images"):
-        run_validation("seg", data / "mv" / "train" / "good", voc, tmp_path / "r2", baselines=["real"],
-                       real_labeled=data / "mv", resolution=S, steps=2, progress=False)
+        run_validation(ValidationConfig(
+            "seg", data / "mv" / "train" / "good", voc, tmp_path / "r2", baselines=["real"], real_labeled=data / "mv",
+            resolution=S, steps=2, progress=False))
 
 
 def _voc_set(folder, rng, kinds):
@@ -324,7 +326,7 @@ def _voc_set(folder, rng, kinds):
 def test_dataset_without_normals_trains_seg_on_pooled_sets_painted_on_labeled_canvases(data, tmp_path, run_cli):
     """NEU-DET's case: no normal images, so synthesis paints on labeled defect images. Their own defects must
     stay labeled in the training masks, several per-class sets pool into one run, and --train none works."""
-    from defectgen.detect.validate import load_labeled, load_synthetic
+    from defectgen.evaluate.data import load_labeled, load_synthetic
 
     rng = np.random.default_rng(7)
     lab = tmp_path / "lab"
@@ -343,14 +345,15 @@ def test_dataset_without_normals_trains_seg_on_pooled_sets_painted_on_labeled_ca
         sets.append(folder)
 
     labeled = load_labeled(lab, S, 3, ["spot", "hole"], progress=False)
-    _, masks, _, how, labels, names = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False, labeled)
+    pooled, how = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False, labeled)
+    masks, labels, names = pooled.masks, pooled.labels, pooled.class_names
     assert len(masks) == 6 and how["on_labeled_canvas"] == 6 and set(names) == {"spot", "hole"}
     x, y, w, h = boxes[1]  # canvas 001 holds a labeled hole: in every mask painted on it, with its class
     for k in (1, 4):
         assert masks[k][y:y + h, x:x + w].all()
         assert (labels[k][y:y + h, x:x + w] == names.index("hole") + 1).mean() > 0.5
-    _, plain, _, how, _, _ = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False)
-    assert how["on_labeled_canvas"] == 0 and plain.sum() < masks.sum()
+    plain, how = load_synthetic(sets, S, 3, np.zeros((0, S, S, 3), np.uint8), False)
+    assert how["on_labeled_canvas"] == 0 and plain.masks.sum() < masks.sum()
 
     out = tmp_path / "report"
     code, stdout, stderr = run_cli(

@@ -250,7 +250,7 @@ def test_cli_masks_from_a_labeled_set_reuse_the_real_masks(mvtec_dir, tmp_path, 
 def test_filter_redraws_the_contact_sheet_from_the_kept_samples(tmp_path, normals):
     """A generator that paints only the samples of even seed: the change filter rejects the others, and the contact
     sheet afterwards shows the kept samples only (fewer tiles than before)."""
-    from defectgen.report import contact_sheet
+    from defectgen.evaluate.report import contact_sheet
     from defectgen.synth.filters import ChangeFilter, filter_output
 
     class EvenOnly:
@@ -281,8 +281,8 @@ def test_filter_redraws_the_contact_sheet_from_the_kept_samples(tmp_path, normal
 
 
 def test_contact_sheet_zooms_a_tiny_defect_beside_its_normal(tmp_path):
+    from defectgen.evaluate.report import contact_sheet
     from defectgen.io.sample import Sample
-    from defectgen.report import contact_sheet
 
     normal = np.full((256, 256, 3), 60, np.uint8)
     write_png(tmp_path / "normal.png", normal)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from defectgen.detect.validate import run_validation
 from defectgen.errors import DefectgenError
+from defectgen.evaluate import ValidationConfig, run_validation
 from defectgen.io.coco import CocoBuilder
 from tests.conftest import write_png
 
@@ -58,9 +58,9 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("detector", ["exdd", "ast"])
 def test_validate_writes_report_with_every_baseline(data, tmp_path, detector):
     out = tmp_path / "report"
-    res = run_validation(detector, data / "mv", data / "mv", out, synthetic=data / "syn", baselines=["none", "draem"],
-                         resolution=S, steps=4, batch_size=4, coreset_ratio=0.5, n_overlays=3, progress=False,
-                         save_models=True)
+    res = run_validation(ValidationConfig(
+        detector, data / "mv", data / "mv", out, synthetic=data / "syn", baselines=["none", "draem"], resolution=S,
+        steps=4, batch_size=4, coreset_ratio=0.5, n_overlays=3, progress=False, save_models=True))
     assert list(res["runs"]) == ["synthetic", "none", "draem"]
     saved = json.loads((out / "report.json").read_text())
     assert saved["runs"].keys() == res["runs"].keys()
@@ -107,7 +107,8 @@ def test_test_set_without_masks_fails(data, tmp_path):
             write_png(bad / sub / f.name, np.zeros((S, S), np.uint8) + 100)
     (bad / "ground_truth").mkdir()
     with pytest.raises(DefectgenError, match="has no mask") as e:
-        run_validation("exdd", data / "mv", bad, tmp_path / "o", baselines=["none"], resolution=S, progress=False)
+        run_validation(ValidationConfig(
+            "exdd", data / "mv", bad, tmp_path / "o", baselines=["none"], resolution=S, progress=False))
     _one_line_error(e, bad)
     assert not (tmp_path / "o").exists()  # nothing written before the inputs are checked
 
@@ -118,8 +119,8 @@ def test_no_normals_fails(data, tmp_path):
         write_png(only_defects / "spot" / f.name, np.zeros((S, S), np.uint8))
         write_png(only_defects / "spot" / f"{f.stem}_mask.png", np.full((S, S), 255, np.uint8))
     with pytest.raises(DefectgenError, match="no normal images") as e:
-        run_validation("ast", only_defects, data / "mv", tmp_path / "o", baselines=["none"], resolution=S,
-                       progress=False)
+        run_validation(ValidationConfig(
+            "ast", only_defects, data / "mv", tmp_path / "o", baselines=["none"], resolution=S, progress=False))
     _one_line_error(e, only_defects)
 
 
@@ -128,22 +129,23 @@ def test_synthetic_without_masks_fails(data, tmp_path):
     for f in sorted((data / "syn" / "images").glob("*.png")):
         write_png(plain / f.name, np.zeros((S, S), np.uint8))
     with pytest.raises(DefectgenError, match="no defect masks") as e:
-        run_validation("exdd", data / "mv", data / "mv", tmp_path / "o", synthetic=plain, resolution=S,
-                       progress=False)
+        run_validation(ValidationConfig(
+            "exdd", data / "mv", data / "mv", tmp_path / "o", synthetic=plain, resolution=S, progress=False))
     _one_line_error(e, plain)
 
 
 def test_unknown_choices_fail(data, tmp_path):
     with pytest.raises(DefectgenError, match="unknown detector"):
-        run_validation("yolo", data / "mv", data / "mv", tmp_path / "o")
+        run_validation(ValidationConfig("yolo", data / "mv", data / "mv", tmp_path / "o"))
     with pytest.raises(DefectgenError, match="unknown baseline"):
-        run_validation("exdd", data / "mv", data / "mv", tmp_path / "o", baselines=["cutpaste"])
+        run_validation(ValidationConfig("exdd", data / "mv", data / "mv", tmp_path / "o", baselines=["cutpaste"]))
 
 
 def test_redirected_validate_prints_progress_and_the_whole_jobs_estimate(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DEFECTGEN_PROGRESS_SECONDS", "0")  # stderr is not a terminal here: plain lines
-    run_validation("ast", data / "mv", data / "mv", tmp_path / "ast", synthetic=data / "syn", baselines=["none"],
-                   resolution=S, steps=6, batch_size=4, n_overlays=0, progress=True)
+    run_validation(ValidationConfig(
+        "ast", data / "mv", data / "mv", tmp_path / "ast", synthetic=data / "syn", baselines=["none"], resolution=S,
+        steps=6, batch_size=4, n_overlays=0, progress=True))
     err = capsys.readouterr().err
     lines = err.splitlines()
     whole = [line for line in lines if line.startswith("validate: ")]
@@ -154,8 +156,9 @@ def test_redirected_validate_prints_progress_and_the_whole_jobs_estimate(data, t
         assert any(line.startswith(f"[{run}] ast") and "6/6" in line for line in lines), err
         assert any(line.startswith(f"[{run}] ast: scoring") and "6/6" in line for line in lines), err
 
-    run_validation("exdd", data / "mv", data / "mv", tmp_path / "exdd", synthetic=data / "syn", baselines=["none"],
-                   resolution=S, coreset_ratio=0.5, n_overlays=0, progress=True)
+    run_validation(ValidationConfig(
+        "exdd", data / "mv", data / "mv", tmp_path / "exdd", synthetic=data / "syn", baselines=["none"], resolution=S,
+        coreset_ratio=0.5, n_overlays=0, progress=True))
     lines = capsys.readouterr().err.splitlines()
     for step in ("normal features", "coreset", "scoring"):
         assert any(line.startswith(f"[none] exdd: {step}") for line in lines), lines

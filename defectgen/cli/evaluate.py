@@ -28,7 +28,7 @@ from defectgen.cli.common import (
     timesteps,
     workspace,
 )
-from defectgen.report import fmt_metric
+from defectgen.evaluate.report import fmt_metric
 
 
 @app.command("validate")
@@ -117,13 +117,13 @@ def validate(
             --baselines real --resolution 224 --epochs 30 --out report/
     """
     from defectgen.detect.semi import PseudoLabelRule
-    from defectgen.detect.validate import run_validation
+    from defectgen.evaluate.experiment import ValidationConfig, run_validation
     from defectgen.workspace import validate_defaults
 
     synthetic, train, test, out_dir, notes = validate_defaults(workspace(), detector, synthetic, train, test,
                                                                out_dir)
     say(notes)
-    results = run_validation(
+    config = ValidationConfig(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names(baselines), backbone=backbone,
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, epochs=epochs,
         patience=patience, coreset_ratio=coreset_ratio, box_head=box_head,
@@ -133,6 +133,7 @@ def validate(
         feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi,
         semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above),
     )
+    results = run_validation(config)
     out.print(_runs_table(detector, test, results))
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     _record_report(out_dir, detector, results, train, test, real_labeled, synthetic,
@@ -201,7 +202,7 @@ def inspect(
         defectgen inspect synth/ --against ../shared/datasets/magnetic-tile --backbone \\
             ../shared/weights/mobilenet_v2_1.0_224
     """
-    from defectgen.report import inspect_dataset
+    from defectgen.evaluate.report import inspect_dataset
 
     summary = inspect_dataset(path, fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet, against=against,
                               backbone=backbone, resolution=resolution, tile=tile,

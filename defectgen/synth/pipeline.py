@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from defectgen.errors import DefectgenError
+from defectgen.evaluate.report import contact_sheet, text_card
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
 from defectgen.io.images import (
@@ -43,7 +44,6 @@ from defectgen.io.images import (
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.sample import Box, Sample
 from defectgen.masks import MaskGenerator, estimate_foreground
-from defectgen.report import contact_sheet, text_card
 from defectgen.synth.base import GENERATORS as GENERATORS
 from defectgen.synth.base import DefectGenerator
 from defectgen.synth.base import load_generator as load_generator

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -16,6 +16,9 @@ from defectgen.io.images import fit_mask, padded_box, read_image, to_uint8, writ
 from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, roc_curve
+
+if TYPE_CHECKING:
+    from defectgen.evaluate.data import TestSet
 
 OUTLINE_RGB = (255, 40, 40)
 DISPLAY_SIDE = 1600  # overlays of larger images are shrunk to this longer side: a picture, not a measurement
@@ -188,7 +191,7 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
         contact_sheet(picked, sheet, columns=4 if zoom else 8, zoom=zoom)
         summary["contact_sheet"] = str(sheet)
     if against is not None:
-        from defectgen.quality import quality_report
+        from defectgen.evaluate.quality import quality_report
 
         summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution, tile=tile)
     return summary
@@ -290,7 +293,7 @@ def write_validation_report(out: Path, results: dict[str, Any]) -> None:
     atomic_write_json(out / "report.json", results)
 
 
-def write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.ndarray]]) -> None:
+def write_roc(path: Path, test: TestSet, curves: dict[str, dict[str, np.ndarray]]) -> None:
     """Image and pixel ROC curves of every run, side by side, as a PNG (labels, masks: the test set's; each
     curve: a run's scores, maps and metrics)."""
     import io
@@ -303,7 +306,7 @@ def write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.n
     for ax, (kind, title) in zip(fig.subplots(1, 2), (("image", "image ROC"), ("pixel", "pixel ROC")),
                                  strict=True):
         for name, c in curves.items():
-            fpr, tpr, _ = roc_curve(test["labels"] if kind == "image" else test["masks"],
+            fpr, tpr, _ = roc_curve(test.labels if kind == "image" else test.masks,
                                     c["scores"] if kind == "image" else c["maps"])
             if fpr.size > 5000:  # millions of pixel thresholds draw the same line as a few thousand
                 keep = np.unique(np.linspace(0, fpr.size - 1, 5000).astype(int))
@@ -318,9 +321,9 @@ def write_roc(path: Path, test: dict[str, Any], curves: dict[str, dict[str, np.n
     atomic_write_bytes(path, buf.getvalue())
 
 
-def overlay_picks(test: dict[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
+def overlay_picks(test: TestSet, n: int, rng: np.random.Generator) -> np.ndarray:
     """Which test images get an overlay: mostly defects (that is what one looks at), one in four normal."""
-    defects, normals = np.flatnonzero(test["labels"]), np.flatnonzero(~test["labels"])
+    defects, normals = np.flatnonzero(test.labels), np.flatnonzero(~test.labels)
     nd = min(len(defects), n - n // 4)
     nn = min(len(normals), n - nd)
     return np.sort(np.r_[rng.choice(defects, nd, replace=False), rng.choice(normals, nn, replace=False)]
@@ -350,19 +353,19 @@ def _for_display(image: np.ndarray, mask: np.ndarray, maps: list[np.ndarray], mo
     return small, fit_mask(mask, nh, nw), [cv2.resize(m, (nw, nh), interpolation=cv2.INTER_AREA) for m in maps]
 
 
-def write_overlays(folder: Path, test: dict[str, Any], show: np.ndarray,
+def write_overlays(folder: Path, test: TestSet, show: np.ndarray,
                    maps: dict[str, tuple[list[np.ndarray], float, float]]) -> list[str]:
     """One PNG per test image at its own size (shrunk for display past `DISPLAY_SIDE`): the image with its ground
     truth, then each run's map (white: ground truth). maps: per run, the maps of the `show` images (at their
     images' sizes) and the low and high ends of its colour scale."""
     files = []
     for j, i in enumerate(show):
-        image, mask, shown = _for_display(test["originals"][i], test["masks"][i], [m[j] for m, _, _ in maps.values()])
+        image, mask, shown = _for_display(test.originals[i], test.masks[i], [m[j] for m, _, _ in maps.values()])
         tiles = [_overlay(image, mask, None, 0, 1)]
         tiles += [_overlay(image, mask, m, lo, hi) for m, (_, lo, hi) in zip(shown, maps.values(), strict=True)]
         strip = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
-        stem = test["paths"][i].stem if test["paths"][i] is not None else f"{i:04d}"
-        name = f"{j:02d}_{test['classes'][i]}_{stem}.png"
+        stem = test.paths[i].stem if test.paths[i] is not None else f"{i:04d}"
+        name = f"{j:02d}_{test.classes[i]}_{stem}.png"
         write_image(folder / name, strip)
         files.append(f"overlays/{name}")
     if files:
