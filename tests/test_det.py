@@ -237,3 +237,19 @@ def test_other_box_heads_train_on_the_same_pyramid_and_round_trip(head, tmp_path
 def test_unknown_box_head_is_one_clear_error():
     with pytest.raises(DefectgenError, match="unknown box head 'yolo'"):
         get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(box_head="yolo"))
+
+
+def test_early_stopping_counts_patience_from_gains_above_min_gain_but_keeps_the_best_weights():
+    from defectgen.detect.convergence import EarlyStopping
+
+    stop = EarlyStopping(patience=2, min_gain=0.005)
+    weights = iter(range(10))
+    scores = [0.5, 0.502, 0.504, 0.503]  # creeping gains below 0.005: noise on a small split
+    stopped = []
+    for epoch, score in enumerate(scores, 1):
+        stopped.append(stop.update(epoch, 1.0, score, lambda: {"w": torch.tensor(next(weights))}))
+        if stopped[-1]:
+            break
+    assert stopped == [False, False, True]
+    assert stop.best == 0.504 and stop.best_epoch == 3 and int(stop._state["w"]) == 2
+    assert "above 0.005 for 2 epochs" in stop.stopped

@@ -271,9 +271,6 @@ def test_bad_run_choices_exit_2_with_one_line(data, tmp_path, run_cli):
     assert "nothing to run" in line and "supervised" in line
     line = _one_line_exit_2(run_cli, tmp_path / "o3", "--detector", "exdd", *common, "--baselines", "copypaste")
     assert "--real-labeled" in line
-    line = _one_line_exit_2(run_cli, tmp_path / "o4", "--detector", "exdd", *common, "--baselines", "real",
-                            "--real-labeled", data / "mv")
-    assert "supervised" in line and "seg" in line
     line = _one_line_exit_2(run_cli, tmp_path / "o5", "--detector", "seg", *common, "--baselines", "real+synthetic",
                             "--real-labeled", data / "mv")
     assert "--synthetic" in line

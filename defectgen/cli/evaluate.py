@@ -28,6 +28,7 @@ from defectgen.cli.common import (
     timesteps,
     workspace,
 )
+from defectgen.errors import DefectgenError
 from defectgen.evaluate.report import fmt_metric
 
 
@@ -82,6 +83,13 @@ def validate(
     device: Device = None,
     save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat every run with this many seeds (--seed, --seed + 1, ...): "
+                              "metrics as mean ± std, and a paired verdict of each run holding the set against "
+                              "each baseline."),
+    curve: str | None = typer.Option(None, "--curve", help="Shares of the labeled defects the real run is also "
+                                     "trained on, as 0.25,0.5,1.0: the real-only learning curve, on which every run "
+                                     "with real defects is placed as a worth in real defects (needs "
+                                     "--real-labeled)."),
     semi: Path | None = typer.Option(None, "--semi", help="seg: a folder of unlabeled images; each run also trains "
                                      "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them."),
     semi_threshold: float = typer.Option(0.7, "--semi-threshold", min=0.0, max=1.0, help="--semi: least mean "
@@ -131,14 +139,28 @@ def validate(
         overwrite=overwrite, progress=True, save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
         feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi,
-        semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above),
+        semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above), seeds=seeds,
+        curve=shares(curve),
     )
     results = run_validation(config)
     out.print(_runs_table(detector, test, results))
+    for line in results.get("summary", []):
+        out.print(line)
     out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     _record_report(out_dir, detector, results, train, test, real_labeled, synthetic,
                    {"backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
                     "baselines": names(baselines), "seed": seed})
+
+
+def shares(text: str | None) -> list[float] | None:
+    """`--curve`'s comma-separated shares (checked for range by the experiment)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DefectgenError(None, f"--curve takes shares of the labeled defects as 0.25,0.5,1.0 (got {text!r})"
+                             ) from None
 
 
 def _record_report(out_dir: Path, detector: str, results: dict, train, test, real_labeled, synthetic,

@@ -106,6 +106,7 @@ class AST(nn.Module, Detector):
     top_k: fraction of the map's pixels averaged into the image score; sigma: blur of the map in pixels."""
 
     options = ("seed", "sigma", "steps", "batch_size", "lr", "width", "patience")
+    needs_cleans = True
 
     def __init__(self, backbone: Backbone, strides: Sequence[int] = (4, 8, 16), width: int = 32,
                  head_width: int = 64, top_k: float = 0.002, sigma: float = 4.0):

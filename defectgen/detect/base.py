@@ -60,6 +60,7 @@ class Detector(ABC):
     supervised: ClassVar[bool] = False
     produces_boxes: ClassVar[bool] = False
     box_detector: ClassVar[bool] = False
+    needs_cleans: ClassVar[bool] = False  # learns from (defect, clean image) pairs: real defects get inpainted ones
 
     @classmethod
     @abstractmethod

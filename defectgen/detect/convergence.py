@@ -60,9 +60,11 @@ class EarlyStopping:
     """Keeps the best validation score, its epoch and a copy of the weights then; `update` says when to stop."""
 
     patience: int
+    min_gain: float = 0.005  # a smaller validation gain keeps its weights but does not restart the patience count
     best: float = -np.inf
     best_epoch: int = 0
     since: int = 0
+    _counted: float = -np.inf  # the score the patience count runs from
     stopped: str = "reached the epoch cap"
     history: list[dict[str, Any]] = field(default_factory=list)
     _state: dict[str, torch.Tensor] | None = None
@@ -74,11 +76,13 @@ class EarlyStopping:
         if score is None:
             return False
         if score > self.best:
-            self.best, self.best_epoch, self.since, self._state = score, epoch, 0, copy.deepcopy(state())
+            self.best, self.best_epoch, self._state = score, epoch, copy.deepcopy(state())
+        if score > self._counted + self.min_gain:
+            self._counted, self.since = score, 0
             return False
         self.since += 1
         if self.since >= self.patience:
-            self.stopped = f"no validation gain for {self.patience} epochs"
+            self.stopped = f"no validation gain above {self.min_gain:g} for {self.patience} epochs"
             return True
         return False
 
@@ -88,7 +92,8 @@ class EarlyStopping:
             module.load_state_dict(self._state, strict=False)
 
     def report(self, validation_images: int, train_images: int, metric: str) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k not in ("since", "patience")}
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k not in ("since", "patience",
+                                                                                       "min_gain")}
         if not validation_images:
             d["stopped"] = (f"no validation split (fewer than {MIN_DEFECTS_FOR_VALIDATION} defect images): ran every "
                             "epoch")

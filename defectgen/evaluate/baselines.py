@@ -6,7 +6,8 @@ from the experiment's inputs (`make(inputs, n, seed)`).
 - `draem`: the classic DRAEM-style generator (the generator registry's `draem`) applied in memory to n
   normals, Perlin masks.
 - `copypaste`: real labeled defects pasted onto n normals (`defectgen.synth.copypaste`).
-- `real`: the labeled defects alone (supervised detectors).
+- `real`: the labeled defects (with the normals: ExDD puts their patches in its positive bank, AST trains its
+  head on them with inpainted clean images, seg and det learn from them).
 - `real+synthetic`: labeled defects plus the synthetic set, how a user would really use a generated set.
 """
 
@@ -99,10 +100,9 @@ for _baseline in (
     Baseline("none", lambda inputs, n, seed: TrainingSet.empty(), has_defects=False),
     Baseline("draem", _draem, paints_on_normals=True),
     Baseline("copypaste", _copypaste, needs_labeled=True, paints_on_normals=True),
-    Baseline("real", lambda inputs, n, seed: inputs.labeled.training_set(), needs_labeled=True,
-             supervised_only=True),
+    Baseline("real", lambda inputs, n, seed: inputs.labeled.training_set(), needs_labeled=True),
     Baseline("real+synthetic", lambda inputs, n, seed: inputs.synthetic.merge(inputs.labeled.training_set()),
-             needs_labeled=True, needs_synthetic=True, supervised_only=True),
+             needs_labeled=True, needs_synthetic=True),
 ):
     register_baseline(_baseline)
 

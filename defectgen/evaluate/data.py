@@ -77,11 +77,23 @@ class TrainingSet:
     def empty(cls) -> TrainingSet:
         return cls()
 
+    def with_cleans(self) -> TrainingSet:
+        """The set with a clean image for every defect: real defects have none, so each one's defect is inpainted
+        from its surroundings (an approximation; AST's student learns to give the clean image's features)."""
+        if self.cleans is not None or self.images is None:
+            return self
+        cleans = stack_or_list([_inpainted(i, m) for i, m in zip(self.images, self.masks, strict=True)])
+        return TrainingSet(self.images, self.masks, cleans, self.labels, self.class_names, self.synthetic_images,
+                           self.real_images, self.boxes)
+
     def merge(self, other: TrainingSet) -> TrainingSet:
-        """Both sets in one: classes merged by name, `other`'s label maps re-indexed."""
+        """Both sets in one: classes merged by name, `other`'s label maps re-indexed; where only one side has clean
+        images, the other's are inpainted (`with_cleans`)."""
         names = self.class_names + [c for c in other.class_names if c not in self.class_names]
         remap = np.arange(256, dtype=np.uint8)  # IGNORE (255) stays left out
         remap[:len(other.class_names) + 1] = [0] + [names.index(c) + 1 for c in other.class_names]
+        if (self.cleans is None) != (other.cleans is None):
+            self, other = self.with_cleans(), other.with_cleans()
         cleans = None if self.cleans is None or other.cleans is None else _join(self.cleans, other.cleans)
         boxes = None
         if self.boxes is not None or other.boxes is not None:
@@ -108,6 +120,19 @@ class LabeledSet:
         """The labeled defects alone as a training set (the `real` baseline)."""
         return TrainingSet(self.images, self.masks, None, self.labels, self.class_names,
                            real_images=len(self.images), boxes=self.boxes)
+
+    def share(self, share: float, seed: int) -> LabeledSet:
+        """`share` of the labeled defects, drawn per class with `seed` (at least one of each class, rounded up):
+        the lower points of the real-only learning curve."""
+        by_class: dict[str, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            by_class.setdefault(_class_or_defect(s), []).append(i)
+        rng = np.random.default_rng([seed, 13])
+        keep = sorted(i for _, idx in sorted(by_class.items())
+                      for i in rng.permutation(idx)[: max(1, int(np.ceil(share * len(idx))))].tolist())
+        return LabeledSet(stack_or_list([self.images[i] for i in keep]), stack_or_list([self.masks[i] for i in keep]),
+                          stack_or_list([self.labels[i] for i in keep]), self.class_names,
+                          [self.boxes[i] for i in keep], [self.samples[i] for i in keep])
 
 
 @dataclass

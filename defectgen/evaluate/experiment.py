@@ -29,6 +29,7 @@ from defectgen.detect.semi import DefectReference, PseudoLabelRule, pseudo_label
 from defectgen.detect.tiling import check_tile
 from defectgen.errors import DefectgenError, warn
 from defectgen.evaluate.baselines import DEFAULT_BASELINES, NEEDS_LABELED, baseline_names, get_baseline, training_sets
+from defectgen.evaluate.compare import KeptMaps, curve_run, headline_metrics, record, summary_lines, verdicts, worth
 from defectgen.evaluate.data import Inputs, TestSet, TrainingSet, load_inputs
 from defectgen.evaluate.report import overlay_picks, write_overlays, write_roc, write_validation_report
 from defectgen.evaluate.runs import RunResult, train_and_score
@@ -61,7 +62,14 @@ class ValidationConfig:
 
     semi: a folder of unlabeled images (any layout; its labels, if any, are not read): each run gets a
     `RUN+pseudo` twin trained with the pseudo-labels its teacher gives them under `semi_rule`
-    (`defectgen.detect.semi`; seg only). box_head: det's torchvision model (`detect.det.BOX_HEADS`)."""
+    (`defectgen.detect.semi`; seg only). box_head: det's torchvision model (`detect.det.BOX_HEADS`).
+
+    seeds: every run is made `seeds` times, with seeds `seed`, `seed` + 1, ... (the detector's initialisation and
+    training order, and the draem and copypaste defects, drawn anew): each metric is reported as mean +- std and
+    every run holding the synthetic set gets a paired verdict against every baseline (`evaluate.compare`); one
+    seed gets a bootstrap interval over test images instead. curve: shares of the labeled defects (0 < share <= 1)
+    the `real` run is also trained on, the same seeds, as `real@N%`: the real-only learning curve, on which every
+    run with real defects is placed as a worth in real labeled defects."""
 
     detector: str
     train: str | Path | None
@@ -94,6 +102,9 @@ class ValidationConfig:
     coreset_ratio: float = 0.1
     positive_quantile: float | None = None
     box_head: str = "fcos"
+    # repeats: seeds, and the real-only learning curve
+    seeds: int = 1
+    curve: Sequence[float] | None = None
     # the run and its output
     device: str | None = None
     n_overlays: int = 8
@@ -115,7 +126,8 @@ def run_validation(config: ValidationConfig) -> dict[str, Any]:
     bb = load_backbone(config.backbone, dev, config.feature_timesteps, config.feature_dim)
     inputs = _read_inputs(config)
     boxes_too = _boxes_too(config, det_cls, inputs.test_set)
-    runs, n_syn = training_sets(config.baselines, inputs, config.n_draem, config.seed)
+    seeds = [config.seed + k for k in range(config.seeds)]
+    runs, n_syn = _seed_sets(config, inputs, seeds[0])  # made before the folder: a bad input leaves nothing
     for name, note in skipped.items():
         print(f"note: {note}; the {name} baseline is skipped", file=sys.stderr, flush=True)
     folder = OutputFolder(config.out, overwrite=config.overwrite, resumable=False, verb="validate",
@@ -126,9 +138,10 @@ def run_validation(config: ValidationConfig) -> dict[str, Any]:
     out = folder.prepare()
     try:
         size = inputs.test_set.size or (config.tile, config.tile)
-        records, files = _run_all(out, config, det_cls, bb, _options(config, size), inputs, runs, boxes_too)
-        results: dict[str, Any] = {"runs": {name: r.to_json() for name, r in records.items()}, "files": files,
-                                   "config": _run_config(config, det_cls, n_syn, dev, size, bb)}
+        per_seed, pictures = _run_seeds(out, config, det_cls, bb, size, inputs, runs, seeds, boxes_too)
+        results = _compared(config, det_cls, per_seed, pictures, inputs.test_set, seeds, boxes_too)
+        results["files"] = pictures.write(out, inputs.test_set)
+        results["config"] = _run_config(config, det_cls, n_syn, dev, size, bb)
         if skipped:
             results["skipped"] = skipped
         results.update(_data_summary(inputs, boxes_too))
@@ -139,6 +152,48 @@ def run_validation(config: ValidationConfig) -> dict[str, Any]:
     except BaseException:
         folder.abandon()  # a report is written whole or not at all: no half report folder stays behind
         raise
+
+
+def _seed_sets(config: ValidationConfig, inputs: Inputs, seed: int) -> tuple[dict[str, TrainingSet], int]:
+    """One seed's training sets by run name: the synthetic set, the baselines (draem and copypaste drawn with
+    `seed`), and the lower points of the learning curve (`real@N%`, the share drawn with `seed`)."""
+    runs, n_syn = training_sets(config.baselines, inputs, config.n_draem, seed)
+    for share in config.curve or ():
+        if share < 1.0:
+            runs[curve_run(share)] = inputs.labeled.share(share, seed).training_set()
+    return runs, n_syn
+
+
+def _run_seeds(out: Path, config: ValidationConfig, det_cls, bb, size: tuple[int, int], inputs: Inputs,
+               first: dict[str, TrainingSet], seeds: list[int], boxes_too: bool
+               ) -> tuple[dict[str, list[RunResult]], _Pictures]:
+    """Every run at every seed: the results by run name, seed by seed, and the first seed's pictures."""
+    pictures = _Pictures(overlay_picks(inputs.test_set, config.n_overlays, np.random.default_rng(config.seed)))
+    per_seed: dict[str, list[RunResult]] = {}
+    for k, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            _say(f"validate: seed {seed} ({k + 1} of {len(seeds)})")
+        runs = first if k == 0 else _seed_sets(config, inputs, seed)[0]
+        seeded = replace(config, seed=seed)
+        results = _run_all(out, seeded, det_cls, bb, _options(seeded, size), inputs, runs, boxes_too,
+                           pictures if k == 0 else None, suffix=f"_seed{seed}" if len(seeds) > 1 else "")
+        for name, result in results.items():
+            per_seed.setdefault(name, []).append(result)
+    return per_seed, pictures
+
+
+def _compared(config: ValidationConfig, det_cls, per_seed: dict[str, list[RunResult]], pictures: _Pictures,
+              test_set: TestSet, seeds: list[int], boxes_too: bool) -> dict[str, Any]:
+    """report.json's comparison: each run over its seeds, the verdicts, the worth in real defects, the lines that
+    open report.md."""
+    metrics = headline_metrics(boxes_too, det_cls.box_detector)
+    kept = {n: KeptMaps(c["maps"], c["scores"]) for n, c in pictures.curves.items()} if len(seeds) == 1 else None
+    judged = verdicts(per_seed, metrics, test_set, kept, config.seed)
+    curve = {"shares": sorted(config.curve), "metric": metrics[0]} if config.curve else None
+    worths = worth(per_seed, metrics[0]) if curve else []
+    return {"summary": summary_lines(judged, worths, curve), "verdicts": [p.to_json() for p in judged],
+            "worth": [w.to_json() for w in worths], "curve": curve, "seeds": seeds,
+            "runs": {name: record(rs, seeds, metrics) for name, rs in per_seed.items()}}
 
 
 # ---- checks before anything is read -----------------------------------------------------------------------------
@@ -152,7 +207,9 @@ def _checked(config: ValidationConfig) -> tuple[ValidationConfig, type, dict[str
     if config.box_head not in BOX_HEADS:
         raise DefectgenError(None, f"unknown box head {config.box_head!r}: choose one of {', '.join(BOX_HEADS)}")
     resolution, tile = parse_resolution(config.resolution), check_tile(config.tile)
-    baselines, skipped = _check_choices(config.detector, det_cls, config.train, config.synthetic, config.baselines,
+    curve = _checked_repeats(config)
+    wanted = list(config.baselines) + (["real"] if curve and "real" not in config.baselines else [])
+    baselines, skipped = _check_choices(config.detector, det_cls, config.train, config.synthetic, wanted,
                                         config.real_labeled)
     semi, semi_rule = config.semi, config.semi_rule
     if semi is not None:
@@ -164,7 +221,23 @@ def _checked(config: ValidationConfig) -> tuple[ValidationConfig, type, dict[str
     return replace(config, train=Path(config.train) if config.train is not None else None, test=Path(config.test),
                    out=Path(config.out), synthetic=synthetic, baselines=baselines, resolution=resolution, tile=tile,
                    real_labeled=Path(config.real_labeled) if config.real_labeled is not None else None,
-                   semi=semi, semi_rule=semi_rule), det_cls, skipped
+                   semi=semi, semi_rule=semi_rule, curve=curve), det_cls, skipped
+
+
+def _checked_repeats(config: ValidationConfig) -> list[float] | None:
+    """`seeds` checked, and `curve` as sorted shares (the `real` run joins the baselines where a curve is asked)."""
+    if int(config.seeds) < 1:
+        raise DefectgenError(None, f"seeds must be 1 or more (got {config.seeds})")
+    if config.curve is None:
+        return None
+    curve = sorted({float(v) for v in config.curve})
+    if not curve or any(not 0.0 < v <= 1.0 for v in curve):
+        raise DefectgenError(None, "curve: shares of the labeled defects must lie in (0, 1], as in 0.25,0.5,1.0 "
+                             f"(got {','.join(f'{v:g}' for v in config.curve) or 'none'})")
+    if config.real_labeled is None:
+        raise DefectgenError(None, "curve trains the real run on shares of the labeled defects: give "
+                             "`real_labeled`")
+    return curve
 
 
 def _check_choices(detector: str, det_cls, train, synthetic, baselines: Sequence[str], real_labeled
@@ -269,10 +342,11 @@ class _Pictures:
 
 
 def _run_all(out: Path, config: ValidationConfig, det_cls, bb, options: DetectorOptions, inputs: Inputs,
-             runs: dict[str, TrainingSet], boxes_too: bool) -> tuple[dict[str, RunResult], dict[str, Any]]:
-    """Train and score every run (and its `+pseudo` twin when there are unlabeled images), write roc.png and the
-    overlays (and the models with `save_models`): the results by run name, and the report's files."""
-    pictures = _Pictures(overlay_picks(inputs.test_set, config.n_overlays, np.random.default_rng(options.seed)))
+             runs: dict[str, TrainingSet], boxes_too: bool, pictures: _Pictures | None, suffix: str = ""
+             ) -> dict[str, RunResult]:
+    """Train and score every run of one seed (and its `+pseudo` twin when there are unlabeled images), keeping
+    each run's maps in `pictures` where given (and saving the models with `save_models`): the results by run
+    name."""
     results: dict[str, RunResult] = {}
     queue: list[tuple[str, TrainingSet, dict[str, int] | None]] = [(name, data, None) for name, data in runs.items()]
     # the whole job's time: said after the first steps of the first run, and again as each run starts
@@ -296,11 +370,12 @@ def _run_all(out: Path, config: ValidationConfig, det_cls, bb, options: Detector
                     job.drop(f"{name}+pseudo")
             job.finish()
             results[name] = result
-            pictures.keep(name, result, maps, scores)
+            if pictures is not None:
+                pictures.keep(name, result, maps, scores)
             if config.save_models:
-                model.save(out / f"{config.detector}_{name}.safetensors")
+                model.save(out / f"{config.detector}_{name}{suffix}.safetensors")
             del maps, model
-    return results, pictures.write(out, inputs.test_set)
+    return results
 
 
 def _with_pseudo_labels(name: str, model, data: TrainingSet, inputs: Inputs, bb, rule: PseudoLabelRule, seed: int,
@@ -362,6 +437,8 @@ def _run_config(config: ValidationConfig, det_cls, n_syn: int, dev, size: tuple[
         "n_copypaste": n_syn if "copypaste" in c.baselines else None, "max_train": c.max_train,
         "max_test": c.max_test, "semi": str(c.semi) if c.semi is not None else None,
         "semi_rule": asdict(c.semi_rule) if c.semi is not None else None, "device": str(dev),
+        "seeds": int(c.seeds), "curve": list(c.curve) if c.curve else None,
+        "box_head": c.box_head if c.detector == "det" else None,
     }
 
 

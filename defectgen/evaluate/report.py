@@ -238,7 +238,9 @@ def _coco_lines(runs: dict[str, Any]) -> list[str]:
     lines = ["", "COCO box mAP (pycocotools; seg's boxes are its map's connected components, det's its own; "
              "class-agnostic: every box one class):", "", header + " |", "|---|---|---|---|" + "---|" * len(names)]
     for name, r in coco.items():
-        head = " | ".join(fmt_metric(r[k]) for k in ("map50", "map", "agnostic_map50"))
+        spread = runs[name].get("spread", {})
+        head = " | ".join(fmt_metric(r[k]) + (f" ± {spread[k]['std']:.3f}" if spread.get(k, {}).get("std")
+                                              is not None else "") for k in ("map50", "map", "agnostic_map50"))
         per = " | ".join(fmt_metric(r["per_class"].get(c, {}).get("map50")) for c in names)
         lines.append(f"| {name} | {head} | {per} |")
     return lines
@@ -265,13 +267,15 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [f"# defectgen validate: {config['detector']}", "",
              f"test set `{config['test']}`: {results['test']['normal']} normal, "
              f"{results['test']['defect']} defect images at {scale} (maps and pixel metrics at each image's own "
-             f"size); backbone `{config['backbone']}`; seed {config['seed']}; wall time "
-             f"{results['wall_time_s']:.0f} s.", "",
-             "| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"size); backbone `{config['backbone']}`; {_seeds_text(results)}; wall time "
+             f"{results['wall_time_s']:.0f} s.", ""]
+    if results.get("summary"):
+        lines += ["Verdicts (a win or a loss only beyond twice the standard error of the paired difference):", "",
+                  *results["summary"], ""]
+    lines += ["| run | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP | I-F1max | P-F1max | train s |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | " + " | ".join(fmt_metric(m.get(k)) for k in METRICS) + f" | {r['train_s']:.0f} |")
+        lines.append(f"| {name} | " + " | ".join(_with_spread(r, k) for k in METRICS) + f" | {r['train_s']:.0f} |")
     lines += _per_class_lines(runs) + _coco_lines(runs)
     lines += _training_lines(runs)
     for run, why in results.get("skipped", {}).items():
@@ -285,6 +289,18 @@ def markdown_table(results: dict[str, Any]) -> str:
     if config.get("backbone_pretrained") is False:
         lines[2:2] = ["**Warning: the backbone has random weights (tiny); these metrics are meaningless.**", ""]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_text(results: dict[str, Any]) -> str:
+    seeds = results.get("seeds") or [results["config"]["seed"]]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std"
+
+
+def _with_spread(run: dict[str, Any], metric: str) -> str:
+    """A metric's mean, with ± its std over seeds where the run has several."""
+    spread = run.get("spread", {}).get(metric)
+    text = fmt_metric(run["metrics"].get(metric))
+    return text if not spread or spread.get("std") is None else f"{text} ± {spread['std']:.3f}"
 
 
 def write_validation_report(out: Path, results: dict[str, Any]) -> None:

@@ -61,6 +61,8 @@ def train_and_score(name: str, training: TrainingSet, detector: str, backbone, o
     model = det_cls.from_options(backbone, options)
     if tile is not None:
         model = Tiled(model, tile, options.seed)
+    if det_cls.needs_cleans:
+        training = training.with_cleans()
     boxes = {"boxes": training.boxes} if det_cls.box_detector and training.boxes is not None else {}
     model.fit(normals, training.images, training.masks, progress=progress, cleans=training.cleans,
               labels=training.labels, class_names=training.class_names, desc=desc, **boxes)
