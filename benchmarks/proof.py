@@ -54,6 +54,22 @@ CONFIGS = {
             "det_res": 256, "max_train": None, "coreset": 0.1, "ast_steps": 2000, "ast_batch": 16},
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+HEADLINE = ("pixel_ap", "aupro", "image_auroc")  # verdicts on these; worth in real defects by the first
+BASELINE_RUNS = ("real", "none", "draem (Perlin masks, baseline)", "copypaste", "real+copypaste")
+
+
+def compare_sets(runs: dict, sets: dict) -> dict:
+    """The paired verdicts of every generator's runs (the set alone, real+set) against every baseline run (the same
+    seeds in every validate call, so the baselines of the first call pair with the sets of the later ones), and the
+    worth in real defects of every run with real defects on the first call's real-only curve."""
+    from defectgen.evaluate.compare import METRIC_NAMES, verdicts, worth
+
+    set_runs = [k for k in runs if k in sets or (k.startswith("real+") and k.removeprefix("real+") in sets)]
+    pairs = [(a, b) for a in set_runs for b in BASELINE_RUNS if b in runs and b != a]
+    judged = verdicts(runs, HEADLINE, pairs=pairs)
+    worths = worth(runs, HEADLINE[0])
+    return {"verdicts": [p.to_json() for p in judged], "worth": [w.to_json() for w in worths],
+            "lines": [p.line(METRIC_NAMES[p.metric]) for p in judged] + [w.line() for w in worths]}
 
 
 
@@ -73,6 +89,10 @@ def main() -> None:
                         help="transplant-*: keep the pasted pixels in this share of each defect's depth (None: "
                         "the model re-draws the whole mask)")
     parser.add_argument("--detectors", default="exdd,ast,seg")
+    parser.add_argument("--seeds", type=int, default=1, help="every detector run with this many seeds: mean ± std "
+                        "and paired verdicts of each set against each baseline")
+    parser.add_argument("--curve", default=None, help="shares of labeled/ for the real-only learning curve, as "
+                        "0.25,0.5,1.0: every run with real defects gets its worth in real defects (every detector)")
     parser.add_argument("--masks", choices=("perlin", "real"), default="perlin",
                         help="perlin: random Perlin blobs; real: the labeled defects' masks, class-matched")
     parser.add_argument("--strength", type=float, default=None, help="unconditional DDPM: t0/T (default 0.5)")
@@ -173,25 +193,30 @@ def main() -> None:
                                        seed=args.seed)
 
     from defectgen.evaluate import ValidationConfig, run_validation
+    from defectgen.evaluate.compare import RunSeeds
 
+    curve = [float(v) for v in args.curve.split(",")] if args.curve else None
     table: dict[str, dict] = {}
+    seeded: dict[str, dict[str, RunSeeds]] = {}
     for detector in [d.strip() for d in args.detectors.split(",") if d.strip()]:
         first = True
         for name, folder in sets.items():
             seg = detector == "seg"
+            with_real = seg or curve is not None  # every detector has the real baselines; curves need them
             if name == "draem" and args.masks == "perlin" and not seg:
                 continue  # the same as the draem baseline that runs inside run_validation, on the same count
             if first:
-                baselines = ("real", "draem", "real+synthetic") if seg else ("none", "draem")
+                baselines = ("real", "draem", "real+synthetic") if seg else \
+                    ("none", "draem") + (("real", "real+synthetic") if with_real else ())
             else:
-                baselines = ("real+synthetic",) if seg else ()
+                baselines = ("real+synthetic",) if with_real else ()
             res = run_validation(ValidationConfig(
                 detector, args.data, args.data, work / f"report-{detector}-{name}{suffix}", synthetic=folder,
-                baselines=baselines, real_labeled=labeled if seg else None, backbone=args.backbone,
+                baselines=baselines, real_labeled=labeled if with_real else None, backbone=args.backbone,
                 resolution=cfg["det_res"],
                 seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
                 n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
-                positive_quantile=args.positive_quantile,
+                positive_quantile=args.positive_quantile, seeds=args.seeds, curve=curve if first else None,
             ))
             for run, values in res["runs"].items():
                 # draem on the same masks as the diffusion sets vs the built-in draem baseline (Perlin masks)
@@ -199,8 +224,11 @@ def main() -> None:
                 key = f"real+{name}" if run == "real+synthetic" else key
                 key = "draem (Perlin masks, baseline)" if run == "draem" else key
                 table.setdefault(detector, {})[key] = {m: values["metrics"].get(m) for m in METRICS}
+                table[detector][key]["std"] = {m: v["std"] for m, v in values.get("spread", {}).items()}
                 table[detector][key]["per_class"] = values.get("per_class")
+                seeded.setdefault(detector, {})[key] = RunSeeds.from_record(values, HEADLINE)
             first = False
+    comparisons = {d: compare_sets(runs, sets) for d, runs in seeded.items()}
 
     samples_png = _figure(sets, args.data, work / f"proof_{args.config}{suffix}_samples.png")
 
@@ -211,7 +239,8 @@ def main() -> None:
         "ddpm_strength": args.strength, "positive_quantile": args.positive_quantile,
         "settings": cfg, "seed": args.seed, "data": rel(args.data),
         "backbone": rel(args.backbone), "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
-        "generation": timings, "quality": quality, "detectors": table,
+        "generation": timings, "quality": quality, "detectors": table, "seeds": args.seeds, "curve": curve,
+        "comparisons": comparisons,
         "command": command_line("benchmarks/proof.py", sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
     }
     write_results(f"proof_{args.config}{suffix}", out, markdown(out), samples_png)
@@ -247,7 +276,12 @@ def markdown(out: dict) -> str:
              "| generator | detector | I-AUROC | P-AUROC | AUPRO@0.3 | pixel AP |", "|---|---|---|---|---|---|"]
     for detector, runs in out["detectors"].items():
         for name, m in runs.items():
-            lines.append(f"| {name} | {detector} | " + " | ".join(f(m.get(k)) for k in METRICS) + " |")
+            std = m.get("std") or {}
+            lines.append(f"| {name} | {detector} | " + " | ".join(
+                f(m.get(k)) + (f" ± {std[k]:.3f}" if std.get(k) is not None else "") for k in METRICS) + " |")
+    for detector, comparison in out.get("comparisons", {}).items():
+        lines += ["", f"Verdicts, {detector} ({out.get('seeds', 1)} seed(s); a win only beyond 2 SE):", ""]
+        lines += [f"- {line}" for line in comparison["lines"]]
     lines += ["", "| generator | train s | images/s | KID | diversity | realism I-AUROC | realism P-AUROC |",
               "|---|---|---|---|---|---|---|"]
     for name, t in out["generation"].items():

@@ -9,10 +9,10 @@ class into the boxes of real labeled defects of that class (the `RealMasks` sour
 canvases (there are no normals; the canvases' own labeled defects stay labeled). The DRAEM-style baseline does
 the same with pasted texture, copy-paste with the labeled defects themselves.
 
-Detection (DSYM's protocol, with the `seg` detector instead of YOLO): `seg` trained on the labeled subset alone
-(`real`), on each set alone, and on the subset plus each set (`real+SET`), scored on the real test set with
-COCO box mAP@0.5 per class (pycocotools). Generation quality on the sets of the largest share of labels run,
-against the real test defects of the same class (crops around their boxes):
+Detection (DSYM's protocol; `--detectors det,seg`: the box detector and the segmenter): each trained on the
+labeled subset alone (`real`), on each set alone, and on the subset plus each set (`real+SET`), scored on the
+real test set with COCO box mAP@0.5 per class (pycocotools). Generation quality on the sets of the largest share of
+labels run, against the real test defects of the same class (crops around their boxes):
 
 - per-class KID (lower is better) and pooled KID, with real *train* crops as the floor a perfect generator reaches;
 - class fidelity: a 5-nearest-neighbour vote on real train crops names each generated crop's class; recall per
@@ -127,6 +127,10 @@ def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem,copypaste")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
     parser.add_argument("--fractions", default="0.2,0.4,1.0", help="shares of the train labels, comma-separated")
+    parser.add_argument("--detectors", default="seg", help="det (the box detector) and/or seg, comma-separated")
+    parser.add_argument("--seeds", type=int, default=1, help="every detector run with this many seeds: mean ± std, "
+                        "paired verdicts, and each real+SET's worth in real defects on the real-only curve that the "
+                        "fractions make")
     parser.add_argument("--semi", action="store_true", help="also pseudo-label the rest of the train images "
                         "(labels not read) and train each run's +pseudo twin (validate --semi; shares below 100%%)")
     args = parser.parse_args()
@@ -152,28 +156,25 @@ def main() -> None:
         timings.update({name + tag: t for name, t in timings_f.items()})
 
     detection: dict[str, dict] = {}
-    for f in fractions:
-        pct = f"{round(f * 100)}%"
-        semi = unlabeled_rest(train_dir, subsets[f], work) if args.semi and f < 1.0 else None
-        # no generator: the real labels alone (with --semi, beside their +pseudo twin)
-        for k, (name, folders) in enumerate(sets[f].items() or [(None, {})]):
-            res = run_validation(ValidationConfig(
-                "seg", None, test_dir, work / f"report-seg-{name or 'real'}-{round(f * 100)}",
-                synthetic=list(folders.values()) or None,
-                baselines=("real", "real+synthetic")[:1 if name is None else 2] if k == 0 else ("real+synthetic",),
-                real_labeled=subsets[f], backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed,
-                steps=cfg["seg_steps"], batch_size=cfg["seg_batch"], overwrite=True, progress=sys.stderr.isatty(),
-                n_overlays=4, semi=semi))
-            for run, values in res["runs"].items():
-                base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
-                key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
-                coco = values["coco"]
-                detection.setdefault(pct, {})[key + ("+pseudo" if pseudo else "")] = {
-                    "map50": coco["map50"], "map": coco["map"], "agnostic_map50": coco["agnostic_map50"],
-                    "pixel_auroc": values["metrics"].get("pixel_auroc"), "pixel_ap": values["metrics"].get("pixel_ap"),
-                    "per_class_map50": {c: v.get("map50") for c, v in coco["per_class"].items()},
-                    "real_images": values["real_images"], "synthetic_images": values["synthetic_images"],
-                    "train_s": values["train_s"], **({"pseudo": values["pseudo"]} if "pseudo" in values else {})}
+    seeded: dict[str, dict] = {}
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    for detector in detectors:
+        for f in fractions:
+            pct = f"{round(f * 100)}%"
+            semi = unlabeled_rest(train_dir, subsets[f], work) if args.semi and f < 1.0 and detector == "seg" \
+                else None
+            # no generator: the real labels alone (with --semi, beside their +pseudo twin)
+            for k, (name, folders) in enumerate(sets[f].items() or [(None, {})]):
+                res = run_validation(ValidationConfig(
+                    detector, None, test_dir, work / f"report-{detector}-{name or 'real'}-{round(f * 100)}",
+                    synthetic=list(folders.values()) or None,
+                    baselines=("real", "real+synthetic")[:1 if name is None else 2] if k == 0 else ("real+synthetic",),
+                    real_labeled=subsets[f], backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed,
+                    steps=cfg["seg_steps"], batch_size=cfg["seg_batch"], overwrite=True, seeds=args.seeds,
+                    progress=sys.stderr.isatty(), n_overlays=4, semi=semi))
+                for run, values in res["runs"].items():
+                    _row(detection, seeded, detector, pct, name, run, values)
+    comparisons = {d: compare_fractions(seeded[d], fractions, d) for d in detectors if d in seeded}
 
     full = sets[max(fractions)]
     table, classes = generation_quality(args, cfg, full, train_dir, test_dir)
@@ -186,10 +187,51 @@ def main() -> None:
                            for f in fractions},
         "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
-        "detection": detection, "semi": args.semi, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
+        "detection": detection, "semi": args.semi, "seeds": args.seeds, "detectors": detectors,
+        "comparisons": comparisons, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_results(name, out, markdown(out), figure)
+
+
+def _row(detection: dict, seeded: dict, detector: str, pct: str, name: str | None, run: str, values: dict) -> None:
+    """One run's row of the detection table (`detection[pct][key]`, seg's keys as before, det's prefixed) and its
+    values per seed (`seeded[detector]["pct key"]`)."""
+    from defectgen.evaluate.compare import RunSeeds
+
+    base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
+    key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
+    key += "+pseudo" if pseudo else ""
+    coco = values["coco"]
+    spread = values.get("spread", {})
+    detection.setdefault(pct, {})[key if detector == "seg" else f"{detector}: {key}"] = {
+        "map50": coco["map50"], "map": coco["map"], "agnostic_map50": coco["agnostic_map50"],
+        "map50_std": spread.get("map50", {}).get("std"),
+        "pixel_auroc": values["metrics"].get("pixel_auroc"), "pixel_ap": values["metrics"].get("pixel_ap"),
+        "per_class_map50": {c: v.get("map50") for c, v in coco["per_class"].items()},
+        "real_images": values["real_images"], "synthetic_images": values["synthetic_images"],
+        "train_s": values["train_s"], **({"pseudo": values["pseudo"]} if "pseudo" in values else {})}
+    seeded.setdefault(detector, {})[f"{pct} {key}"] = RunSeeds.from_record(values, ("map50", "map"))
+
+
+def compare_fractions(runs: dict, fractions: list[float], detector: str) -> dict:
+    """Per share of the labels, the paired verdicts of each real+SET against real (and against real+copypaste), and
+    each real+SET's worth in real defects on the real-only curve the shares make (the `real` run of each share,
+    the same seeds)."""
+    from defectgen.evaluate.compare import verdicts, worth
+
+    pcts = [f"{round(f * 100)}%" for f in fractions]
+    pairs = []
+    for pct in pcts:
+        mixed = [k for k in runs if k.startswith(f"{pct} real+") and not k.endswith("+pseudo")]
+        pairs += [(k, f"{pct} real") for k in mixed if f"{pct} real" in runs]
+        pairs += [(k, f"{pct} real+copypaste") for k in mixed if f"{pct} real+copypaste" in runs
+                  and k != f"{pct} real+copypaste"]
+    judged = verdicts(runs, ("map50", "map"), pairs=pairs)
+    curve = [f"{pct} real" for pct in pcts if f"{pct} real" in runs]
+    worths = worth({k: v for k, v in runs.items() if k in curve or " real+" in k}, "map50", curve=curve)
+    return {"verdicts": [p.to_json() for p in judged], "worth": [w.to_json() for w in worths],
+            "lines": [p.line() for p in judged] + [w.line() for w in worths]}
 
 
 def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path, tag: str
@@ -339,6 +381,10 @@ def markdown(out: dict) -> str:
         lines += [f"| {pct} | {run} | {c['unlabeled_images']} | {c['regions']} | {c['kept']} | "
                   f"{c['dropped_confidence']} | {c['dropped_feature']} | {c['images_used']} |"
                   for pct, run, c in pseudo]
+    for detector, comparison in out.get("comparisons", {}).items():
+        lines += ["", f"Verdicts, {detector} ({out.get('seeds', 1)} seed(s); a win only beyond 2 SE; worth in real "
+                  "defects on the real-only curve of the shares):", ""]
+        lines += [f"- {line}" for line in comparison["lines"]]
     share = f"{round(max(out['fractions']) * 100)}%" if out.get("fractions") else "the largest share"
     lines += ["", "KID against the real test crops of the same class (lower is better; 'real train' is the floor; "
               f"sets made with {share} of the labels):", "",

@@ -49,6 +49,28 @@ def value(result: RunResult, metric: str) -> float:
     return float(result.metrics[metric])
 
 
+@dataclass
+class RunSeeds:
+    """What verdicts and worth need of a run: each headline metric's value seed by seed (the same seeds for every
+    run), and how many real labeled defects it trained on."""
+
+    values: dict[str, list[float]]
+    real_images: int
+
+    @classmethod
+    def of(cls, results: Sequence[RunResult], metrics: Sequence[str]) -> RunSeeds:
+        return cls({m: [value(r, m) for r in results] for m in metrics}, int(results[0].real_images))
+
+    @classmethod
+    def from_record(cls, run: dict[str, Any], metrics: Sequence[str]) -> RunSeeds:
+        """From a run's report.json record (`record`): its `spread` over seeds, or its one seed's metrics."""
+        if "spread" in run:
+            return cls({m: list(run["spread"][m]["values"]) for m in metrics}, int(run["real_images"]))
+        coco = run.get("coco") or {}
+        return cls({m: [float(coco.get(m, np.nan)) if m in ("map50", "map") else float(run["metrics"][m])]
+                    for m in metrics}, int(run["real_images"]))
+
+
 # ---- one record per run ----------------------------------------------------------------------------------------
 
 def _mean_tree(trees: Sequence[Any]) -> Any:
@@ -99,16 +121,16 @@ class KeptMaps:
     scores: np.ndarray
 
 
-def verdicts(per_seed: dict[str, list[RunResult]], metrics: Sequence[str], test_set: TestSet | None = None,
-             kept: dict[str, KeptMaps] | None = None, seed: int = 0) -> list[Paired]:
-    """The paired verdict of each pair (`pairs_to_judge`) on each metric; with one seed, the metrics of
+def verdicts(runs: dict[str, RunSeeds], metrics: Sequence[str], test_set: TestSet | None = None,
+             kept: dict[str, KeptMaps] | None = None, seed: int = 0,
+             pairs: Sequence[tuple[str, str]] | None = None) -> list[Paired]:
+    """The paired verdict of each pair (default `pairs_to_judge`) on each metric; with one seed, the metrics of
     `BOOTSTRAPPED` get an interval over resampled test images (from `kept` maps)."""
     out = []
     bins = _PixelBins(test_set, kept) if kept and test_set is not None else None
-    for run, base in pairs_to_judge(list(per_seed)):
+    for run, base in pairs if pairs is not None else pairs_to_judge(list(runs)):
         for m in metrics:
-            a = [value(r, m) for r in per_seed[run]]
-            b = [value(r, m) for r in per_seed[base]]
+            a, b = runs[run].values[m], runs[base].values[m]
             if not all(np.isfinite(a + b)):
                 continue
             interval = None
@@ -156,21 +178,20 @@ def _binned_ap(pos: np.ndarray, neg: np.ndarray) -> float:
 
 # ---- worth in real defects -------------------------------------------------------------------------------------
 
-def worth(per_seed: dict[str, list[RunResult]], metric: str) -> list[WorthOverSeeds]:
+def worth(runs: dict[str, RunSeeds], metric: str, curve: Sequence[str] | None = None) -> list[WorthOverSeeds]:
     """Each run that trained on real labeled defects (but the curve's own runs), placed seed by seed on that
-    seed's real-only curve (the `real@N%` runs and `real`) by `metric`."""
-    curve = [r for r in per_seed if r.startswith(CURVE_PREFIX)] + (["real"] if "real" in per_seed else [])
+    seed's real-only curve (default: the `real@N%` runs and `real`) by `metric`."""
+    curve = list(curve) if curve is not None else \
+        [r for r in runs if r.startswith(CURVE_PREFIX)] + (["real"] if "real" in runs else [])
     if len(curve) < 2:
         return []
     out = []
-    for run, results in per_seed.items():
-        if run in curve or results[0].real_images == 0 or run.endswith("+pseudo"):
+    for run, seeds in runs.items():
+        if run in curve or seeds.real_images == 0 or run.endswith("+pseudo"):
             continue
-        per = []
-        for k, r in enumerate(results):
-            xs = [per_seed[c][k].real_images for c in curve]
-            ys = [value(per_seed[c][k], metric) for c in curve]
-            per.append(worth_in_real_defects(xs, ys, value(r, metric), r.real_images))
+        xs = [runs[c].real_images for c in curve]
+        per = [worth_in_real_defects(xs, [runs[c].values[metric][k] for c in curve], v, seeds.real_images)
+               for k, v in enumerate(seeds.values[metric])]
         out.append(WorthOverSeeds(run, tuple(per)))
     return out
 

@@ -29,7 +29,16 @@ from defectgen.detect.semi import DefectReference, PseudoLabelRule, pseudo_label
 from defectgen.detect.tiling import check_tile
 from defectgen.errors import DefectgenError, warn
 from defectgen.evaluate.baselines import DEFAULT_BASELINES, NEEDS_LABELED, baseline_names, get_baseline, training_sets
-from defectgen.evaluate.compare import KeptMaps, curve_run, headline_metrics, record, summary_lines, verdicts, worth
+from defectgen.evaluate.compare import (
+    KeptMaps,
+    RunSeeds,
+    curve_run,
+    headline_metrics,
+    record,
+    summary_lines,
+    verdicts,
+    worth,
+)
 from defectgen.evaluate.data import Inputs, TestSet, TrainingSet, load_inputs
 from defectgen.evaluate.report import overlay_picks, write_overlays, write_roc, write_validation_report
 from defectgen.evaluate.runs import RunResult, train_and_score
@@ -188,9 +197,10 @@ def _compared(config: ValidationConfig, det_cls, per_seed: dict[str, list[RunRes
     open report.md."""
     metrics = headline_metrics(boxes_too, det_cls.box_detector)
     kept = {n: KeptMaps(c["maps"], c["scores"]) for n, c in pictures.curves.items()} if len(seeds) == 1 else None
-    judged = verdicts(per_seed, metrics, test_set, kept, config.seed)
+    seeded = {name: RunSeeds.of(rs, metrics) for name, rs in per_seed.items()}
+    judged = verdicts(seeded, metrics, test_set, kept, config.seed)
     curve = {"shares": sorted(config.curve), "metric": metrics[0]} if config.curve else None
-    worths = worth(per_seed, metrics[0]) if curve else []
+    worths = worth(seeded, metrics[0]) if curve else []
     return {"summary": summary_lines(judged, worths, curve), "verdicts": [p.to_json() for p in judged],
             "worth": [w.to_json() for w in worths], "curve": curve, "seeds": seeds,
             "runs": {name: record(rs, seeds, metrics) for name, rs in per_seed.items()}}
