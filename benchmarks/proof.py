@@ -248,9 +248,9 @@ def main() -> None:
 
 def _figure(sets: dict[str, Path], data: Path, path: Path) -> Path:
     """Rows: real test defects, then each generator's samples, with mask outlines."""
-    from defectgen.evaluate.report import contact_sheet
     from defectgen.io.datasets import open_dataset
     from defectgen.io.images import write_image
+    from defectgen.io.pictures import contact_sheet
 
     rows = []
     real = open_dataset(data).select(split="test", normal=False)

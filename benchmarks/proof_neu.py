@@ -333,9 +333,9 @@ def generation_quality(args, cfg: dict, sets: dict[str, dict[str, Path]], train_
 
 def _figure(sets: dict[str, dict[str, Path]], test_dir: Path, classes: list[str], path: Path) -> Path:
     """One column per class; rows: two real test defects, then two samples of each generator."""
-    from defectgen.evaluate.report import contact_sheet
     from defectgen.io.datasets import open_dataset
     from defectgen.io.images import write_image
+    from defectgen.io.pictures import contact_sheet
 
     real = open_dataset(test_dir).select(normal=False)
     rows = []

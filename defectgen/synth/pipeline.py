@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.evaluate.report import contact_sheet, text_card
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
 from defectgen.io.images import (
@@ -42,6 +41,7 @@ from defectgen.io.images import (
     write_mask,
 )
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
+from defectgen.io.pictures import contact_sheet, text_card
 from defectgen.io.sample import Box, Sample
 from defectgen.masks import MaskGenerator, estimate_foreground
 from defectgen.synth.base import GENERATORS as GENERATORS
