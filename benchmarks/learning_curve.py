@@ -136,18 +136,27 @@ def main(argv: list[str]) -> None:
                              **{k: run.get(k) for k in ("epochs", "stopped", "best_epoch", "steps", "real_images")}})
                 print(f"seed {seed} share {share:g}: " + ", ".join(f"{m} {runs[-1][m]:.3f}" for m in metrics),
                       flush=True)
+                # written after every run: a curve cut short still leaves what it measured
+                write(a, argv, commit, shares, seeds, metrics, values, runs, time.perf_counter() - started)
+
+
+def write(a, argv: list[str], commit: str, shares: list[float], seeds: list[int], metrics: list[str],
+          values: dict[str, dict[float, list[float]]], runs: list[dict], seconds: float) -> None:
+    """The results JSON and, once every share has a value, the PNG plot of the first metric."""
     curves = {m: summarise(v) for m, v in values.items()}
     name = f"learning_curve_{a.dataset}_{a.detector}_{a.tag}"
     out = {"benchmark": "learning_curve", "command": command_line("benchmarks/learning_curve.py", argv),
            "commit": commit, "hardware": hardware(), "dataset": a.dataset, "detector": a.detector,
-           "shares": shares, "seeds": seeds, "curves": curves, "runs": runs,
-           "total_seconds": round(time.perf_counter() - started, 1)}
+           "shares": shares, "seeds": seeds, "complete": len(runs) == len(shares) * len(seeds), "curves": curves,
+           "runs": runs, "total_seconds": round(seconds, 1)}
     results = ROOT / "benchmarks" / "results"
     (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(curves[metrics[0]], metrics[0], f"{a.dataset}, {a.detector}, real only ({len(seeds)} seeds)",
-         results / f"{name}.png")
-    print(json.dumps({m: {k: round(v["mean"], 3) for k, v in c["per_share"].items()} for m, c in curves.items()}),
-          f"{out['total_seconds']} s")
+    if len(values[metrics[0]]) == len(shares):
+        plot(curves[metrics[0]], metrics[0], f"{a.dataset}, {a.detector}, real only ({len(seeds)} seeds)",
+             results / f"{name}.png")
+    if out["complete"]:
+        print(json.dumps({m: {k: round(v["mean"], 3) for k, v in c["per_share"].items()} for m, c in curves.items()}),
+              f"{out['total_seconds']} s")
 
 
 if __name__ == "__main__":
