@@ -1,8 +1,8 @@
 """ExDD and AST on magnetic-tile at 256x256 with the shared MobileNetV2, baselines none and draem, one run.
 
-Trains on train/good only and scores on test/ (200 good, 271 real defects), as DESIGN.md's benchmark protocol
-says. A defectgen synthetic set can be added with --synthetic. The full protocol is a GPU job; on a CPU, use a
-subset (the flags are recorded in the JSON):
+Trains on train/good only and scores on test/ (200 good, 271 real defects), as the project's benchmark protocol
+(../shared/DESIGN.md) says. A defectgen synthetic set can be added with --synthetic. The full protocol is a GPU job;
+on a CPU, use a subset (the flags are recorded in the JSON):
 
     python benchmarks/magnetic_tile.py                                          # full run (GPU)
     python benchmarks/magnetic_tile.py --max-train 200 --coreset-ratio 0.02 --steps 300   # CPU subset

@@ -1,12 +1,12 @@
 """The proof on real data: every generator against the classic baseline, on real defects, in one run.
 
-On ../shared/datasets/magnetic-tile (DESIGN.md's benchmark protocol): train the unconditional DDPM on train/good,
-the class- and mask-conditional DDPM and the text-guided LDM on labeled/, synthesize the same number of defects
-with each, with the DRAEM-style baseline and with copy-paste of the real labeled defects, then validate ExDD, AST
-and the supervised seg detector on test/ with every set. Baselines in the same runs: none (ExDD, AST), the draem
-baseline on Perlin masks, and for seg `real` (labeled/ alone) and `real+SET` for every set (labeled/ plus the set:
-how a user would use a generated set). Also the generation-quality metrics of each set against the real test
-defects (KID, diversity, realism).
+On ../shared/datasets/magnetic-tile (the project's benchmark protocol, ../shared/DESIGN.md): train the unconditional
+DDPM on train/good, the class- and mask-conditional DDPM and the text-guided LDM on labeled/, synthesize the same
+number of defects with each, with the DRAEM-style baseline and with copy-paste of the real labeled defects, then
+validate ExDD, AST and the supervised seg detector on test/ with every set. Baselines in the same runs: none (ExDD,
+AST), the draem baseline on Perlin masks, and for seg `real` (labeled/ alone) and `real+SET` for every set (labeled/
+plus the set: how a user would use a generated set). Also the generation-quality metrics of each set against the
+real test defects (KID, diversity, realism).
 
     python benchmarks/proof.py --config smoke   # minutes: the chain runs end to end (numbers mean nothing)
     python benchmarks/proof.py --config cpu     # 2-core CPU, small models at 64 px, detectors at 128 px

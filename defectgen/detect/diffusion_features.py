@@ -1,4 +1,4 @@
-"""Diffusion features (DESIGN.md method 7): a defectgen DDPM run folder as the detectors' frozen backbone.
+"""Diffusion features: a defectgen DDPM run folder as the detectors' frozen backbone.
 
 The image (in [0, 1]) is scaled to [-1, 1], noised with the run's own DDPMScheduler to each of
 `timesteps` with one fixed seeded noise field, and the UNet's decoder activations are read with forward hooks:

@@ -1,4 +1,4 @@
-"""Semi-supervised detection with pseudo-labels (method 8 of DESIGN.md, the DSYM protocol).
+"""Semi-supervised detection with pseudo-labels (the DSYM protocol).
 
 A line has many unlabeled images and few labeled ones. The seg detector trained on the labeled ones (and any
 generated set) keeps a mean teacher (`Seg.teacher`, the moving average of its weights); the teacher labels the

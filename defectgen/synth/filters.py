@@ -1,4 +1,4 @@
-"""Filters over a synthesized set (method 4 of DESIGN.md).
+"""Filters over a synthesized set.
 
 - `change`: rejects a sample whose masked region barely differs from the normal image it was painted on (a silent
   no-op inpaint is the classic bug of this kind of tool).

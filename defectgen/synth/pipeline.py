@@ -1,4 +1,4 @@
-"""normals x masks x generator -> an output folder with exact annotations (the data contract of DESIGN.md).
+"""normals x masks x generator -> an output folder with exact annotations (README's "Data contract").
 
     out/images/000000.png   the normal image with a defect painted inside the mask (same size, channels, bit depth)
     out/masks/000000.png    the mask, 0/255
