@@ -2,7 +2,8 @@
 
 Errors in the user's input surface as one line, `error: <file>: <problem>`, with exit code 2; `--debug` shows
 the traceback instead. Library errors and notes name parameters in backticks (`out_dir`); they are shown here as
-the verb's flags (--out). The verbs live in train.py, synth.py and evaluate.py; what they share in common.py.
+the verb's flags (--out). The verbs live in train.py, synth.py, evaluate.py and export.py; what they share in
+common.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import typer
 
 from defectgen import __version__
-from defectgen.cli import evaluate, synth, train  # noqa: F401  (importing a module registers its verbs)
+from defectgen.cli import evaluate, export, synth, train  # noqa: F401  (importing a module registers its verbs)
 from defectgen.cli.common import app, console, flags, say
 from defectgen.errors import DefectgenError, DefectgenWarning
 

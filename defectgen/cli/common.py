@@ -32,7 +32,7 @@ OVERWRITE_HELP = ("Clear a non-empty --out first; only a folder defectgen made (
 Overwrite = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
 Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu, ... (default: a GPU if there "
                                             "is one).")]
-Fmt = Annotated[str, typer.Option("--format", help="Layout of the input: auto, folder, mvtec, pairs, voc, coco.")]
+Fmt = Annotated[str, typer.Option("--format", help="Layout of the input: auto, folder, mvtec, pairs, voc, coco, yolo.")]
 OnBad = Annotated[str, typer.Option("--on-bad", help="error: stop at an unreadable image; skip: skip it.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Backbone = Annotated[str | None, typer.Option("--backbone", help="Feature extractor: a transformers folder or hub "

@@ -6,6 +6,8 @@ Layouts (auto-detected, or named with `format=`):
   pairs   <stem>.<ext> + <stem>_mask.png side by side; the class is the parent folder's name
   voc     images/ + annotations/*.xml (or split folders such as train/ and test/ that each hold those)
   coco    a COCO JSON file (or a folder holding annotations.json, such as defectgen's own output)
+  yolo    data.yaml (or images/ beside labels/*.txt): YOLO boxes or YOLO-seg polygons (io/yolo.py); the
+          data.yaml splits (train, val, test) or images/ subfolders become the splits
 
 Listing is cheap (paths and labels only); pixels are read when a `Sample` is taken, and checked then.
 """
@@ -21,11 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from defectgen.errors import DefectgenError
+from defectgen.io import yolo
 from defectgen.io.coco import decode_segmentation, load_coco_json
 from defectgen.io.images import image_files, read_image, read_mask
 from defectgen.io.sample import Box, Sample
+from defectgen.io.yolo import YoloLabels
 
-FORMATS = ("auto", "folder", "mvtec", "pairs", "voc", "coco")
+FORMATS = ("auto", "folder", "mvtec", "pairs", "voc", "coco", "yolo")
 MASK_SUFFIX = "_mask"
 NORMAL_CLASS = "good"
 
@@ -43,6 +47,13 @@ class Entry:
     expected_size: tuple[int, int] | None = None  # (H, W) the annotation claims
     annotation_file: Path | None = None
     source: Path | None = None  # a synthesized sample's normal (COCO `source`), when the file still exists
+    yolo: YoloLabels | None = None  # YOLO lines in fractions of the image, scaled when the image is read
+
+    @property
+    def is_normal(self) -> bool:
+        """Defect-free as the layout lists it: class 'good' (or none) and no boxes, mask or labels."""
+        return self.class_name in (None, NORMAL_CLASS) and not self.boxes and self.mask_path is None \
+            and not self.coco_segmentations and not (self.yolo and self.yolo.lines)
 
 
 class Dataset:
@@ -88,6 +99,7 @@ class Dataset:
     def classes(self) -> list[str]:
         """Defect class names in sorted order ('good' excluded)."""
         names = {e.class_name for e in self.entries} | {b.label for e in self.entries for b in e.boxes}
+        names |= {c for e in self.entries if e.yolo for c in e.yolo.classes}
         if any(e.coco_segmentations for e in self.entries):
             names |= {c for e in self.entries for _, c in (e.coco_segmentations or [])}
         return sorted(n for n in names if n and n != NORMAL_CLASS)
@@ -107,9 +119,7 @@ class Dataset:
         for e in self.entries:
             if split is not None and e.split != split:
                 continue
-            is_normal = (e.class_name in (None, NORMAL_CLASS)) and not e.boxes and e.mask_path is None \
-                and not e.coco_segmentations
-            if normal is not None and is_normal != normal:
+            if normal is not None and e.is_normal != normal:
                 continue
             if classes is not None and e.class_name not in classes:
                 continue
@@ -148,6 +158,10 @@ class Dataset:
                     f"{entry.image_path.name}",
                 )
         boxes = list(entry.boxes)
+        if entry.yolo is not None:
+            yolo_boxes, yolo_mask = entry.yolo.at_size(h, w)
+            boxes += yolo_boxes
+            mask = yolo_mask if mask is None or yolo_mask is None else mask | yolo_mask
         if not boxes and mask is not None and mask.any():
             box = Box.from_mask(mask, entry.class_name)
             boxes = [box] if box else []
@@ -179,6 +193,8 @@ def detect_format(root: Path) -> str:
         return "coco"
     if (root / "train" / "good").is_dir() or ((root / "test").is_dir() and (root / "ground_truth").is_dir()):
         return "mvtec"
+    if yolo.is_yolo_root(root):
+        return "yolo"
     if _voc_parts(root):
         return "voc"
     if any(p.stem.endswith(MASK_SUFFIX) for p in image_files(root)):
@@ -194,6 +210,9 @@ def read_parts(root: Path) -> list[Path]:
         return [root]
     if (root / "train" / "good").is_dir() or ((root / "test").is_dir() and (root / "ground_truth").is_dir()):
         return [root / p for p in ("train", "test", "ground_truth", "labeled")]
+    if yolo.is_yolo_root(root):
+        folders = [folder for folder, _ in yolo.layout(root)[0]]
+        return folders + [yolo.label_path(f / "x").parent for f in folders]
     voc = _voc_parts(root)
     if voc:
         return [p for images, annotations, _ in voc for p in (images, annotations)]
@@ -208,7 +227,8 @@ def open_dataset(path: str | Path, format: str = "auto", on_bad: str = "error") 
     if format not in FORMATS:
         raise DefectgenError(root, f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
     fmt = detect_format(root) if format == "auto" else format
-    reader = {"folder": _read_folder, "mvtec": _read_mvtec, "pairs": _read_pairs, "voc": _read_voc, "coco": _read_coco}
+    reader = {"folder": _read_folder, "mvtec": _read_mvtec, "pairs": _read_pairs, "voc": _read_voc, "coco": _read_coco,
+              "yolo": _read_yolo}
     entries = reader[fmt](root)
     if not entries:
         raise DefectgenError(root, f"no images found (read as '{fmt}' layout)")
@@ -356,3 +376,19 @@ def _read_coco(root: Path) -> list[Entry]:
             split=im.get("split"), source=_source(im.get("source"), base),
         ))
     return entries
+
+
+def _read_yolo(root: Path) -> list[Entry]:
+    if not yolo.is_yolo_root(root):
+        raise DefectgenError(root, "not a YOLO layout: expected data.yaml, or images/ beside labels/*.txt")
+    parts, names = yolo.layout(root)
+    entries = []
+    for folder, split in parts:
+        images = _images_under(folder) if split is not None else [p for p in _images_under(folder)
+                                                                  if p.parent == folder]
+        for image in images:
+            labels = yolo.read_labels(yolo.label_path(image), names)
+            entries.append(Entry(image, class_name=labels.majority() or NORMAL_CLASS, split=split,
+                                 annotation_file=labels.path, yolo=labels))
+    return entries
+
