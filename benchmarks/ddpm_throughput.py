@@ -29,7 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware  # noqa: E402
-from defectgen.diffusion.ddpm import build_model, unconditional_loss  # noqa: E402
+from defectgen.diffusion.ddpm import build_model  # noqa: E402
+from defectgen.diffusion.losses import unconditional_loss  # noqa: E402
 from defectgen.diffusion.samplers import perturb_and_denoise  # noqa: E402
 from defectgen.diffusion.training import TrainConfig, train_loop  # noqa: E402
 

@@ -105,8 +105,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    from defectgen.diffusion.ddpm import train_ddpm
-    from defectgen.diffusion.ldm import train_ldm
+    from defectgen.diffusion.train_ddpm import train_ddpm
+    from defectgen.diffusion.train_ldm import train_ldm
     from defectgen.masks.real import RealMasks
     from defectgen.prompts import PROMPT_DIR
     from defectgen.synth.pipeline import load_generator, synthesize

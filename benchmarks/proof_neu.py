@@ -238,8 +238,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
               ) -> tuple[dict[str, dict[str, Path]], dict[str, dict]]:
     """Train each generator on `labeled` (a VOC folder) and paint `per_class` defects of every class with it on the
     labeled images, one folder per class. Returns {generator: {class: folder}} and the timings."""
-    from defectgen.diffusion.ddpm import train_ddpm
-    from defectgen.diffusion.ldm import train_ldm
+    from defectgen.diffusion.train_ddpm import train_ddpm
+    from defectgen.diffusion.train_ldm import train_ldm
     from defectgen.io.datasets import open_dataset
     from defectgen.masks.real import RealMasks
     from defectgen.prompts import PROMPT_DIR

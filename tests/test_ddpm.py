@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from defectgen.diffusion.ddpm import (
-    ConditionalDdpmPipeline,
-    build_model,
-    conditional_loss,
-    load_model,
-    save_model,
-    train_ddpm,
-    unconditional_loss,
-)
+from defectgen.diffusion.ddpm import build_model, load_model, save_model
+from defectgen.diffusion.losses import conditional_loss, unconditional_loss
+from defectgen.diffusion.pipelines.pipeline_cddpm import ConditionalDdpmPipeline
 from defectgen.diffusion.samplers import guided_inpaint, make_scheduler, perturb_and_denoise
+from defectgen.diffusion.train_ddpm import train_ddpm
 from defectgen.diffusion.training import TrainConfig, checkpoints
 from defectgen.errors import DefectgenError
 from tests.conftest import write_png

@@ -11,7 +11,8 @@ import torch
 from defectgen.detect.backbone import load_backbone
 from defectgen.detect.diffusion_features import DiffusionBackbone
 from defectgen.detect.exdd import ExDD
-from defectgen.diffusion.ddpm import build_model, save_model, train_ddpm
+from defectgen.diffusion.ddpm import build_model, save_model
+from defectgen.diffusion.train_ddpm import train_ddpm
 from defectgen.diffusion.training import TrainConfig
 from defectgen.errors import DefectgenError
 from defectgen.evaluate import ValidationConfig, run_validation

@@ -35,7 +35,7 @@ def normals_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_ldm(labeled_dir, tmp_path_factory):
-    from defectgen.diffusion.ldm import train_ldm
+    from defectgen.diffusion.train_ldm import train_ldm
     from defectgen.diffusion.training import TrainConfig
 
     out = tmp_path_factory.mktemp("runs") / "ldm"
@@ -118,7 +118,7 @@ def test_zero_one_and_zero_255_masks_give_the_same_result(tiny_ldm, normals_dir,
 
 
 def test_folder_that_is_no_inpainting_model_fails(tmp_path):
-    from defectgen.diffusion.ldm import load_inpaint_pipeline
+    from defectgen.diffusion.pipelines.pipeline_ldm_inpaint import load_inpaint_pipeline
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DefectgenError, match="no model_index.json"):
@@ -132,7 +132,7 @@ def test_folder_that_is_no_inpainting_model_fails(tmp_path):
 def build_tiny_clip(folder):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from defectgen.diffusion.ldm import byte_level_clip_tokenizer
+    from defectgen.diffusion.models import byte_level_clip_tokenizer
 
     torch.manual_seed(0)
     tok = byte_level_clip_tokenizer(folder / "_tok")

@@ -269,7 +269,7 @@ def test_failed_synthesize_before_the_first_sample_leaves_nothing(tmp_path, mvte
 
 
 def test_interrupted_training_before_any_checkpoint_leaves_no_folder(tmp_path, mvtec_dir):
-    from defectgen.diffusion.ddpm import train_ddpm
+    from defectgen.diffusion.train_ddpm import train_ddpm
     from defectgen.diffusion.training import Interrupted, TrainConfig
 
     def stop(step, loss):
@@ -295,7 +295,7 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, run_cli):
 # ---- checkpoints, Ctrl-C, config ----------------------------------------------------------------------------------
 
 def _train(tmp_path, mvtec_dir, steps, **kw):
-    from defectgen.diffusion.ddpm import train_ddpm
+    from defectgen.diffusion.train_ddpm import train_ddpm
     from defectgen.diffusion.training import TrainConfig
 
     cfg = TrainConfig(steps=steps, batch_size=2, checkpoint_every=2, progress=False, ema=False, warmup_steps=0)

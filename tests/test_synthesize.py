@@ -11,7 +11,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from defectgen.diffusion.ddpm import build_model, save_model, train_ddpm
+from defectgen.diffusion.ddpm import build_model, save_model
+from defectgen.diffusion.train_ddpm import train_ddpm
 from defectgen.diffusion.training import TrainConfig
 from defectgen.errors import DefectgenError
 from defectgen.io.images import read_image, read_mask

@@ -188,7 +188,7 @@ def test_the_resume_hint_names_the_run_folder_the_workspace_chose(tmp_path, run_
         kwargs["callback"] = lambda step, loss: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None
         return real_loop(*args, **kwargs)
 
-    import defectgen.diffusion.ddpm as ddpm
+    import defectgen.diffusion.train_ddpm as ddpm
 
     monkeypatch.setattr(ddpm, "train_loop", stopping_loop)
     code, _, err = run_cli("train-ddpm", "--normals", "good", "--preset", "tiny", "--resolution", "32",

@@ -121,7 +121,7 @@ def train_ddpm(
 
         torchrun --nproc_per_node 2 -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
-    from defectgen.diffusion.ddpm import train_ddpm as train
+    from defectgen.diffusion.train_ddpm import train_ddpm as train
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
@@ -179,7 +179,7 @@ def train_ldm(
 
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
-    from defectgen.diffusion.ldm import train_ldm as train
+    from defectgen.diffusion.train_ldm import train_ldm as train
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,

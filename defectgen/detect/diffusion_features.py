@@ -49,6 +49,7 @@ class DiffusionBackbone(nn.Module):
         if feature_dim < 1:
             raise DefectgenError(None, f"`feature_dim` must be at least 1, got {feature_dim}")
         self.unet, self.condition, self.scheduler = model.unet, model.condition, model.scheduler
+        self._ddpm = model  # (a DdpmModel, not a module: its networks are registered above)
         self.name, self.timesteps, self.feature_dim = name, timesteps, int(feature_dim)
         self.in_channels = int(model.channels)
         # the UNet halves the image once per down block but the last: sides must be multiples of this
@@ -92,17 +93,7 @@ class DiffusionBackbone(nn.Module):
 
     def _denoise(self, x_t: torch.Tensor, t: int) -> None:
         steps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        if self.condition is None:
-            self.unet(x_t, steps)
-            return
-        # cddpm as an unconditional denoiser: the null class and the whole image masked with nothing known,
-        # which is how it was trained on normals (null class inside random masks)
-        b, _, h, w = x_t.shape
-        mask, known = x_t.new_ones(b, 1, h, w), torch.zeros_like(x_t)
-        classes = torch.full((b,), self.condition.null_class, device=x_t.device, dtype=torch.long)
-        boxes = x_t.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(b, 4) if self.condition.box_embedding else None
-        emb = self.condition(classes, boxes)
-        self.unet(torch.cat([x_t, mask, known], dim=1), steps, class_labels=emb)
+        self._ddpm.normal_noise_prediction(x_t, steps)  # the hooks capture the decoder levels
 
     @torch.no_grad()
     def levels(self, images: torch.Tensor) -> list[tuple[int, torch.Tensor]]:

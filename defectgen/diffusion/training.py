@@ -1,4 +1,5 @@
-"""One accelerate training loop for every diffusion model defectgen trains (DDPMs now, the LDM later).
+"""One accelerate training loop for every diffusion model defectgen trains: train_ddpm.py (both DDPM kinds) and
+train_ldm.py (the inpainting LDM and its VAE) hand it a module, a loss (losses.py) and examples (data.py).
 
 What it does: mixed precision (bf16/fp16) and several processes through `Accelerator` (processes started by
 `torchrun` or `accelerate launch` join one process group, NCCL on GPUs and gloo on CPUs: see `process_state`),
@@ -688,10 +689,7 @@ def train_loop(
     from defectgen.progress import bar as progress_bar
 
     out_dir = Path(out_dir)
-    if len(data) == 0:
-        raise DefectgenError(None, "no training examples")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise DefectgenError(None, "steps, batch size and gradient accumulation must be at least 1")
+    _check_loop(data, cfg)
     started = time.perf_counter()
     run = _prepare_run(module, cfg, out_dir)
     accelerator = run.accelerator
@@ -713,35 +711,8 @@ def train_loop(
     progress = _Progress(done=start_step, since=time.perf_counter())
     estimate = RunEstimate(cfg.steps - start_step, accelerator.device,
                            above_bars(log) if accelerator.is_local_main_process else None, what="train")
-    every, seconds = checkpoint_interval(cfg), cfg.checkpoint_minutes * 60.0
-    last_save = time.monotonic()
     with _StopSignals() as stop:
-        try:
-            for step in range(start_step + 1, cfg.steps + 1):
-                _optimizer_step(run, cfg, loss_fn, batches, progress)
-                progress.done = step
-                due = (every > 0 and step % every == 0) or (seconds > 0 and time.monotonic() - last_save >= seconds)
-                signum, due = _agree(run, progress, stop, due)
-                estimate.update(step - start_step)
-                _log_step(run, cfg, step, progress, bar)
-                if due and step < cfg.steps:
-                    _save_checkpoint(run, out_dir, step)
-                    last_save = time.monotonic()
-                if callback is not None:
-                    callback(step, progress.loss)
-                if signum is not None and step < cfg.steps:  # every process stops after this same step
-                    bar.close()
-                    raise _stop_error(signum)(step, _checkpoint_on_interrupt(run, out_dir, step, start_step,
-                                                                             agreed=True))
-        except KeyboardInterrupt as e:  # raised mid-step (a second signal, a callback): no agreement to rely on
-            bar.close()
-            done = progress.done
-            saved = None if isinstance(e, _Abort) else _checkpoint_on_interrupt(run, out_dir, done, start_step,
-                                                                                 agreed=False)
-            if saved is None and isinstance(e, _Abort):
-                found = checkpoints(out_dir)
-                saved = found[-1][1] if found else None
-            raise _stop_error(stop.requested)(done, saved) from None
+        _run_steps(run, loss_fn, batches, out_dir, start_step, progress, stop, bar, estimate, callback)
         bar.close()
         if start_step < cfg.steps:
             _save_checkpoint(run, out_dir, cfg.steps)
@@ -749,6 +720,48 @@ def train_loop(
     if cfg.tensorboard:
         accelerator.end_training()
     return TrainResult(cfg.steps, progress.loss, progress.rate, resumed_from, time.perf_counter() - started)
+
+
+def _check_loop(data: TrainingData, cfg: TrainConfig) -> None:
+    if len(data) == 0:
+        raise DefectgenError(None, "no training examples")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise DefectgenError(None, "steps, batch size and gradient accumulation must be at least 1")
+
+
+def _run_steps(run: _Run, loss_fn, batches, out_dir: Path, start_step: int, progress: _Progress,
+               stop: _StopSignals, bar, estimate: RunEstimate, callback: Callable[[int, float], None] | None) -> None:
+    """The optimizer steps from `start_step` + 1 to `cfg.steps`, with the checkpoints that come due. A stop signal
+    (or a KeyboardInterrupt mid-step) raises Interrupted or Terminated naming the checkpoint to resume from."""
+    cfg = run.cfg
+    every, seconds = checkpoint_interval(cfg), cfg.checkpoint_minutes * 60.0
+    last_save = time.monotonic()
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            _optimizer_step(run, cfg, loss_fn, batches, progress)
+            progress.done = step
+            due = (every > 0 and step % every == 0) or (seconds > 0 and time.monotonic() - last_save >= seconds)
+            signum, due = _agree(run, progress, stop, due)
+            estimate.update(step - start_step)
+            _log_step(run, cfg, step, progress, bar)
+            if due and step < cfg.steps:
+                _save_checkpoint(run, out_dir, step)
+                last_save = time.monotonic()
+            if callback is not None:
+                callback(step, progress.loss)
+            if signum is not None and step < cfg.steps:  # every process stops after this same step
+                bar.close()
+                raise _stop_error(signum)(step, _checkpoint_on_interrupt(run, out_dir, step, start_step,
+                                                                         agreed=True))
+    except KeyboardInterrupt as e:  # raised mid-step (a second signal, a callback): no agreement to rely on
+        bar.close()
+        done = progress.done
+        saved = None if isinstance(e, _Abort) else _checkpoint_on_interrupt(run, out_dir, done, start_step,
+                                                                             agreed=False)
+        if saved is None and isinstance(e, _Abort):
+            found = checkpoints(out_dir)
+            saved = found[-1][1] if found else None
+        raise _stop_error(stop.requested)(done, saved) from None
 
 
 def _backend() -> str:
@@ -859,10 +872,3 @@ def _save_final(run: _Run, save_fn: Callable[[nn.Module, Path], None], out_dir: 
         if run.ema is not None:
             run.ema.restore(_trainable(unwrapped))
     accelerator.wait_for_everyone()
-
-
-# ---- image helpers shared by the DDPM and LDM datasets -------------------------------------------------------
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """H x W x C float in [0, 1] -> C x H x W in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() * 2.0 - 1.0

@@ -1,4 +1,5 @@
-"""The `DefectGenerator` for both DDPM kinds: perturb-and-denoise (ddpm) and guided inpainting (cddpm)."""
+"""The `DefectGenerator` for both DDPM kinds, through their one interface (`DdpmModel`, diffusion/ddpm.py):
+perturb-and-denoise (ddpm) and guided inpainting (cddpm)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectgen.diffusion.ddpm import load_model
-from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, perturb_and_denoise
+from defectgen.diffusion.ddpm import Sampling, load_model
+from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
 from defectgen.errors import DefectgenError
 from defectgen.io.images import resize, to_model_size
 from defectgen.runtime import pick_device
@@ -38,7 +39,7 @@ class DdpmGenerator:
             raise DefectgenError(None, f"`strength` must lie in (0, 1], got {strength}")
         self.device = str(pick_device(device))
         self.model = load_model(model, self.device)
-        strength = strength if strength is not None else (1.0 if self.model.conditional else 0.5)
+        strength = strength if strength is not None else self.model.default_strength
         self.path = Path(model)
         self.name = self.model.kind
         self.resolution = self.model.resolution
@@ -52,8 +53,9 @@ class DdpmGenerator:
             {c: counts.get(c, 0) / total for c in names} if total else
             ({c: 1 / len(names) for c in names} if names else None)
         )
-        # The conditional model samples through its diffusers pipeline (ConditionalDdpmPipeline).
-        self.pipeline = self.model.pipeline() if self.model.conditional else None
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.sampler, self.steps, self.strength, self.sigma, self.guidance)
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -62,16 +64,11 @@ class DdpmGenerator:
             "model_version": self.model.meta.get("version"),
             "data_fingerprint": (self.model.meta.get("data") or {}).get("fingerprint"),
         }
-        if self.model.conditional:
-            info.update(guidance=self.guidance, classes=self.model.class_names, strength=self.strength)
-        else:
-            info.update(strength=self.strength, sigma=self.sigma)
+        info.update(self.model.sampling_info(self.sampling()))
         return info
 
     def check_class(self, class_name: str | None) -> None:
-        if class_name is not None and self.model.conditional and class_name not in self.model.class_names:
-            raise DefectgenError(self.path, f"the model knows no class {class_name!r}; it knows: "
-                                 f"{', '.join(self.model.class_names)}")
+        self.model.check_class(class_name)
 
     def _prepare(self, normals: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.resolution
@@ -92,17 +89,7 @@ class DdpmGenerator:
             return []
         shapes = [im.shape for im in normals]
         x0, mask = self._prepare(normals, masks)
-        if self.model.conditional:
-            names = self.model.class_names
-            for c in class_names:
-                self.check_class(c)
-            # No class given and no distribution: the first class (the pipeline normally draws one).
-            idx = [names.index(c) if c is not None else 0 for c in class_names]
-            out = self.pipeline(x0, mask, idx, guidance_scale=self.guidance, num_inference_steps=self.steps,
-                                sampler=self.sampler, seeds=seeds, strength=self.strength).images
-        else:
-            out = perturb_and_denoise(self.model.unet, self.model.scheduler, x0, mask, seeds, self.strength,
-                                      self.sigma, self.sampler, self.steps)
+        out = self.model.generate(x0, mask, seeds, class_names, self.sampling())
         out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
         results = []
         for arr, shape in zip(out, shapes, strict=True):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from defectgen.diffusion.folder import read_metadata
-from defectgen.diffusion.ldm import load_inpaint_pipeline
+from defectgen.diffusion.pipelines.pipeline_ldm_inpaint import load_inpaint_pipeline
 from defectgen.diffusion.samplers import generators, make_scheduler
 from defectgen.prompts import ResolvedPrompt, resolve_prompt
 from defectgen.runtime import pick_device
