@@ -1,0 +1,335 @@
+"""Index of benchmarks/results/: one record per result family, written to results/index.json and results/INDEX.md.
+
+Reads every JSON under results/ (stdlib only), groups the files by the hand-written FAMILIES below (benchmark and
+tag pattern), takes `commit`, `date` and `hardware` from the JSONs where they are recorded, and computes each
+family's headline figure from its JSON. The status of a family (current / superseded / ablation) and what
+supersedes it are written here by hand; benchmarks/README.md holds the full tables.
+
+    python benchmarks/index_results.py
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _mean_std(curve: dict, share: str) -> str:
+    point = curve["per_share"][share]
+    return f"{point['mean']:.3f} ± {point['std']:.3f}"
+
+
+def _four(m: dict) -> str:
+    return " / ".join(_f(m[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"))
+
+
+def _learning_curve(d: dict[str, dict]) -> str:
+    c = d["learning_curve_neu-det_det_cpu.json"]["curves"]["map50"]
+    return (f"det NEU-DET mAP@0.5, 3 seeds: 20% {_mean_std(c, '0.2')}, 40% {_mean_std(c, '0.4')}, "
+            f"100% {_mean_std(c, '1')}; each step beyond 2 SE: {all(s['beyond_two_se'] for s in c['steps'])}")
+
+
+def _det_neu(d: dict[str, dict]) -> str:
+    c = d["det_neu_cpu-full.json"]["coco"]
+    return f"det NEU-DET, all labels, one seed: mAP@0.5 {_f(c['map50'])}, mAP@[.5:.95] {_f(c['map'])}"
+
+
+def _proof_final(d: dict[str, dict]) -> str:
+    seg = d["proof_cpu-final-exdd-seg.json"]["detectors"]["seg"]
+    exdd = d["proof_cpu-final-exdd-seg.json"]["detectors"]["exdd"]
+    return (f"seg pixel AP / AUPRO: real {_f(seg['real']['pixel_ap'])} / {_f(seg['real']['aupro'])}, "
+            f"real+cddpm {_f(seg['real+cddpm']['pixel_ap'])} / {_f(seg['real+cddpm']['aupro'])}, "
+            f"real+copypaste-flips {_f(seg['real+copypaste-flips']['pixel_ap'])} / "
+            f"{_f(seg['real+copypaste-flips']['aupro'])}; ExDD none I-AUROC {_f(exdd['none']['image_auroc'])}")
+
+
+def _proof_seed1(d: dict[str, dict]) -> str:
+    exdd = d["proof_cpu-final-exdd-seed1.json"]["detectors"]["exdd"]
+    best = max((r for r in exdd if r != "none"), key=lambda r: exdd[r]["aupro"])
+    return (f"ExDD seed 1 AUPRO: none {_f(exdd['none']['aupro'])}, best set ({best}) {_f(exdd[best]['aupro'])}: "
+            "no set beats none")
+
+
+def _kid_realism(d: dict[str, dict], name: str, gen: str = "transplant-ddpm") -> str:
+    q = d[name]["quality"][gen]
+    return f"{gen} KID {q['kid']:.2f}, realism {_f(q['realism']['image_auroc'])} / {_f(q['realism']['pixel_auroc'])}"
+
+
+def _ablation(d: dict[str, dict]) -> str:
+    best = "proof_cpu-ablation-transplant-flips-core1-s0.2.json"
+    return "best: flips, keep-core 1, strength 0.2: " + _kid_realism(d, best)
+
+
+def _keepcore(d: dict[str, dict]) -> str:
+    return ("keep-core 0: " + _kid_realism(d, "proof_cpu-transplant-core0.5-s0.2.json") + "; copypaste seamless: "
+            + _kid_realism(d, "proof_cpu-transplant-seamless-s0.2.json", "copypaste-seamless"))
+
+
+def _strength(d: dict[str, dict]) -> str:
+    kids = {n.split("-s")[-1][:-5]: d[n]["quality"]["transplant-ddpm"]["kid"] for n in d
+            if "transplant-ddpm" in d[n]["quality"]}
+    return "transplant-ddpm KID by strength: " + ", ".join(f"{s} {k:.2f}" for s, k in sorted(kids.items()))
+
+
+def _transplant_detect(d: dict[str, dict]) -> str:
+    ex = d["proof_cpu-transplant-ddpm-s0.2-detect.json"]["detectors"]["exdd"]
+    return f"ExDD transplant-ddpm {_four(ex['transplant-ddpm'])} vs none {_four(ex['none'])}"
+
+
+def _proof_all(d: dict[str, dict]) -> str:
+    seg = d["proof_cpu-all-real-masks-q999.json"]["detectors"]["seg"]
+    return (f"seg (square 128 px) real {_four(seg['real'])}, real+cddpm {_four(seg['real+cddpm'])}, "
+            f"real+ldm {_four(seg['real+ldm'])}")
+
+
+def _proof_seg(d: dict[str, dict]) -> str:
+    seg = d["proof_cpu-seg-real-masks-q999.json"]["detectors"]["seg"]
+    return f"seg real {_four(seg['real'])}"
+
+
+def _proof_first(d: dict[str, dict]) -> str:
+    ex = d["proof_cpu-real-masks-q999.json"]["detectors"]["exdd"]
+    first = d["proof_cpu.json"]["detectors"]["exdd"]
+    return (f"ExDD cddpm: {_four(first['cddpm'])} (Perlin, no filter) -> {_four(ex['cddpm'])} "
+            "(real masks, filter 0.999)")
+
+
+def _realism(d: dict[str, dict]) -> str:
+    s = d["realism_controls_cpu.json"]["sets"]
+    return (f"realism I-AUROC: real labeled {_f(s['real (labeled/)']['filtered']['image_auroc'])}, "
+            f"no-op {_f(s['no-op']['filtered']['image_auroc'])}")
+
+
+def _neu_quality(d: dict[str, dict]) -> str:
+    parts = []
+    for name, label in (("proof_neu_cpu.json", "DPM-Solver"), ("proof_neu_cpu-ddim.json", "DDIM")):
+        q = d[name]["quality"]
+        parts.append(f"{label}: cddpm pooled KID {q['cddpm']['kid']:.1f} (draem {q['draem']['kid']:.1f})")
+    return "; ".join(parts)
+
+
+def _neu_detect(d: dict[str, dict]) -> str:
+    det = {**d["proof_neu_cpu-diffusion-20.json"]["detection"], **d["proof_neu_cpu-diffusion-40-100.json"]["detection"]}
+    return "seg mAP@0.5 real / cddpm only: " + ", ".join(
+        f"{share} {_f(runs['real']['map50'])} / {_f(runs['cddpm only']['map50'])}" for share, runs in det.items())
+
+
+def _neu_semi(d: dict[str, dict]) -> str:
+    det = d["proof_neu_cpu-semi.json"]["detection"]
+    return "seg mAP@0.5 real / real+pseudo: " + ", ".join(
+        f"{share} {_f(runs['real']['map50'])} / {_f(runs['real+pseudo']['map50'])}" for share, runs in det.items())
+
+
+def _neu_seg(d: dict[str, dict]) -> str:
+    det = d["proof_neu_cpu-seg.json"]["detection"]
+    return "seg mAP@0.5 real: " + ", ".join(f"{share} {_f(runs['real']['map50'])}" for share, runs in det.items())
+
+
+def _mt_aspect(d: dict[str, dict]) -> str:
+    own = d["magnetic_tile_cpu_res128.json"]["results"]["exdd"]["runs"]["none"]["metrics"]
+    sq = d["magnetic_tile_cpu_res128x128.json"]["results"]["exdd"]["runs"]["none"]["metrics"]
+    return f"ExDD none AUPRO: own aspect {_f(own['aupro'])}, square {_f(sq['aupro'])}"
+
+
+def _mt_256(d: dict[str, dict]) -> str:
+    r = d["magnetic_tile_cpu.json"]["results"]["exdd"]["runs"]
+    return (f"ExDD I-AUROC: none {_f(r['none']['metrics']['image_auroc'])}, "
+            f"draem {_f(r['draem']['metrics']['image_auroc'])}")
+
+
+def _diffusion_features(d: dict[str, dict]) -> str:
+    runs = d["diffusion_features_cpu.json"]["runs"]
+    return "ExDD none AUPRO by backbone: " + ", ".join(
+        f"{_backbone(r['backbone'])} {_f(r['metrics']['aupro'])}" for r in runs if r["detector"] == "exdd")
+
+
+def _backbone(spec: str) -> str:
+    return "+".join("MobileNetV2" if "mobilenet" in part else "DDPM" for part in spec.split("+"))
+
+
+def _cached(d: dict[str, dict]) -> str:
+    r = d["cached_heads_cpu.json"]["results"]
+    return f"step speed-up from cached maps: seg {r['seg']['speedup']:.1f}x, det {r['det']['speedup']:.1f}x"
+
+
+def _coreset(d: dict[str, dict]) -> str:
+    r = d["coreset_speed_cpu.json"]["runs"]
+    return f"greedy coreset of 320,000 patches: {r['old']['seconds']:.0f} s -> {r['new']['seconds']:.0f} s, same radius"
+
+
+def _large(d: dict[str, dict]) -> str:
+    t, n = d["large_images_cpu.json"], d["large_images_native_cpu.json"]
+    return (f"2000x800 ExDD peak RSS: tiles {t['peak_rss_mib']:.0f} MiB ({t['wall_s']:.0f} s), "
+            f"whole image {n['peak_rss_mib']:.0f} MiB ({n['wall_s']:.0f} s)")
+
+
+def _ddpm(d: dict[str, dict]) -> str:
+    r = d["ddpm_throughput_cpu_tiny.json"]["results"]["64"]
+    return (f"tiny DDPM 64 px: training {r['train_defectgen']['images_per_s']:.2f} images/s, "
+            f"DPM-Solver-20 sampling {r['sampling']['dpm-20']['images_per_s']:.2f} images/s")
+
+
+# (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
+FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
+    ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
+     ["learning_curve_neu-det_det_cpu.json"], "current", None, "", _learning_curve),
+    ("det-neu", "det_neu", "det (FCOS) on NEU-DET with all train labels, one seed",
+     ["det_neu_cpu-full.json"], "current", None,
+     "the 3-seed figure at 100% is in learning-curve-neu-det", _det_neu),
+    ("proof-final", "proof", "magnetic-tile: every defect source under ExDD, seg and AST, own-aspect code, seed 0",
+     ["proof_cpu-final-exdd-seg.json", "proof_cpu-final-ast.json"], "current", None, "", _proof_final),
+    ("proof-seed1", "proof", "magnetic-tile: the final sets at a second seed (ExDD, quality)",
+     ["proof_cpu-final-exdd-seed1.json", "proof_cpu-final-draem-seed1.json"], "current", None,
+     "qualifies proof-final: the seed-0 lead of flips-only copy-paste does not hold", _proof_seed1),
+    ("proof-ablation", "proof", "magnetic-tile: transplant and copy-paste settings, generation quality only",
+     ["proof_cpu-ablation-*.json"], "ablation", None, "choices judged on the test defects (selection bias)",
+     _ablation),
+    ("realism-controls", "realism_controls", "magnetic-tile: the realism metric on real labeled defects, a no-op set",
+     ["realism_controls_cpu.json"], "current", None, "", _realism),
+    ("proof-keep-core-sweep", "proof", "magnetic-tile: first keep-core sweep (full-augmentation paste), quality only",
+     ["proof_cpu-transplant-core0.5-s0.2.json", "proof_cpu-transplant-ddpmsampler-s0.2.json",
+      "proof_cpu-transplant-seamless-s0.2.json"], "superseded", "proof-ablation",
+     "its copypaste-seamless row is the ablation table's Poisson-blending row", _keepcore),
+    ("proof-transplant-strength", "proof", "magnetic-tile: transplant strength sweep 0.1-0.7, quality only",
+     ["proof_cpu-transplant-s*.json"], "superseded", "proof-ablation",
+     "the transplant now pastes with flips only and keeps the core", _strength),
+    ("proof-transplant-detect", "proof", "magnetic-tile: detectors with transplant-ddpm at 0.2",
+     ["proof_cpu-transplant-ddpm-s0.2-detect.json"], "superseded", "proof-final", "older transplant",
+     _transplant_detect),
+    ("proof-all-generators", "proof", "magnetic-tile: every generator under ExDD, AST and seg, square 128 px inputs",
+     ["proof_cpu-all-real-masks-q999.json"], "superseded", "proof-final",
+     "still the only run with ddpm and ldm under all three detectors", _proof_all),
+    ("proof-seg", "proof", "magnetic-tile: seg with real, copypaste, draem and cddpm, square inputs",
+     ["proof_cpu-seg-real-masks-q999.json"], "superseded", "proof-all-generators",
+     "its rows came out identical in proof-all-generators", _proof_seg),
+    ("proof-first", "proof", "magnetic-tile: the first proof and the masks x positive-bank-filter ablation (ExDD, AST)",
+     ["proof_cpu.json", "proof_cpu-real-masks.json", "proof_cpu-perlin-q999.json", "proof_cpu-real-masks-q999.json"],
+     "superseded", "proof-all-generators, then proof-final", "realism from the metric before its surface filter",
+     _proof_first),
+    ("proof-neu-detection", "proof_neu", "NEU-DET: seg mAP with generated sets at 20/40/100% of the labels",
+     ["proof_neu_cpu-diffusion-*.json"], "current", None,
+     "seg boxes; det (det-neu) is the stronger NEU-DET detector", _neu_detect),
+    ("proof-neu-semi", "proof_neu", "NEU-DET: semi-supervised seg with pseudo-labels at 20% and 40%",
+     ["proof_neu_cpu-semi.json"], "current", None, "", _neu_semi),
+    ("proof-neu-seg-baselines", "proof_neu", "NEU-DET: seg with draem and copypaste at 20/40/100% of the labels",
+     ["proof_neu_cpu-seg.json"], "superseded", "proof-neu-detection", "square-input code", _neu_seg),
+    ("proof-neu-quality", "proof_neu", "NEU-DET: per-class KID and class fidelity of cddpm, ldm, draem",
+     ["proof_neu_cpu.json", "proof_neu_cpu-ddim.json"], "current", None,
+     "the -ddim file is the sampler ablation", _neu_quality),
+    ("diffusion-features", "diffusion_features", "DDPM vs MobileNetV2 features vs both (magnetic-tile, NEU-DET)",
+     ["diffusion_features_*.json"], "current", None, "magnetic-tile run stopped after 5 of 9 runs",
+     _diffusion_features),
+    ("magnetic-tile-aspect", "magnetic_tile", "ExDD and AST on magnetic-tile at 128 px: own aspect vs square",
+     ["magnetic_tile_cpu_res128*.json"], "current", None, "", _mt_aspect),
+    ("magnetic-tile-256", "magnetic_tile", "ExDD and AST on magnetic-tile at 256 x 256, none and draem",
+     ["magnetic_tile_cpu.json", "magnetic_tile_reports/*/report.json"], "superseded", "magnetic-tile-aspect",
+     "pixel metrics on squashed masks; no positive-bank filter", _mt_256),
+    ("cached-heads", "cached_heads", "seg and det step time with and without cached backbone maps",
+     ["cached_heads_*.json"], "current", None, "", _cached),
+    ("coreset-speed", "coreset_speed", "ExDD's greedy coreset: one pick per pass vs sweeps vs sampled rows",
+     ["coreset_speed_*.json"], "current", None, "", _coreset),
+    ("large-images", "large_images", "ExDD on 2000x800 images: tiles vs whole images, memory and time",
+     ["large_images_*.json"], "current", None, "", _large),
+    ("ddpm-throughput", "ddpm_throughput", "DDPM training and sampling speed on CPU, tiny preset",
+     ["ddpm_throughput_*.json"], "current", None, "measured on the earlier 2-level tiny UNet", _ddpm),
+]
+
+
+def _companions(rel: str) -> list[str]:
+    """Files beside a JSON that share its stem (.md, .log, .png, _samples.png); a report.json takes its folder."""
+    path = RESULTS / rel
+    if path.name == "report.json":
+        return sorted(str(p.relative_to(RESULTS)) for p in path.parent.rglob("*") if p.is_file() and p != path)
+    stem = path.name[: -len(".json")]
+    return sorted(str(p.relative_to(RESULTS)) for p in path.parent.iterdir()
+                  if p != path and p.suffix != ".json" and (p.stem == stem or p.stem == f"{stem}_samples"))
+
+
+def _provenance(docs: dict[str, dict], key: str) -> str | None:
+    values = sorted({str(d[key])[:12] if key == "commit" else str(d[key]) for d in docs.values() if d.get(key)})
+    return ", ".join(values) or None
+
+
+def _hardware(docs: dict[str, dict]) -> str | None:
+    seen = []
+    for d in docs.values():
+        h = d.get("hardware") or {}
+        text = f"{h.get('cpu', '?')}, {h.get('cpu_cores', h.get('cpu_count', '?'))} cores, torch {h.get('torch', '?')}"
+        if h and text not in seen:
+            seen.append(text)
+    return "; ".join(seen) or None
+
+
+def build() -> list[dict[str, Any]]:
+    files = sorted(str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*.json") if p.name != "index.json")
+    taken: set[str] = set()
+    records = []
+    for fid, bench, what, patterns, status, by, note, headline in FAMILIES:
+        members = [f for f in files if f not in taken and any(fnmatch.fnmatch(f, p) for p in patterns)]
+        if not members:
+            continue
+        taken.update(members)
+        docs = {f: json.loads((RESULTS / f).read_text(encoding="utf-8")) for f in members}
+        try:
+            head = headline(docs)
+        except (KeyError, TypeError, ValueError) as e:  # a result file changed shape: say so, keep the rest
+            head = f"(headline not computed: {type(e).__name__} {e})"
+        records.append({"family": fid, "benchmark": bench, "measures": what,
+                        "files": members + [c for m in members for c in _companions(m)],
+                        "commit": _provenance(docs, "commit"), "date": _provenance(docs, "date"),
+                        "hardware": _hardware(docs), "status": status, "superseded_by": by, "note": note or None,
+                        "headline": head})
+    for f in files:
+        if f not in taken:
+            records.append({"family": Path(f).stem, "benchmark": None, "measures": None, "files": [f],
+                            "commit": None, "date": None, "hardware": None, "status": "unindexed",
+                            "superseded_by": None, "note": "add it to FAMILIES in benchmarks/index_results.py",
+                            "headline": None})
+    return records
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Results index",
+        "",
+        "One row per result family; written by `python benchmarks/index_results.py` (with `index.json`): do not",
+        "edit by hand. Status and \"superseded by\" come from the script's FAMILIES table; headlines are computed",
+        "from the JSONs.",
+        "Tables and commentary: [../README.md](../README.md). All figures are CPU figures (2-core AMD EPYC, shared).",
+        "Date and commit are those the JSONs record; most older results record neither.",
+        "",
+        "| family | what it measures | files | date / commit | status | headline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        status = r["status"] + (f" by {r['superseded_by']}" if r["superseded_by"] else "")
+        if r["note"]:
+            status += f" ({r['note']})"
+        files = ", ".join(f"[{f}]({f})" for f in r["files"] if f.endswith(".json"))
+        others = len(r["files"]) - files.count("](")
+        if others:
+            files += f" (+{others} .md/.png/.log)"
+        when = " / ".join(x for x in (r["date"], r["commit"]) if x) or "not recorded"
+        lines.append(f"| {r['family']} | {r['measures'] or ''} | {files} | {when} | {status} | {r['headline'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    records = build()
+    (RESULTS / "index.json").write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (RESULTS / "INDEX.md").write_text(markdown(records), encoding="utf-8")
+    count = sum(len(r["files"]) for r in records)
+    print(f"{len(records)} families, {count} files -> {RESULTS / 'index.json'}, INDEX.md")
+
+
+if __name__ == "__main__":
+    main()
