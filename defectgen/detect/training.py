@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from defectgen.detect.ast import AST
 from defectgen.detect.convergence import (
     EarlyStopping,
     MapCache,
@@ -20,6 +19,9 @@ from defectgen.detect.convergence import (
     validation_split,
 )
 from defectgen.detect.features import batches
+
+if TYPE_CHECKING:  # only a type here: ast.py imports this module to train
+    from defectgen.detect.ast import AST
 
 
 class StepLoop:
