@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from defectgen.detect.fusion import SEPARATOR, FusedBackbone
 from defectgen.errors import DefectgenError
 
-SEPARATOR = "+"  # `A+B`: backbones fused side by side (`defectgen.detect.fusion`)
 TINY = "tiny"
 # The default of validate and inspect --against: a real ImageNet model, fetched from the hub on first use (as
 # diffusers and anomalib fetch theirs) and cached; offline, a local folder is given once instead.
@@ -163,7 +163,6 @@ def is_pretrained(spec: str) -> bool:
 
 
 def _fused(spec: str, device, feature_timesteps, feature_dim):
-    from defectgen.detect.fusion import FusedBackbone
 
     parts = spec.split(SEPARATOR)
     if not all(p.strip() for p in parts):

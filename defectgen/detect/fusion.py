@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectgen.detect.backbone import SEPARATOR
+SEPARATOR = "+"  # `A+B`: backbones fused side by side
 
 
 class FusedBackbone(nn.Module):
