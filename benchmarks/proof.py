@@ -109,6 +109,7 @@ def main() -> None:
     from defectgen.diffusion.train_ldm import train_ldm
     from defectgen.masks.real import RealMasks
     from defectgen.prompts import PROMPT_DIR
+    from defectgen.synth.options import SynthesisOptions
     from defectgen.synth.pipeline import load_generator, synthesize
 
     good, labeled = args.data / "train" / "good", args.data / "labeled"
@@ -178,9 +179,10 @@ def main() -> None:
         t = time.perf_counter()
         # copy-paste and the transplants bring the real defects' masks
         own_masks = "perlin" if name in variants or name.startswith("transplant-") else masks
-        result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"], masks=own_masks,
-                            seed=args.seed,
-                            batch_size=8, overwrite=True, progress=sys.stderr.isatty(), log=lambda *_: None)
+        result = synthesize(generator, good, work / f"synth-{name}{suffix}", cfg["n"],
+                            SynthesisOptions(masks=own_masks, seed=args.seed, batch_size=8, overwrite=True,
+                                             progress=sys.stderr.isatty()),
+                            log=lambda *_: None)
         seconds = time.perf_counter() - t
         timings[name].update(synth_s=seconds, images_per_s=cfg["n"] / seconds, annotations=result.annotations)
         sets[name] = work / f"synth-{name}{suffix}"

@@ -243,6 +243,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     from defectgen.io.datasets import open_dataset
     from defectgen.masks.real import RealMasks
     from defectgen.prompts import PROMPT_DIR
+    from defectgen.synth.options import SynthesisOptions
     from defectgen.synth.pipeline import load_generator, synthesize
 
     masks = RealMasks(labeled, seed=args.seed)  # each class's real labeled boxes
@@ -284,9 +285,11 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         for k, c in enumerate(classes):  # one folder per class: the same count of every class, boxes of that class
             folder = work / f"synth-{name}{tag}" / c
             # a seed per class, so that sample i of each class is drawn on a different canvas
-            synthesize(generator, canvases, folder, cfg["per_class"], masks="perlin" if name == "copypaste" else masks,
-                       class_name=c, seed=args.seed * 1000 + k, batch_size=8, overwrite=True,
-                       progress=sys.stderr.isatty(), log=lambda *_: None, protect=(labeled,))
+            synthesize(generator, canvases, folder, cfg["per_class"],
+                       SynthesisOptions(masks="perlin" if name == "copypaste" else masks, class_name=c,
+                                        seed=args.seed * 1000 + k, batch_size=8, overwrite=True,
+                                        progress=sys.stderr.isatty()),
+                       log=lambda *_: None, protect=(labeled,))
             sets.setdefault(name, {})[c] = folder
             written += cfg["per_class"]
         seconds = time.perf_counter() - t

@@ -14,6 +14,7 @@ from defectgen.errors import DefectgenError
 from defectgen.io.images import read_image, read_mask
 from defectgen.io.sample import Box, Sample
 from defectgen.synth.copypaste import CopyPasteGenerator, copypaste_set, defects_from
+from defectgen.synth.options import SynthesisOptions
 from defectgen.synth.pipeline import load_generator, synthesize
 from tests.conftest import square_mask, texture, write_png
 
@@ -118,8 +119,8 @@ def test_defects_land_on_the_part_with_their_class(tmp_path, rng):
     normals = half_dark_normals(tmp_path / "good", rng)
     for blend in ("paste", "seamless"):
         out = tmp_path / blend
-        synthesize(load_generator("copypaste", labeled=labeled, blend=blend), normals, out, 10, seed=4,
-                   progress=False)
+        synthesize(load_generator("copypaste", labeled=labeled, blend=blend), normals, out, 10,
+                   SynthesisOptions(seed=4, progress=False))
         coco = check_set(out)
         assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == {"bright", "dark"}
         inside = {"bright": [], "dark": []}

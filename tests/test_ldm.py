@@ -82,11 +82,13 @@ def test_tiny_ldm_loads_as_a_diffusers_inpainting_pipeline(tiny_ldm):
 
 def test_synthesize_with_prompt_keeps_outside_and_follows_prompt_class(tiny_ldm, normals_dir, tmp_path):
     from defectgen.synth.ldm_generator import LdmGenerator
+    from defectgen.synth.options import SynthesisOptions
     from defectgen.synth.pipeline import synthesize
 
     gen = LdmGenerator(tiny_ldm, prompt="tile/crack", steps=3, device="cpu")
-    synthesize(gen, normals_dir, tmp_path / "out", 3, masks="bbox", class_name=gen.default_class, seed=4,
-               progress=False, log=lambda *_: None)
+    synthesize(gen, normals_dir, tmp_path / "out", 3,
+               SynthesisOptions(masks="bbox", class_name=gen.default_class, seed=4, progress=False),
+               log=lambda *_: None)
     coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["crack"]
     for im in coco["images"]:
@@ -100,6 +102,7 @@ def test_synthesize_with_prompt_keeps_outside_and_follows_prompt_class(tiny_ldm,
 
 def test_zero_one_and_zero_255_masks_give_the_same_result(tiny_ldm, normals_dir, tmp_path):
     from defectgen.synth.ldm_generator import LdmGenerator
+    from defectgen.synth.options import SynthesisOptions
     from defectgen.synth.pipeline import synthesize
 
     for name, value in (("ones", 1), ("full", 255)):
@@ -108,8 +111,8 @@ def test_zero_one_and_zero_255_masks_give_the_same_result(tiny_ldm, normals_dir,
         write_png(tmp_path / name / "m.png", m)
     gen = LdmGenerator(tiny_ldm, prompt="a dark spot", steps=2, device="cpu")
     for name in ("ones", "full"):
-        synthesize(gen, normals_dir, tmp_path / f"out-{name}", 2, masks=tmp_path / name, seed=1, progress=False,
-                   log=lambda *_: None)
+        synthesize(gen, normals_dir, tmp_path / f"out-{name}", 2,
+                   SynthesisOptions(masks=tmp_path / name, seed=1, progress=False), log=lambda *_: None)
     for i in range(2):
         a = read_image(tmp_path / "out-ones" / "images" / f"{i:06d}.png")
         b = read_image(tmp_path / "out-full" / "images" / f"{i:06d}.png")

@@ -18,6 +18,7 @@ from defectgen.errors import DefectgenError
 from defectgen.io.images import read_image, read_mask
 from defectgen.io.sample import Sample
 from defectgen.synth.base import GENERATORS, generator_names, register_generator
+from defectgen.synth.options import SynthesisOptions
 from defectgen.synth.pipeline import load_generator, sample_seed, synthesize
 from tests.conftest import square_mask, texture, write_png
 
@@ -58,7 +59,8 @@ def outputs(out: Path, normals: Path):
 
 
 def test_outside_the_mask_is_bit_exact_and_inside_changes(tmp_path, models, normals):
-    result = synthesize(gen(models), normals, tmp_path / "out", 9, batch_size=4, seed=3, progress=False)
+    result = synthesize(gen(models), normals, tmp_path / "out", 9,
+                        SynthesisOptions(batch_size=4, seed=3, progress=False))
     assert result.written == 9
     out = tmp_path / "out"
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -75,7 +77,7 @@ def test_outside_the_mask_is_bit_exact_and_inside_changes(tmp_path, models, norm
 
 
 def test_coco_round_trips_through_pycocotools(tmp_path, models, normals):
-    synthesize(gen(models), normals, tmp_path / "out", 4, masks="bbox", seed=1, progress=False)
+    synthesize(gen(models), normals, tmp_path / "out", 4, SynthesisOptions(masks="bbox", seed=1, progress=False))
     coco = COCO(str(tmp_path / "out" / "annotations.json"))
     info = coco.dataset["info"]["defectgen"]
     assert info["sampler"] == "ddim" and info["steps"] == 3 and info["seed"] == 1 and info["version"]
@@ -99,8 +101,8 @@ def test_coco_round_trips_through_pycocotools(tmp_path, models, normals):
 
 
 def test_same_seed_same_samples_whatever_the_batch_size(tmp_path, models, normals):
-    synthesize(gen(models), normals, tmp_path / "a", 4, batch_size=1, seed=5, progress=False)
-    synthesize(gen(models), normals, tmp_path / "b", 4, batch_size=4, seed=5, progress=False)
+    synthesize(gen(models), normals, tmp_path / "a", 4, SynthesisOptions(batch_size=1, seed=5, progress=False))
+    synthesize(gen(models), normals, tmp_path / "b", 4, SynthesisOptions(batch_size=4, seed=5, progress=False))
     for i in range(4):
         a = read_image(tmp_path / "a" / "images" / f"{i:06d}.png").astype(int)
         b = read_image(tmp_path / "b" / "images" / f"{i:06d}.png").astype(int)
@@ -109,38 +111,39 @@ def test_same_seed_same_samples_whatever_the_batch_size(tmp_path, models, normal
 
 def test_resume_completes_an_interrupted_run(tmp_path, models, normals):
     out = tmp_path / "out"
-    synthesize(gen(models), normals, out, 5, seed=2, progress=False)
+    synthesize(gen(models), normals, out, 5, SynthesisOptions(seed=2, progress=False))
     before = {i: (out / "images" / f"{i:06d}.png").read_bytes() for i in range(5)}
     coco_before = json.loads((out / "annotations.json").read_text())
     (out / "images" / "000003.png").unlink()  # as if killed while writing sample 3 ...
     (out / "images" / ".000004.png.x.tmp").write_bytes(b"half")  # ... leaving a temporary behind
     with pytest.raises(DefectgenError, match="not empty"):
-        synthesize(gen(models), normals, out, 5, seed=2, progress=False)
+        synthesize(gen(models), normals, out, 5, SynthesisOptions(seed=2, progress=False))
     with pytest.raises(DefectgenError, match="different settings"):
-        synthesize(gen(models), normals, out, 5, seed=99, resume=True, progress=False)
-    result = synthesize(gen(models), normals, out, 5, seed=2, resume=True, progress=False)
+        synthesize(gen(models), normals, out, 5, SynthesisOptions(seed=99, resume=True, progress=False))
+    result = synthesize(gen(models), normals, out, 5, SynthesisOptions(seed=2, resume=True, progress=False))
     assert result.written == 1 and result.skipped_existing == 4
     assert not list(out.rglob(".*.tmp"))
     for i in range(5):
         assert (out / "images" / f"{i:06d}.png").read_bytes() == before[i]
     assert json.loads((out / "annotations.json").read_text())["annotations"] == coco_before["annotations"]
-    result = synthesize(gen(models), normals, out, 2, seed=2, overwrite=True, progress=False)
+    result = synthesize(gen(models), normals, out, 2, SynthesisOptions(seed=2, overwrite=True, progress=False))
     assert len(list((out / "images").glob("*.png"))) == 2
 
 
 def test_conditional_model_paints_the_chosen_or_drawn_classes(tmp_path, models, normals):
-    synthesize(gen(models, "cddpm", guidance=2.0), normals, tmp_path / "one", 3, class_name="spot",
-               progress=False)
+    synthesize(gen(models, "cddpm", guidance=2.0), normals, tmp_path / "one", 3,
+               SynthesisOptions(class_name="spot", progress=False))
     coco = json.loads((tmp_path / "one" / "annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["spot"]
     assert coco["info"]["defectgen"]["settings"]["generator"]["guidance"] == 2.0
     for _, image, mask, normal in outputs(tmp_path / "one", normals):
         assert np.array_equal(image[~mask], normal[~mask]) and np.any(image[mask] != normal[mask])
-    synthesize(gen(models, "cddpm"), normals, tmp_path / "drawn", 12, progress=False)
+    synthesize(gen(models, "cddpm"), normals, tmp_path / "drawn", 12, SynthesisOptions(progress=False))
     names = {c["name"] for c in json.loads((tmp_path / "drawn" / "annotations.json").read_text())["categories"]}
     assert names == {"crack", "spot"}
     with pytest.raises(DefectgenError, match="knows no class"):
-        synthesize(gen(models, "cddpm"), normals, tmp_path / "bad", 1, class_name="hole", progress=False)
+        synthesize(gen(models, "cddpm"), normals, tmp_path / "bad", 1,
+                   SynthesisOptions(class_name="hole", progress=False))
 
 
 def test_trained_conditional_model_follows_the_class(tmp_path, rng):
@@ -161,7 +164,8 @@ def test_trained_conditional_model_follows_the_class(tmp_path, rng):
     means = {}
     for cls in ("bright", "dark"):
         g = load_generator(tmp_path / "run", sampler="ddim", steps=10, guidance=3.0, device="cpu")
-        synthesize(g, tmp_path / "good", tmp_path / cls, 4, masks="bbox", class_name=cls, progress=False)
+        synthesize(g, tmp_path / "good", tmp_path / cls, 4,
+                   SynthesisOptions(masks="bbox", class_name=cls, progress=False))
         means[cls] = np.mean([image[mask].mean() for _, image, mask, _ in outputs(tmp_path / cls, None)])
     assert means["bright"] > means["dark"] + 40, means
 
@@ -186,7 +190,7 @@ def test_pipeline_is_generic_over_generators(tmp_path, normals):
     try:
         g = load_generator("invert", strength=None, prompt="p")
         assert g.options == {"prompt": "p"}
-        synthesize(g, normals, tmp_path / "out", 3, prompt="p", progress=False)
+        synthesize(g, normals, tmp_path / "out", 3, SynthesisOptions(prompt="p", progress=False))
     finally:
         GENERATORS.pop("invert")
     with pytest.raises(DefectgenError, match="copypaste, draem"):
@@ -267,7 +271,7 @@ def test_filter_redraws_the_contact_sheet_from_the_kept_samples(tmp_path, normal
     painted = [i for i in range(n) if sample_seed(seed, i) % 2 == 0]
     assert 0 < len(painted) < n
     out = tmp_path / "out"
-    synthesize(EvenOnly(), normals, out, n, seed=seed, progress=False)
+    synthesize(EvenOnly(), normals, out, n, SynthesisOptions(seed=seed, progress=False))
     before = read_image(out / "contact_sheet.png")
     summary = filter_output(out, [ChangeFilter(0.02)], log=lambda *_: None)
     assert summary.kept == len(painted)
@@ -320,9 +324,9 @@ def test_transplant_redraws_the_pasted_defect_inside_its_own_mask(tmp_path, mode
     paste = load_generator("copypaste", labeled=crack_set, augment="flips")  # the transplant's paste
     plant = gen(models, kind, labeled=crack_set, strength=0.7)
     assert plant.name == f"transplant-{kind}" and plant.class_distribution == {"crack": 1.0}
-    synthesize(paste, normals, tmp_path / "paste", 4, seed=5, progress=False)
+    synthesize(paste, normals, tmp_path / "paste", 4, SynthesisOptions(seed=5, progress=False))
     for run in ("t1", "t2"):
-        synthesize(plant, normals, tmp_path / run, 4, seed=5, progress=False)
+        synthesize(plant, normals, tmp_path / run, 4, SynthesisOptions(seed=5, progress=False))
     changed = 0
     for (_im, image, mask, normal), (_, pasted, pasted_mask, _), (_, again, _, _) in zip(
             outputs(tmp_path / "t1", normals), outputs(tmp_path / "paste", normals),
@@ -341,9 +345,9 @@ def test_transplant_keep_core_keeps_the_pasted_core_and_redraws_the_rim(tmp_path
     from defectgen.synth.transplant import core_weight
 
     synthesize(load_generator("copypaste", labeled=crack_set, augment="flips"), normals, tmp_path / "paste", 4,
-               seed=5, progress=False)
+               SynthesisOptions(seed=5, progress=False))
     synthesize(gen(models, "ddpm", labeled=crack_set, strength=0.7, keep_core=1.0), normals, tmp_path / "core", 4,
-               seed=5, progress=False)
+               SynthesisOptions(seed=5, progress=False))
     rim_changed = 0
     for (_, image, mask, normal), (_, pasted, pasted_mask, _) in zip(
             outputs(tmp_path / "core", normals), outputs(tmp_path / "paste", normals), strict=True):

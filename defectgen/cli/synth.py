@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -26,6 +27,63 @@ from defectgen.cli.common import (
     say,
 )
 
+# the options of `synthesize` (declared here, as common.py declares the shared ones)
+Model = Annotated[str | None, typer.Option("--model", help="A trained model folder (train-ddpm, train-ldm), a "
+                                           "diffusers inpainting folder or hub id, draem, or copypaste (with "
+                                           "--labeled) (default: the workspace's most recent model that fits).")]
+Normals = Annotated[Path | None, typer.Option("--normals", help="Normal images to paint defects on (default: those "
+                                              "the model was trained with).")]
+Count = Annotated[int, typer.Option("--n", min=1, help="How many samples.")]
+SetOut = Annotated[Path | None, typer.Option("--out", help="Output folder: images/, masks/, annotations.json "
+                                             "(default: synth/<model>-N).")]
+Masks = Annotated[str, typer.Option("--masks", help="perlin, bbox, or a folder of masks (used in name order; each "
+                                    "must match its normal image's size).")]
+MaskPreset = Annotated[str | None, typer.Option("--mask-preset", help="Mask preset (defectgen/data/masks/) or a "
+                                                "YAML path.")]
+MasksFrom = Annotated[Path | None, typer.Option("--masks-from", help="Instead of --masks: reuse the masks (or "
+                                                "boxes) of the real defects in this labeled set, each of the "
+                                                "sample's class, at their native pixel size on the part's "
+                                                "foreground, randomly flipped.")]
+ClassName = Annotated[str | None, typer.Option("--class", help="Defect class (conditional models; default: drawn "
+                                               "from the training classes). COCO category otherwise.")]
+Prompt = Annotated[str | None, typer.Option("--prompt", help="Text-guided models: free text, or material/defect "
+                                            "from the prompt library (defectgen/data/prompts/), e.g. tile/crack.")]
+NegativePrompt = Annotated[str | None, typer.Option("--negative-prompt", help="Text-guided models (default: the "
+                                                    "prompt library's negative prompt).")]
+MaskCrop = Annotated[int | None, typer.Option("--mask-crop", min=0, help="Text-guided models: generate in the "
+                                              "mask's extent padded by PAD pixels at model resolution (diffusers' "
+                                              "padding_mask_crop) instead of a model-sized window.")]
+Textures = Annotated[Path | None, typer.Option("--textures", help="--model draem: texture images (default: the "
+                                               "normals themselves).")]
+Labeled = Annotated[Path | None, typer.Option("--labeled", help="--model copypaste, or a DDPM run (the harmonized "
+                                              "transplant): the labeled set whose real defects (masks or boxes) are "
+                                              "pasted, augmented, onto the normals (then re-drawn by the DDPM from "
+                                              "--strength).")]
+Blend = Annotated[str | None, typer.Option("--blend", help="--model copypaste or a transplant: paste (default) or "
+                                           "seamless (Poisson blending).")]
+Augment = Annotated[str | None, typer.Option("--augment", help="--model copypaste or a transplant: full (random "
+                                             "zoom, rotation, warp, brightness; copypaste's default) or flips (the "
+                                             "defect as recorded, mirrored; the transplant's default).")]
+KeepCore = Annotated[float | None, typer.Option("--keep-core", help="Transplant: keep the pasted defect's own "
+                                                "pixels in this share of its depth, blending to the DDPM's re-draw "
+                                                "at its rim (1: a gradual blend over the whole depth; default: the "
+                                                "DDPM re-draws the whole mask).")]
+Strength = Annotated[float | None, typer.Option("--strength", help="Unconditional DDPM: t0/T, how far the normal "
+                                                "image is diffused (default 0.5).")]
+Sigma = Annotated[float | None, typer.Option("--sigma", help="Unconditional DDPM: std of the extra noise inside "
+                                             "the mask (default 1.0).")]
+Guidance = Annotated[float | None, typer.Option("--guidance", help="Conditional: classifier-free guidance scale "
+                                                "(default 3.0).")]
+Sampler = Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim or dpm (default ddim).")]
+SampleSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Sampling steps (default ddpm 1000, ddim "
+                                                 "50, dpm 20).")]
+SynthBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per generator call.")]
+SampleSeed = Annotated[int, typer.Option("--seed", help="Sample i depends only on (seed, i).")]
+Shard = Annotated[str | None, typer.Option("--shard", help="K/N: write only samples i with i % N == K into --out "
+                                           "(set automatically under `accelerate launch`); the shard that "
+                                           "completes the set writes annotations.json.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Complete an interrupted run in --out.")]
+
 
 @app.command("filter")
 def filter_set(
@@ -42,73 +100,24 @@ def filter_set(
 
         defectgen filter synth/ --filter clip,change --clip-model openai/clip-vit-base-patch32 --tau0 0.6
     """
+    from defectgen.synth.options import FilterOptions
     from defectgen.synth.run import filter_set as run
 
-    run(out_dir, names(filters), clip_model=clip_model, tau0=tau0, lam=lam, min_change=min_change,
-        material=material, log=out.print, allow_empty=allow_empty)
+    run(out_dir, FilterOptions(names=tuple(names(filters)), clip_model=clip_model, tau0=tau0, lam=lam,
+                               min_change=min_change, material=material, allow_empty=allow_empty), log=out.print)
 
 
 @app.command("synthesize")
 def synthesize(
-    model: str | None = typer.Option(None, "--model", help="A trained model folder (train-ddpm, train-ldm), a "
-                                     "diffusers inpainting folder or hub id, draem, or copypaste (with --labeled) "
-                                     "(default: the workspace's most recent model that fits)."),
-    normals: Path | None = typer.Option(None, "--normals", help="Normal images to paint defects on (default: "
-                                        "those the model was trained with)."),
-    n: int = typer.Option(100, "--n", min=1, help="How many samples."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Output folder: images/, masks/, annotations.json "
-                                        "(default: synth/<model>-N)."),
-    masks: str = typer.Option("perlin", "--masks", help="perlin, bbox, or a folder of masks (used in name "
-                              "order; each must match its normal image's size)."),
-    mask_preset: str | None = typer.Option(None, "--mask-preset", help="Mask preset "
-                                            "(defectgen/data/masks/) or a YAML path."),
-    masks_from: Path | None = typer.Option(None, "--masks-from", help="Instead of --masks: reuse the masks (or "
-                                           "boxes) of the real defects in this labeled set, each of the sample's "
-                                           "class, at their native pixel size on the part's foreground, "
-                                           "randomly flipped."),
-    class_name: str | None = typer.Option(None, "--class", help="Defect class (conditional models; default: "
-                                          "drawn from the training classes). COCO category otherwise."),
-    prompt: str | None = typer.Option(None, "--prompt", help="Text-guided models: free text, or material/defect "
-                                      "from the prompt library (defectgen/data/prompts/), e.g. tile/crack."),
-    negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Text-guided models (default: the "
-                                               "prompt library's negative prompt)."),
-    mask_crop: int | None = typer.Option(None, "--mask-crop", min=0, help="Text-guided models: generate in the "
-                                         "mask's extent padded by PAD pixels at model resolution (diffusers' "
-                                         "padding_mask_crop) instead of a model-sized window."),
-    textures: Path | None = typer.Option(None, "--textures", help="--model draem: texture images (default: the "
-                                         "normals themselves)."),
-    labeled: Path | None = typer.Option(None, "--labeled", help="--model copypaste, or a DDPM run (the "
-                                        "harmonized transplant): the labeled set whose real defects (masks or "
-                                        "boxes) are pasted, augmented, onto the normals (then re-drawn by the "
-                                        "DDPM from --strength)."),
-    blend: str | None = typer.Option(None, "--blend", help="--model copypaste or a transplant: paste (default) or "
-                                     "seamless (Poisson blending)."),
-    augment: str | None = typer.Option(None, "--augment", help="--model copypaste or a transplant: full (random "
-                                       "zoom, rotation, warp, brightness; copypaste's default) or flips (the "
-                                       "defect as recorded, mirrored; the transplant's default)."),
-    keep_core: float | None = typer.Option(None, "--keep-core", help="Transplant: keep the pasted defect's own "
-                                           "pixels in this share of its depth, blending to the DDPM's re-draw at "
-                                           "its rim (1: a gradual blend over the whole depth; default: the DDPM "
-                                           "re-draws the whole mask)."),
-    filters: Filters = None, clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
-    min_change: MinChange = 0.02, allow_empty: AllowEmpty = False,
-    strength: float | None = typer.Option(None, "--strength", help="Unconditional DDPM: t0/T, how far the normal "
-                                          "image is diffused (default 0.5)."),
-    sigma: float | None = typer.Option(None, "--sigma", help="Unconditional DDPM: std of the extra noise inside "
-                                       "the mask (default 1.0)."),
-    guidance: float | None = typer.Option(None, "--guidance", help="Conditional: classifier-free guidance "
-                                          "scale (default 3.0)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="ddpm, ddim or dpm (default ddim)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default ddpm 1000, ddim 50, "
-                                     "dpm 20)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per generator call."),
-    device: Device = None,
-    seed: int = typer.Option(0, "--seed", help="Sample i depends only on (seed, i)."),
-    shard: str | None = typer.Option(None, "--shard", help="K/N: write only samples i with i % N == K into --out "
-                                     "(set automatically under `accelerate launch`); the shard that completes "
-                                     "the set writes annotations.json."),
-    resume: bool = typer.Option(False, "--resume", help="Complete an interrupted run in --out."),
-    overwrite: Overwrite = False,
+    model: Model = None, normals: Normals = None, n: Count = 100, out_dir: SetOut = None, masks: Masks = "perlin",
+    mask_preset: MaskPreset = None, masks_from: MasksFrom = None, class_name: ClassName = None,
+    prompt: Prompt = None, negative_prompt: NegativePrompt = None, mask_crop: MaskCrop = None,
+    textures: Textures = None, labeled: Labeled = None, blend: Blend = None, augment: Augment = None,
+    keep_core: KeepCore = None, filters: Filters = None, clip_model: ClipModel = None, tau0: Tau0 = 0.5,
+    lam: Lam = 1.0, min_change: MinChange = 0.02, allow_empty: AllowEmpty = False, strength: Strength = None,
+    sigma: Sigma = None, guidance: Guidance = None, sampler: Sampler = None, steps: SampleSteps = None,
+    batch_size: SynthBatch = 8, device: Device = None, seed: SampleSeed = 0, shard: Shard = None,
+    resume: Resume = False, overwrite: Overwrite = False,
 ) -> None:
     """Generate defects inside masks on normal images and write images, masks and COCO annotations.
 
@@ -130,17 +139,20 @@ def synthesize(
         defectgen synthesize --model runs/ddpm --labeled labeled/ --strength 0.2 --keep-core 1 --normals good/ \\
             --n 100 --out synth-transplant/
     """
+    from defectgen.synth.options import FilterOptions, GeneratorOptions, SynthesisOptions
     from defectgen.synth.run import synthesize_set
 
-    run = synthesize_set(
-        model, normals, n, out_dir, masks=masks, mask_preset=mask_preset, masks_from=masks_from,
-        class_name=class_name, prompt=prompt, filters=names(filters), clip_model=clip_model, tau0=tau0, lam=lam,
-        min_change=min_change, allow_empty=allow_empty, seed=seed, batch_size=batch_size,
-        shard=parse_shard(shard), resume=resume,
-        overwrite=overwrite, progress=True, note=say, log=out.print, sampler=sampler, steps=steps,
-        strength=strength, sigma=sigma, guidance=guidance, negative_prompt=negative_prompt, mask_crop=mask_crop,
-        textures=textures, labeled=labeled, blend=blend, augment=augment, keep_core=keep_core,
-        device=device)
+    generator = GeneratorOptions(
+        sampler=sampler, steps=steps, strength=strength, sigma=sigma, guidance=guidance,
+        negative_prompt=negative_prompt, mask_crop=mask_crop, textures=textures, labeled=labeled, blend=blend,
+        augment=augment, keep_core=keep_core, device=device)
+    filtering = FilterOptions(names=tuple(names(filters)), clip_model=clip_model, tau0=tau0, lam=lam,
+                              min_change=min_change, allow_empty=allow_empty)
+    options = SynthesisOptions(
+        masks=masks, mask_preset=mask_preset, masks_from=masks_from, class_name=class_name, prompt=prompt, seed=seed,
+        batch_size=batch_size, shard=parse_shard(shard), resume=resume, overwrite=overwrite, generator=generator,
+        filters=filtering)
+    run = synthesize_set(model, normals, n, out_dir, options, note=say, log=out.print)
     if run.record is not None:
         record("set", run.out_dir, **run.record)
 
@@ -179,13 +191,13 @@ def masks(
 
         defectgen masks --kind bbox --n 50 --like good/ --like-labeled labeled/ --out boxes/
     """
-    from defectgen.masks import mask_generator
+    from defectgen.masks import resolve_masks
     from defectgen.masks.writer import write_mask_set
 
     if (size is None) == (like is None):
         raise typer.BadParameter("give exactly one of --size HxW or --like DIR")
-    generator = mask_generator(kind, seed=seed, preset=preset, shape=shape, min_area=min_area, max_area=max_area,
-                               threshold=threshold, like_labeled=like_labeled, fmt=fmt)
+    generator = resolve_masks(kind, seed=seed, preset=preset, drawn_only=True, shape=shape, min_area=min_area,
+                              max_area=max_area, threshold=threshold, like_labeled=like_labeled, fmt=fmt)
     params = {"kind": kind, "n": n, "size": size, "like": str(like) if like else None, "preset": preset,
               "like_labeled": str(like_labeled) if like_labeled else None, "object_only": object_only, "seed": seed}
     summary = write_mask_set(

@@ -73,6 +73,7 @@ class DdpmModel(ABC):
     kind: ClassVar[str]
     pipeline_class: ClassVar[type[DiffusionPipeline]]
     default_strength: ClassVar[float]  # of `Sampling` when the user gives none
+    conditional: ClassVar[bool]  # it paints the class it is given
     condition: ConditionEmbedding | None = None
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, meta: dict[str, Any] | None = None,
@@ -189,6 +190,7 @@ class DdpmModel(ABC):
 
 class UnconditionalDdpm(DdpmModel):
     kind = "ddpm"
+    conditional = False
     pipeline_class = DDPMPipeline
     default_strength = 0.5
 
@@ -231,6 +233,7 @@ class UnconditionalDdpm(DdpmModel):
 
 class ConditionalDdpm(DdpmModel):
     kind = "cddpm"
+    conditional = True
     pipeline_class = ConditionalDdpmPipeline
     default_strength = 1.0
 

@@ -1,4 +1,7 @@
-"""Where defects go: Perlin masks, box masks, shapes from a folder; presets in the packaged data/masks/ folder.
+"""Where defects go: every mask source is a `MaskSource` (masks/source.py): Perlin masks, box masks and shapes
+from a folder (`MaskGenerator`, here; presets in the packaged data/masks/ folder), a folder of masks used as they
+are (masks/folder.py), the masks of real labeled defects (masks/real.py); `resolve_masks` is the one way from a
+verb's mask options to a source.
 
 Every random draw comes from `mask_rng(seed, index)`, so mask i depends only on (seed, i): the same seed gives
 the same masks whatever the batch size or resume point.
@@ -16,19 +19,21 @@ import numpy as np
 import yaml
 
 from defectgen.errors import DefectgenError
-from defectgen.io.sample import Box
+from defectgen.io.sample import Box, Sample
 from defectgen.masks.bbox import BoxConfig, box_mask, box_stats_from
+from defectgen.masks.folder import MaskFolder
 from defectgen.masks.perlin import PerlinConfig, perlin_mask
 from defectgen.masks.shapes import ShapeBank
+from defectgen.masks.source import MaskSource, with_box
 
 KINDS = ("perlin", "bbox")
 # Inside the package (defectgen/data/masks/*.yaml), so editable installs and wheels both carry the presets.
 PRESET_DIR = resources.files("defectgen") / "data" / "masks"
 
 __all__ = [
-    "KINDS", "BoxConfig", "MaskGenerator", "PerlinConfig", "ShapeBank", "box_mask", "box_stats_from",
-    "estimate_foreground", "load_preset", "mask_generator", "mask_rng", "on_foreground", "perlin_mask",
-    "synthesis_masks",
+    "KINDS", "BoxConfig", "MaskFolder", "MaskGenerator", "MaskSource", "PerlinConfig", "ShapeBank", "box_mask",
+    "box_stats_from", "estimate_foreground", "load_preset", "mask_rng", "on_foreground", "perlin_mask",
+    "resolve_masks",
 ]
 
 
@@ -99,7 +104,10 @@ def _config(kind: str, values: dict[str, Any]):
 
 
 class MaskGenerator:
-    """Draws mask i for an image of a given size: `gen(i, h, w, foreground=None) -> (mask, boxes)`."""
+    """A `MaskSource` that draws mask i for an image of a given size: `gen(i, h, w, foreground=None) -> (mask,
+    boxes)`; in a synthesis run, at the size of sample i's normal image."""
+
+    folder = None  # nothing read that an output could overwrite
 
     def __init__(self, kind: str, seed: int = 0, preset: str | None = None, shapes: str | Path | None = None,
                  **options: Any):
@@ -133,15 +141,40 @@ class MaskGenerator:
             mask = perlin_mask(height, width, rng, self.config, foreground)
         else:
             return box_mask(height, width, rng, self.config, foreground, label)
-        box = Box.from_mask(mask, label)
-        return mask, [box] if box else []
+        return with_box(mask, label)
+
+    def mask_for(self, index: int, sample: Sample) -> tuple[np.ndarray, list[Box]]:
+        return self(index, sample.height, sample.width, label=sample.class_name)
 
 
-def mask_generator(kind: str = "perlin", *, seed: int = 0, preset: str | None = None, shape: str | None = None,
-                   min_area: float | None = None, max_area: float | None = None, threshold: float | None = None,
-                   like_labeled: str | Path | None = None, fmt: str = "auto") -> MaskGenerator:
-    """Perlin or box masks (`defectgen masks`): min_area, max_area and threshold shape Perlin masks; shape and the
-    box sizes of the labeled set `like_labeled` (read in layout `fmt`) shape box masks. None: the preset's value."""
+def resolve_masks(masks: str | Path | MaskSource = "perlin", *, seed: int = 0, preset: str | None = None,
+                  masks_from: str | Path | None = None, drawn_only: bool = False, **shaping: Any) -> MaskSource:
+    """The mask source a verb's options name, the one way every verb gets one.
+
+    masks: perlin or bbox (drawn per sample from (seed, i), from a `preset` and `shaping`), a folder of mask
+    images (`MaskFolder`), or a `MaskSource` (returned as it is). masks_from: instead, the masks of the real
+    defects in this labeled set (`RealMasks`). drawn_only: perlin or bbox only (`defectgen masks`). shaping:
+    min_area, max_area and threshold shape Perlin masks; shape and the box sizes of the labeled set `like_labeled`
+    (read in layout `fmt`) shape box masks; None: the preset's value."""
+    if masks_from is not None:
+        if preset:
+            raise DefectgenError(None, "`mask_preset` applies to `masks` perlin or bbox, not to `masks_from`")
+        from defectgen.masks.real import RealMasks
+
+        return RealMasks(masks_from, seed=seed)
+    if not isinstance(masks, (str, Path)):
+        return masks
+    if str(masks) in KINDS or drawn_only:
+        return _drawn(str(masks), seed, preset, **shaping)
+    if preset:
+        raise DefectgenError(None, "`mask_preset` applies to perlin or bbox masks, not to a mask folder")
+    return MaskFolder(masks)
+
+
+def _drawn(kind: str, seed: int, preset: str | None, shape: str | None = None, min_area: float | None = None,
+           max_area: float | None = None, threshold: float | None = None, like_labeled: str | Path | None = None,
+           fmt: str = "auto") -> MaskGenerator:
+    """Perlin or box masks, each shaped by the options of its kind (the others are not used)."""
     options: dict[str, Any] = {"min_area": min_area, "max_area": max_area, "threshold": threshold} \
         if kind == "perlin" else {}
     if kind == "bbox":
@@ -154,16 +187,3 @@ def mask_generator(kind: str = "perlin", *, seed: int = 0, preset: str | None = 
                 raise DefectgenError(like_labeled, "no boxes or masks found to take sizes from")
             options["stats"] = stats
     return MaskGenerator(kind, seed=seed, preset=preset, **options)
-
-
-def synthesis_masks(masks: str | Path = "perlin", masks_from: str | Path | None = None, seed: int = 0,
-                    mask_preset: str | None = None) -> Any:
-    """What `synthesize(masks=...)` takes: `masks` as given (perlin, bbox or a folder), or, with `masks_from`, the
-    masks of the real defects in that labeled set (`RealMasks`)."""
-    if masks_from is None:
-        return masks
-    if mask_preset:
-        raise DefectgenError(None, "`mask_preset` applies to `masks` perlin or bbox, not to `masks_from`")
-    from defectgen.masks.real import RealMasks
-
-    return RealMasks(masks_from, seed=seed)

@@ -19,8 +19,9 @@ import numpy as np
 
 from defectgen.errors import DefectgenError
 from defectgen.io.images import fit_mask
-from defectgen.io.sample import Box
-from defectgen.masks import mask_rng, on_foreground
+from defectgen.io.sample import Box, Sample
+from defectgen.masks import estimate_foreground, mask_rng, on_foreground
+from defectgen.masks.source import with_box
 
 
 @dataclass
@@ -41,19 +42,19 @@ class _Stored:
 
 
 class RealMasks:
-    """`gen(i, h, w, foreground=None, label=None) -> (mask, boxes)`: mask i is a labeled defect of class
-    `label` (any class when `label` is None or unknown), drawn from (seed, i), at its native size on the h x w
-    image (shrunk only to fit), flipped at random, at its own relative place or, with a `foreground`, the nearest
-    place wholly on it. `source` is a dataset folder with masks or boxes (an MVTec root uses its labeled/ split,
-    else its test defects)."""
-
-    wants_foreground = True  # the synthesis pipeline passes each normal image's foreground
+    """A `MaskSource`, and `gen(i, h, w, foreground=None, label=None) -> (mask, boxes)`: mask i is a labeled
+    defect of class `label` (any class when `label` is None or unknown), drawn from (seed, i), at its native size
+    on the h x w image (shrunk only to fit), flipped at random, at its own relative place or, with a `foreground`,
+    the nearest place wholly on it. `source` is a dataset folder with masks or boxes (an MVTec root uses its
+    labeled/ split, else its test defects). In a synthesis run (`mask_for`) the foreground is that of the sample's
+    normal image: real masks go on the part, not beside it."""
 
     def __init__(self, source: str | Path, seed: int = 0, flip: bool = True, fmt: str = "auto"):
         from defectgen.io.datasets import open_dataset
 
         ds = open_dataset(source, fmt).labeled_defects()
         self.source, self.seed, self.flip = Path(source), int(seed), bool(flip)
+        self.folder = self.source
         self.by_class: dict[str, list[_Stored]] = defaultdict(list)
         for sample in ds:
             mask = sample.defect_mask()
@@ -89,5 +90,7 @@ class RealMasks:
             y0, x0 = int(ys[k]), int(xs[k])
         mask = np.zeros((height, width), bool)
         mask[y0:y0 + ch, x0:x0 + cw] = crop
-        box = Box.from_mask(mask, label)
-        return mask, [box] if box else []
+        return with_box(mask, label)
+
+    def mask_for(self, index: int, sample: Sample) -> tuple[np.ndarray, list[Box]]:
+        return self(index, sample.height, sample.width, estimate_foreground(sample.image), sample.class_name)

@@ -1,11 +1,13 @@
-"""The contract every defect generator meets, so that all of them share one pipeline and one output format, and
-the registry `load_generator` resolves --model through (like the detectors' `register_detector`)."""
+"""The contract every defect generator meets, so that all of them share one pipeline and one output format; the
+abilities a generator declares on its class (`Abilities`); and the registry `load_generator` resolves --model
+through (like the detectors' `register_detector`)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +25,8 @@ class DefectGenerator(Protocol):
     resolution: the side the model works at, or None if any size works. The pipeline generates larger images in
                 a crop around the mask and pastes the result back.
     channels:   1 or 3 if the generator needs that many (a DDPM trained on gray data), else None.
+
+    What it does beyond this it declares as `abilities` (`Abilities`, below); without them it is plain.
     """
 
     name: str
@@ -40,6 +44,34 @@ class DefectGenerator(Protocol):
         depends only on its seed, not on the batch it is in). Returns float32 arrays of the same shapes. The
         pipeline itself restores the pixels outside each mask bit-exactly, so generators need not."""
         ...
+
+
+@dataclass(frozen=True)
+class Abilities:
+    """What a generator does besides painting inside the masks it is given, declared on its class as `abilities`.
+
+    makes_own_masks:    it pastes real defects, so the masks are theirs: the generator is the `MaskSource` of its
+                        samples (masks/source.py) and takes no other masks (copypaste, the transplant).
+    conditional:        it paints the class it is given: `check_class(name)` refuses a class it cannot paint, and
+                        `class_distribution` (or None) is what a sample's class is drawn from when none is given.
+    takes_prompt:       it reads the prompt's text (the text-guided LDM).
+    prompt_names_class: without a class, the defect a prompt names (prompts.py: `prompt_class`) is the samples'
+                        class.
+    """
+
+    makes_own_masks: bool = False
+    conditional: bool = False
+    takes_prompt: bool = False
+    prompt_names_class: bool = False
+
+
+PLAIN = Abilities()  # paints inside the masks it is given, and nothing more
+
+
+def abilities(generator: DefectGenerator) -> Abilities:
+    """What `generator` declares it can do; a generator that declares nothing (the protocol asks for no more) is
+    plain."""
+    return getattr(generator, "abilities", PLAIN)
 
 
 # ---- the registry: --model NAME or a model folder -> a generator ------------------------------------------------

@@ -2,9 +2,10 @@
 (flips, rotation, scale, elastic warp, brightness/contrast; the mask follows the image) and pasted onto normal
 images where the part is, optionally with Poisson (seamless) blending.
 
-A pasted defect brings its own mask, so this generator is also the mask source of its samples: the pipeline asks
-`make_mask(normal, class_name, seed)` for the mask and then `generate` fills it. Both rebuild the same augmented
-defect from the sample's seed, so the written mask is exactly where the pasted pixels are.
+A pasted defect brings its own mask, so this generator is also the `MaskSource` of its samples (masks/source.py):
+the pipeline asks `mask_for(index, sample)` (that is, `make_mask(normal, class_name, seed)`) for the mask and then
+`generate` fills it. Both rebuild the same augmented defect from the sample's seed, so the written mask is exactly
+where the pasted pixels are.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 
 from defectgen.errors import DefectgenError
 from defectgen.io.images import from_float, match_channels, resize, stack_or_list, to_float
-from defectgen.io.sample import Sample
+from defectgen.io.sample import Box, Sample
 from defectgen.masks import estimate_foreground, on_foreground
-from defectgen.synth.base import register_generator
+from defectgen.masks.source import with_box
+from defectgen.synth.base import Abilities, register_generator
 
 BLENDS = ("paste", "seamless")
 # full: random zoom, rotation, elastic warp and brightness/contrast (Ghiasi et al.'s copy-paste: variety);
@@ -97,7 +99,7 @@ def _tight(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 class CopyPasteGenerator:
-    """A `DefectGenerator` named "copypaste" that is also the mask source of its samples.
+    """A `DefectGenerator` named "copypaste" that is also the `MaskSource` of its samples.
 
     labeled: a labeled dataset folder or COCO file (any layout `open_dataset` reads; an MVTec root gives its
     labeled/ split, else its test defects), or a list of `Sample`s. blend: "paste" (the defect's pixels as they
@@ -112,6 +114,7 @@ class CopyPasteGenerator:
     name = "copypaste"
     resolution = None
     channels = None
+    abilities = Abilities(makes_own_masks=True, conditional=True)
 
     def __init__(self, labeled: str | Path | Sequence[Sample], blend: str = "paste",
                  scale: tuple[float, float] = (0.75, 1.25), rotate: float = 45.0, elastic: float = 0.3,
@@ -233,6 +236,10 @@ class CopyPasteGenerator:
         mask = np.zeros((h, w), bool)
         mask[ys[k]:ys[k] + ch, xs[k]:xs[k] + cw] = dm
         return mask
+
+    def mask_for(self, index: int, sample: Sample) -> tuple[np.ndarray, list[Box]]:
+        """The `MaskSource` side: sample's mask from `make_mask` on its normal, class and seed."""
+        return with_box(self.make_mask(sample.image, sample.class_name, sample.seed), sample.class_name)
 
     def generate(self, normals: list[np.ndarray], masks: list[np.ndarray], seeds: list[int],
                  class_names: list[str | None]) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from defectgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
 from defectgen.errors import DefectgenError
 from defectgen.io.images import resize, to_model_size
 from defectgen.runtime import pick_device
+from defectgen.synth.base import Abilities
 
 
 class DdpmGenerator:
@@ -53,6 +54,12 @@ class DdpmGenerator:
             {c: counts.get(c, 0) / total for c in names} if total else
             ({c: 1 / len(names) for c in names} if names else None)
         )
+
+    @property
+    def abilities(self) -> Abilities:
+        """The conditional kind paints the class it is given; the unconditional one reads neither class nor text,
+        so a prompt only names its samples' class."""
+        return Abilities(conditional=True) if self.model.conditional else Abilities(prompt_names_class=True)
 
     def sampling(self) -> Sampling:
         return Sampling(self.sampler, self.steps, self.strength, self.sigma, self.guidance)

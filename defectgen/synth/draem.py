@@ -13,7 +13,7 @@ import numpy as np
 
 from defectgen.errors import DefectgenError
 from defectgen.io.images import from_float, image_files, read_image, resize, to_float
-from defectgen.synth.base import register_generator
+from defectgen.synth.base import PLAIN, register_generator
 
 # DRAEM draws three of these per anomaly; they change colour statistics and geometry so the pasted texture
 # does not simply continue the surface around it.
@@ -41,6 +41,7 @@ class DraemGenerator:
     name = "draem"
     resolution = None
     channels = None
+    abilities = PLAIN  # one kind of defect, inside any mask
 
     def __init__(self, textures: str | Path | Sequence[np.ndarray] | None = None,
                  opacity: tuple[float, float] = (0.2, 1.0), n_augments: int = 3):

@@ -14,6 +14,7 @@ from defectgen.diffusion.pipelines.pipeline_ldm_inpaint import load_inpaint_pipe
 from defectgen.diffusion.samplers import generators, make_scheduler
 from defectgen.prompts import ResolvedPrompt, resolve_prompt
 from defectgen.runtime import pick_device
+from defectgen.synth.base import Abilities
 
 
 class LdmGenerator:
@@ -28,6 +29,8 @@ class LdmGenerator:
 
     name = "ldm"
     channels = None  # 3-channel model; gray images go in as RGB and come back gray
+    # the class's caption (or the prompt) guides it; a library prompt (material/defect) names the class
+    abilities = Abilities(conditional=True, takes_prompt=True, prompt_names_class=True)
 
     def __init__(self, model: str | Path, *, prompt: str | None = None, negative_prompt: str | None = None,
                  guidance: float = 7.5, steps: int = 30, strength: float = 1.0, sampler: str = "dpm",

@@ -5,8 +5,10 @@
     out/annotations.json    COCO: one annotation per connected mask region; info.defectgen records the run
     out/contact_sheet.png   the first samples with mask outlines
 
-Generic over `DefectGenerator`: any generator (DDPM, conditional DDPM, LDM, DRAEM) plugs in through
-`load_generator`. Sample i takes its seed, its normal image, its class and its mask from (seed, i) alone, so a
+Generic over `DefectGenerator` (synth/base.py): any generator (DDPM, conditional DDPM, LDM, DRAEM, copy-paste)
+plugs in through `load_generator`, and over `MaskSource` (masks/source.py): the masks come from `resolve_masks`, or
+from the generator itself when it declares that it makes its own. The run's choices are one `SynthesisOptions`
+(synth/options.py). Sample i takes its seed, its normal image, its class and its mask from (seed, i) alone, so a
 resumed or re-batched run makes the same files. The pipeline composites in the normal image's own dtype, so
 pixels outside the mask are bit-exact copies of the normal image whatever the generator returns.
 """
@@ -29,7 +31,6 @@ from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
 from defectgen.io.images import (
     from_float,
-    image_files,
     mask_window,
     match_channels,
     read_image,
@@ -42,51 +43,16 @@ from defectgen.io.images import (
 )
 from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.pictures import contact_sheet, text_card
-from defectgen.io.sample import Box, Sample
-from defectgen.masks import MaskGenerator, estimate_foreground
+from defectgen.io.sample import Sample
+from defectgen.masks import MaskSource, resolve_masks
 from defectgen.synth.base import GENERATORS as GENERATORS
-from defectgen.synth.base import DefectGenerator
+from defectgen.synth.base import DefectGenerator, abilities
 from defectgen.synth.base import load_generator as load_generator
 from defectgen.synth.base import register_generator as register_generator
+from defectgen.synth.options import SynthesisOptions
 
 SETTINGS_FILE = ".defectgen-synthesize.json"  # the run's settings, so --resume can refuse a different run
 DEFAULT_CATEGORY = "defect"
-
-
-# ---- masks ----------------------------------------------------------------------------------------------------
-
-class MaskFolder:
-    """Masks used as they are: the PNGs of DIR/masks (a `defectgen masks` output) or DIR, in name order; sample
-    i takes mask i (cycling). Each must have the size of the normal image it is used with."""
-
-    def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DefectgenError(folder, "mask folder not found")
-        source = folder / "masks" if (folder / "masks").is_dir() else folder
-        self.paths = image_files(source)
-        if not self.paths:
-            raise DefectgenError(source, "no mask images found")
-        self.folder = folder
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "folder", "path": str(self.folder), "masks": len(self.paths)}
-
-    def __call__(self, index: int, height: int, width: int, foreground=None, label=None,
-                 image_path: Path | None = None) -> tuple[np.ndarray, list[Box]]:
-        path = self.paths[index % len(self.paths)]
-        mask = read_mask(path, (height, width), image_path)
-        box = Box.from_mask(mask, label)
-        return mask, [box] if box else []
-
-
-def make_masks(masks: str | Path, seed: int = 0, preset: str | None = None, **options: Any):
-    """perlin | bbox (drawn per sample from (seed, i), optionally from a preset) or a folder of mask images."""
-    if str(masks) in ("perlin", "bbox"):
-        return MaskGenerator(str(masks), seed=seed, preset=preset, **options)
-    if preset:
-        raise DefectgenError(None, "`mask_preset` applies to perlin or bbox masks, not to a mask folder")
-    return MaskFolder(masks)
 
 
 # ---- per-sample choices -----------------------------------------------------------------------------------------
@@ -159,11 +125,11 @@ class _Run:
     (seed, i); the output `Sample` is then filled as it goes: mask and boxes from the mask source, the generated
     defect, and written to disk and to the COCO builder from that one record."""
 
-    def __init__(self, generator: DefectGenerator, dataset: Dataset, mask_source: Any, out: Path, seed: int,
+    def __init__(self, generator: DefectGenerator, dataset: Dataset, mask_source: MaskSource, out: Path, seed: int,
                  class_name: str | None):
         self.generator, self.dataset, self.mask_source = generator, dataset, mask_source
         self.out, self.seed, self.class_name = out, int(seed), class_name
-        self.distribution = getattr(generator, "class_distribution", None)
+        self.distribution = generator.class_distribution if abilities(generator).conditional else None
         self._plans: dict[int, tuple[int, str | None]] = {}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -204,15 +170,7 @@ class _Run:
     def job(self, i: int) -> _Job:
         s = self.sample(i)
         h, w = s.height, s.width
-        if self.mask_source is self.generator:  # the defect's own mask, placed from the sample's seed
-            s.mask = self.generator.make_mask(s.image, s.class_name, s.seed)
-            box = Box.from_mask(s.mask, s.class_name)
-            s.boxes = [box] if box else []
-        else:
-            kwargs = {"image_path": s.source} if isinstance(self.mask_source, MaskFolder) else {}
-            if getattr(self.mask_source, "wants_foreground", False):  # real masks go on the part, not beside it
-                kwargs["foreground"] = estimate_foreground(s.image)
-            s.mask, s.boxes = self.mask_source(i, h, w, label=s.class_name, **kwargs)
+        s.mask, s.boxes = self.mask_source.mask_for(i, s)
         resolution = self.generator.resolution
         y0, x0, wh, ww = (0, 0, h, w) if resolution is None else mask_window(h, w, s.mask, resolution)
         model_in = _to_model(s.image[y0:y0 + wh, x0:x0 + ww], self.generator.channels)
@@ -230,6 +188,22 @@ class _Run:
         gen = _from_model(gen, to_float(s.image[y0:y0 + wh, x0:x0 + ww]))
         s.image = composite(s.image, gen, s.mask, y0, x0)
         return s
+
+    def fill(self, n: int, resume: bool, rank: int, world: int, batch_size: int, show: bool,
+             log: Callable[[str], None]) -> tuple[int, int, CocoBuilder]:
+        """Make the samples of 0..n-1 that are this shard's (i % world == rank) and not on disk yet (with `resume`);
+        (how many written, how many already there, the COCO builder holding the written ones)."""
+        from defectgen.progress import bar as progress_bar
+
+        done = {i for i in range(n) if all(p.is_file() for p in self.paths(i))} if resume else set()
+        if done:
+            log(f"resuming: {len(done)} of {n} samples already written")
+        todo = [i for i in range(n) if i not in done and i % world == rank]
+        coco = CocoBuilder(root=self.out, default_category=DEFAULT_CATEGORY)
+        with progress_bar(total=n, initial=len(done), desc="synthesize", unit="img", leave=True,
+                          disable=not show) as bar:
+            self.generate(todo, batch_size, coco, bar)
+        return len(todo), len(done), coco
 
     def generate(self, todo: list[int], batch_size: int, coco: CocoBuilder, bar) -> None:
         """Make, write and annotate samples `todo`, a batch at a time."""
@@ -268,21 +242,22 @@ def _normals(normals: str | Path | Dataset) -> Dataset:
     return ds
 
 
-def _mask_source(generator: DefectGenerator, masks: Any, mask_preset: str | None, seed: int) -> Any:
-    if hasattr(generator, "make_mask"):  # it pastes real defects, so the masks are theirs (copypaste)
-        if str(masks) != "perlin" or mask_preset:
+def _mask_source(generator: DefectGenerator, options: SynthesisOptions) -> MaskSource:
+    """The masks `options` name; a generator that makes its own masks (it pastes real defects) is the source."""
+    if abilities(generator).makes_own_masks:
+        if str(options.masks) != "perlin" or options.mask_preset or options.masks_from is not None:
             raise DefectgenError(None, f"`model` {generator.name} brings its own masks (the pasted defects'); "
                                  "leave out `masks`, `masks_from` and `mask_preset`")
         return generator
-    return masks if callable(masks) else make_masks(masks, seed, mask_preset)
+    return resolve_masks(options.masks, seed=options.seed, preset=options.mask_preset, masks_from=options.masks_from)
 
 
-def _settings(generator: DefectGenerator, dataset: Dataset, mask_source: Any, class_name: str | None,
-              prompt: str | None, seed: int) -> dict[str, Any]:
+def _settings(generator: DefectGenerator, dataset: Dataset, mask_source: MaskSource,
+              options: SynthesisOptions) -> dict[str, Any]:
     settings = {
         "generator": generator.info(), "normals": str(dataset.root), "normal_images": len(dataset),
-        "masks": mask_source.describe() if hasattr(mask_source, "describe") else repr(mask_source),
-        "class": class_name, "prompt": prompt, "seed": int(seed),
+        "masks": mask_source.describe(), "class": options.class_name, "prompt": options.prompt,
+        "seed": int(options.seed),
     }
     return json.loads(json.dumps(settings, default=str))
 
@@ -338,8 +313,8 @@ def _info(generator: DefectGenerator, prompt: str | None, seed: int, n: int,
 
     info = generator.info()
     return {"defectgen": {
-        "model": info.get("model", getattr(generator, "name", None)),
-        "generator": getattr(generator, "name", None), "prompt": prompt, "seed": int(seed),
+        "model": info.get("model", generator.name),
+        "generator": generator.name, "prompt": prompt, "seed": int(seed),
         "sampler": info.get("sampler"), "steps": info.get("steps"),
         "version": __version__, "n": n, "settings": settings,
     }}
@@ -371,78 +346,55 @@ def write_contact_sheet(out: Path, files: list[tuple[Path, Path, str | None, Pat
         write_image(out / "contact_sheet.png", text_card(empty_note))
 
 
-def synthesize(
-    generator: DefectGenerator,
-    normals: str | Path | Dataset,
-    out: str | Path,
-    n: int,
-    *,
-    masks: str | Path | Any = "perlin",
-    mask_preset: str | None = None,
-    class_name: str | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    resume: bool = False,
-    overwrite: bool = False,
-    prompt: str | None = None,
-    sheet_size: int = 32,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    shard: tuple[int, int] | None = None,
-    protect: tuple[str | Path | None, ...] = (),
-) -> SynthesisResult:
-    """Write `n` samples to `out`. `masks` is "perlin", "bbox", a folder of masks, or any callable
-    (index, h, w, foreground=None, label=None) -> (mask, boxes).
+def synthesize(generator: DefectGenerator, normals: str | Path | Dataset, out: str | Path, n: int,
+               options: SynthesisOptions | None = None, *, log: Callable[[str], None] = print,
+               protect: tuple[str | Path | None, ...] = (), sheet_size: int = 32) -> SynthesisResult:
+    """Write `n` samples to `out`, made as `options` say (default `SynthesisOptions()`: Perlin masks, seed 0; its
+    `generator` and `filters` are for `synthesize_set`). `protect`: other inputs (the model folder) the output
+    must stay out of; `sheet_size`: the samples on the contact sheet.
 
-    shard=(k, K) writes only samples i with i % K == k, into the same folder as the other shards; the COCO file
-    and contact sheet are written once every sample is on disk. Under `accelerate launch` the shard is taken from
-    the process index, and the main process writes them after all processes are done."""
-    from defectgen.progress import bar as progress_bar
-
+    `options.shard` (k, K) writes only samples i with i % K == k, into the same folder as the other shards; the
+    COCO file and contact sheet are written once every sample is on disk. Under `accelerate launch` the shard is
+    taken from the process index, and the main process writes them after all processes are done."""
+    options = options or SynthesisOptions()
     started = time.perf_counter()
     if n < 1:
         raise DefectgenError(None, "`n` must be at least 1")
-    if batch_size < 1:
+    if options.batch_size < 1:
         raise DefectgenError(None, "`batch_size` must be at least 1")
-    if hasattr(generator, "check_class"):
-        generator.check_class(class_name)
+    if abilities(generator).conditional:
+        generator.check_class(options.class_name)
     dataset = _normals(normals)
-    mask_source = _mask_source(generator, masks, mask_preset, seed)
-    settings = _settings(generator, dataset, mask_source, class_name, prompt, seed)
-    state, rank, world, resume = _shard(shard, resume, overwrite, out)
+    mask_source = _mask_source(generator, options)
+    settings = _settings(generator, dataset, mask_source, options)
+    state, rank, world, resume = _shard(options.shard, options.resume, options.overwrite, out)
     out = Path(out)
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process prepares the folder first
     if resume and out.is_dir():
         _check_resumable(out, n)
         _check_settings(out, settings)
-    folder = OutputFolder(out, overwrite=overwrite, resume=resume, verb="synthesize",
-                          protect=[dataset.root, getattr(mask_source, "folder", None), *protect],
+    folder = OutputFolder(out, overwrite=options.overwrite, resume=resume, verb="synthesize",
+                          protect=[dataset.root, mask_source.folder, *protect],
                           worth_keeping=lambda d: any((d / "images").glob("*.png")))
     out = folder.prepare()
     try:
         _start(out, settings, resume, log)
         if state is not None and state.is_main_process:
             state.wait_for_everyone()
-        run = _Run(generator, dataset, mask_source, out, seed, class_name)
-        done = {i for i in range(n) if all(p.is_file() for p in run.paths(i))} if resume else set()
-        if done:
-            log(f"resuming: {len(done)} of {n} samples already written")
-        todo = [i for i in range(n) if i not in done and i % world == rank]
-        coco = CocoBuilder(root=out, default_category=DEFAULT_CATEGORY)
-        with progress_bar(total=n, initial=len(done), desc="synthesize", unit="img", leave=True,
-                          disable=not progress or (state is not None and not state.is_main_process)) as bar:
-            run.generate(todo, batch_size, coco, bar)
+        run = _Run(generator, dataset, mask_source, out, options.seed, options.class_name)
+        show = options.progress and (state is None or state.is_main_process)
+        written, existing, coco = run.fill(n, resume, rank, world, options.batch_size, show, log)
         if state is not None:
             state.wait_for_everyone()
             if not state.is_main_process:
-                return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
+                return SynthesisResult(out, written, existing, 0, time.perf_counter() - started)
         elif world > 1 and not all(p.is_file() for i in range(n) for p in run.paths(i)):
-            log(f"shard {rank}/{world}: wrote {len(todo)} sample(s); annotations.json is written by the shard that "
+            log(f"shard {rank}/{world}: wrote {written} sample(s); annotations.json is written by the shard that "
                 "completes the set (or by `synthesize --resume` with the same settings)")
-            return SynthesisResult(out, len(todo), len(done), 0, time.perf_counter() - started)
-        n_ann = _write_set(run, coco, n, _info(generator, prompt, seed, n, settings), sheet_size)
-        return SynthesisResult(out, len(todo), len(done), n_ann, time.perf_counter() - started)
+            return SynthesisResult(out, written, existing, 0, time.perf_counter() - started)
+        n_ann = _write_set(run, coco, n, _info(generator, options.prompt, options.seed, n, settings), sheet_size)
+        return SynthesisResult(out, written, existing, n_ann, time.perf_counter() - started)
     except BaseException:
         folder.abandon()  # a run that failed before its first sample leaves nothing behind
         raise

@@ -20,6 +20,8 @@ import numpy as np
 
 from defectgen.errors import DefectgenError
 from defectgen.io.images import mask_window, match_channels
+from defectgen.io.sample import Box, Sample
+from defectgen.synth.base import Abilities
 from defectgen.synth.copypaste import CopyPasteGenerator
 from defectgen.synth.ddpm_generator import DdpmGenerator
 
@@ -27,12 +29,13 @@ DEFAULT_STRENGTH = 0.5
 
 
 class TransplantGenerator:
-    """A `DefectGenerator` that is also the mask source of its samples (the pasted defects' masks, like
+    """A `DefectGenerator` that is also the `MaskSource` of its samples (the pasted defects' masks, like
     copypaste). It works on whole normal images: the paste needs the image's size, and the DDPM then runs in a
     model-sized window around the mask, as the pipeline would run it."""
 
     resolution = None
     channels = None
+    abilities = Abilities(makes_own_masks=True, conditional=True)
 
     def __init__(self, model: str | Path, labeled: str | Path, strength: float = DEFAULT_STRENGTH,
                  blend: str | None = None, keep_core: float | None = None, augment: str | None = None,
@@ -42,6 +45,7 @@ class TransplantGenerator:
         self.keep_core = keep_core
         # the model supplies the variety: the pasted defect stays as it was recorded, only mirrored
         self.paste = CopyPasteGenerator(labeled, blend=blend or "paste", augment=augment or "flips")
+        self.folder = self.paste.folder
         self.ddpm = DdpmGenerator(model, strength=strength, sigma=0.0, **ddpm_options)
         self.name = f"transplant-{self.ddpm.name}"
         self.strength = self.ddpm.strength
@@ -62,6 +66,9 @@ class TransplantGenerator:
 
     def make_mask(self, normal: np.ndarray, class_name: str | None, seed: int) -> np.ndarray:
         return self.paste.make_mask(normal, class_name, seed)
+
+    def mask_for(self, index: int, sample: Sample) -> tuple[np.ndarray, list[Box]]:
+        return self.paste.mask_for(index, sample)
 
     def generate(self, normals: list[np.ndarray], masks: list[np.ndarray], seeds: list[int],
                  class_names: list[str | None]) -> list[np.ndarray]:
