@@ -32,6 +32,26 @@ def test_every_verb_has_help_with_every_flag_and_an_example(run_cli, monkeypatch
                     assert flag in flat, (verb, flag)
 
 
+def test_help_prints_no_type_after_flags(run_cli, monkeypatch):
+    """Every verb is a cli.common.Command (the app a Group): without that class typer's rich help prints <bool>
+    after --overwrite, --json, --help and the other value-less flags."""
+    import typer
+
+    from defectgen.cli import app
+    from defectgen.cli.common import Command, Group
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, Group)
+    monkeypatch.setenv("COLUMNS", "200")
+    for verb, command in group.commands.items():
+        assert isinstance(command, Command), verb
+        code, text, err = run_cli(verb, "--help")
+        assert code == 0, err
+        assert "<bool>" not in text, verb
+    code, text, _ = run_cli("--help")
+    assert code == 0 and "--debug" in text and "<bool>" not in text
+
+
 def test_shared_options_keep_each_verbs_default():
     import typer
 

@@ -10,7 +10,30 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+
+class _UntypedFlags:
+    """Help without a type after value-less flags (--overwrite, --ema/--no-ema, --help): typer >= 0.20's rich help
+    prints <bool> there, in the column that shows an option's metavar, so each flag gets an empty metavar.
+    Used explicitly: the app is a `Group`, every verb a `Command` (tests/test_cli.py checks each verb's help)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and not getattr(param, "count", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_UntypedFlags, typer.core.TyperCommand):
+    pass
+
+
+class Group(_UntypedFlags, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=Group,
     name="defectgen",
     help="Synthetic defect data for industrial visual inspection: train diffusion generators on normal and "
     "labeled images, paint defects inside masks, write exact COCO annotations, and validate detectors with them.",
@@ -18,10 +41,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-if hasattr(typer.core.TyperOption, "display_type_rich"):  # typer >= 0.20 prints "<bool>" after value-less flags
-    _display_type_rich = typer.core.TyperOption.display_type_rich
-    typer.core.TyperOption.display_type_rich = lambda self, ctx: (
-        None if self.is_flag and not self.count else _display_type_rich(self, ctx))
 
 console = Console(stderr=True)
 out = Console()

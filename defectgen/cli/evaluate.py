@@ -12,6 +12,7 @@ from rich.table import Table
 from defectgen.cli.common import (
     AsJson,
     Backbone,
+    Command,
     Device,
     FeatureDim,
     FeatureTimestep,
@@ -32,7 +33,7 @@ from defectgen.errors import DefectgenError
 from defectgen.evaluate.report import fmt_metric
 
 
-@app.command("validate")
+@app.command("validate", cls=Command)
 def validate(
     detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors), seg (supervised "
                                  "segmentation; also box mAP on multi-class test sets) or det (a box detector, "
@@ -193,7 +194,7 @@ def _runs_table(detector: str, test: Path, results: dict) -> Table:
     return table
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
 def inspect(
     path: Path = typer.Argument(..., help="A dataset or output folder (any layout), or a COCO .json file."),
     fmt: Fmt = "auto",
@@ -267,7 +268,7 @@ def _summary_table(path: Path, summary: dict) -> Table:
     return table
 
 
-@app.command("runs")
+@app.command("runs", cls=Command)
 def runs(as_json: AsJson = False) -> None:
     """List this folder's workspace: trained models, synthesized sets and validation reports, newest last.
 

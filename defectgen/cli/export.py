@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from defectgen.cli.common import Overwrite, app, out
+from defectgen.cli.common import Command, Overwrite, app, out
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 def export(
     source: Path = typer.Argument(..., metavar="SET", help="A synthesized set, or any dataset defectgen reads "
                                   "(see --set-format)."),

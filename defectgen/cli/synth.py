@@ -10,6 +10,7 @@ import typer
 from defectgen.cli.common import (
     AllowEmpty,
     ClipModel,
+    Command,
     Device,
     Filters,
     Fmt,
@@ -85,7 +86,7 @@ Shard = Annotated[str | None, typer.Option("--shard", help="K/N: write only samp
 Resume = Annotated[bool, typer.Option("--resume", help="Complete an interrupted run in --out.")]
 
 
-@app.command("filter")
+@app.command("filter", cls=Command)
 def filter_set(
     out_dir: Path = typer.Argument(..., help="A synthesize output folder."),
     filters: Filters = "change", clip_model: ClipModel = None, tau0: Tau0 = 0.5, lam: Lam = 1.0,
@@ -107,7 +108,7 @@ def filter_set(
                                min_change=min_change, material=material, allow_empty=allow_empty), log=out.print)
 
 
-@app.command("synthesize")
+@app.command("synthesize", cls=Command)
 def synthesize(
     model: Model = None, normals: Normals = None, n: Count = 100, out_dir: SetOut = None, masks: Masks = "perlin",
     mask_preset: MaskPreset = None, masks_from: MasksFrom = None, class_name: ClassName = None,
@@ -157,7 +158,7 @@ def synthesize(
         record("set", run.out_dir, **run.record)
 
 
-@app.command("masks")
+@app.command("masks", cls=Command)
 def masks(
     out_dir: Path = typer.Option(..., "--out", help="Output folder: masks/*.png and annotations.json."),
     kind: str = typer.Option("perlin", "--kind", help="perlin or bbox."),

@@ -11,6 +11,7 @@ import typer
 from defectgen.cli.common import (
     BatchSize,
     CheckpointEvery,
+    Command,
     DdpmResolution,
     Ema,
     Fmt,
@@ -88,7 +89,7 @@ def _one_voice():
         raise
 
 
-@app.command("train-ddpm")
+@app.command("train-ddpm", cls=Command)
 def train_ddpm(
     ctx: typer.Context,
     out_dir: Path | None = typer.Option(None, "--out", help="Run folder: the diffusers model, defectgen.json, "
@@ -144,7 +145,7 @@ def train_ddpm(
               + (f", classes: {', '.join(model.class_names)}" if model.class_names else "") + f") to {out_dir}")
 
 
-@app.command("train-ldm")
+@app.command("train-ldm", cls=Command)
 def train_ldm(
     ctx: typer.Context,
     labeled: Path = typer.Option(..., "--labeled", help="Labeled defects with masks (pairs, MVTec labeled/, COCO, "
