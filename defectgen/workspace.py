@@ -60,6 +60,35 @@ def load_config(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return config
 
 
+# ---- the entries: one function per kind, so every verb records (and `figures_text` reads) the same fields -------
+
+REPORT_FIGURES = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def model_record(type: str, inputs: dict[str, Any], params: dict[str, Any], *, final_loss: float | None,
+                 classes: list[str] | None) -> dict[str, Any]:
+    """A trained model (train-ddpm, train-ldm): its figures are the steps (from `params`), the final loss and the
+    classes."""
+    return {"kind": "model", "type": type, "inputs": inputs, "params": params,
+            "figures": {"steps": params["steps"], "final_loss": final_loss, "classes": classes}}
+
+
+def set_record(type: str, inputs: dict[str, Any], params: dict[str, Any], *, n: int, annotations: int,
+               kept: int | None = None, removed: dict[str, int] | None = None) -> dict[str, Any]:
+    """A synthesized set: samples asked for and annotations written, and what the filters kept and removed."""
+    figures = {"n": n, "annotations": annotations}
+    if kept is not None:
+        figures.update(kept=kept, removed=removed)
+    return {"kind": "set", "type": type, "inputs": inputs, "params": params, "figures": figures}
+
+
+def report_record(detector: str, runs: dict[str, Any], inputs: dict[str, Any],
+                  params: dict[str, Any]) -> dict[str, Any]:
+    """A validation report: each run's headline metrics (`REPORT_FIGURES`)."""
+    figures = {name: {k: run["metrics"].get(k) for k in REPORT_FIGURES} for name, run in runs.items()}
+    return {"kind": "report", "type": detector, "inputs": inputs, "params": params, "figures": figures}
+
+
 class Workspace:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root or Path.cwd()).resolve()

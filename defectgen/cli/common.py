@@ -140,11 +140,12 @@ def output(out_dir: Path | None, kind: str, stem: str, resume: bool = False) -> 
     return out_dir
 
 
-def record(kind: str, path: Path, **fields) -> None:
+def record(path: Path, entry: dict) -> None:
+    """Add a run's entry (made by workspace.model_record, set_record or report_record) to the workspace index."""
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one record per run, also under `accelerate launch`
-        workspace().record(kind, path, **fields)
+        workspace().record(path=path, **entry)
 
 
 def names(text: str | None) -> list[str]:

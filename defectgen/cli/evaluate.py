@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -32,76 +33,107 @@ from defectgen.cli.common import (
 from defectgen.errors import DefectgenError
 from defectgen.evaluate.report import fmt_metric
 
+# the options of `validate` (declared here, as common.py declares the shared ones)
+Detector = Annotated[str, typer.Option(
+    "--detector", help="ast, exdd (anomaly detectors), seg (supervised "
+    "segmentation; also box mAP on multi-class test sets) or det (a box detector, "
+    "scored by box mAP).")]
+Train = Annotated[Path | None, typer.Option(
+    "--train", help="Normal training images: a folder, or an MVTec root "
+    "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
+    "dataset without normal images, such as NEU-DET).")]
+Test = Annotated[Path | None, typer.Option(
+    "--test", help="Real test set with masks: MVTec layout (test/, "
+    "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
+    "normals' train/good).")]
+ReportOut = Annotated[Path | None, typer.Option(
+    "--out", help="Report folder: report.json, report.md, roc.png, "
+    "overlays/ (default: reports/<detector>-N).")]
+Synthetic = Annotated[list[Path] | None, typer.Option(
+    "--synthetic", help="A synthesized set (annotations.json, "
+    "images/, masks/); repeat it to pool several (one per class, "
+    "say) (default: the workspace's most recent set, if any; "
+    "'none' runs the baselines only).")]
+Baselines = Annotated[str, typer.Option(
+    "--baselines", help="Comma-separated (or '' for none): none (no "
+    "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
+    "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
+    "real and real+synthetic need --real-labeled.")]
+RealLabeled = Annotated[Path | None, typer.Option(
+    "--real-labeled", help="Real labeled defects with masks or "
+    "boxes, any layout (an MVTec root: its labeled/ split).")]
+ValSteps = Annotated[int, typer.Option(
+    "--steps", min=1, help="AST: training steps per run; seg: the most steps "
+    "(early stopping may end sooner).")]
+ValBatch = Annotated[int, typer.Option(
+    "--batch-size", min=2, help="AST, seg: images per step (half defects).")]
+ValLr = Annotated[float, typer.Option(
+    "--lr", help="AST, seg, det: Adam learning rate.")]
+Epochs = Annotated[int, typer.Option(
+    "--epochs", min=1, help="det: most epochs per run; early stopping on a "
+    "validation split of the training defects ends sooner.")]
+Patience = Annotated[int, typer.Option(
+    "--patience", min=1, help="det, seg: epochs (passes over the training "
+    "defects) without a validation gain that stop training.")]
+BoxHead = Annotated[str, typer.Option(
+    "--box-head", help="det: torchvision's detection model on the backbone's "
+    "feature pyramid: fcos, retinanet or faster-rcnn.")]
+CoresetRatio = Annotated[float, typer.Option(
+    "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
+    "the negative bank (greedy k-center).")]
+PositiveQuantile = Annotated[float, typer.Option(
+    "--positive-quantile", min=0.0, max=0.9999,
+    help="ExDD: drop synthetic-defect patches closer to the normal bank "
+    "than this quantile of unseen normal patches are (0 keeps all).")]
+NDraem = Annotated[int | None, typer.Option(
+    "--n-draem", help="draem and copypaste baselines: how many "
+    "defects (default: as many as --synthetic has, else 100).")]
+MaxTrain = Annotated[int | None, typer.Option(
+    "--max-train", help="Use a random subset of this many normals.")]
+MaxTest = Annotated[int | None, typer.Option(
+    "--max-test", help="Use a random subset of this many test images.")]
+Overlays = Annotated[int, typer.Option(
+    "--overlays", min=0, help="How many test images get anomaly-map overlays.")]
+SaveModels = Annotated[bool, typer.Option(
+    "--save-models", help="Also save each run's detector (safetensors).")]
+ValSeed = Annotated[int, typer.Option(
+    "--seed", help="Seeds subsets, DRAEM defects and training.")]
+Seeds = Annotated[int, typer.Option(
+    "--seeds", help="Repeat every run with this many seeds (--seed, --seed + 1, ...): "
+    "metrics as mean ± std, and a paired verdict of each run holding the set against "
+    "each baseline.")]
+Curve = Annotated[str | None, typer.Option(
+    "--curve", help="Shares of the labeled defects the real run is also "
+    "trained on, as 0.25,0.5,1.0: the real-only learning curve, on which every run "
+    "with real defects is placed as a worth in real defects (needs "
+    "--real-labeled).")]
+Semi = Annotated[Path | None, typer.Option(
+    "--semi", help="seg: a folder of unlabeled images; each run also trains "
+    "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them.")]
+SemiThreshold = Annotated[float, typer.Option(
+    "--semi-threshold", min=0.0, max=1.0, help="--semi: least mean "
+    "defect probability of a region kept as a pseudo-label.")]
+SemiFeatureShare = Annotated[float, typer.Option(
+    "--semi-feature-share", min=0.0, max=1.0, help="--semi: least "
+    "share of a region's backbone patches nearer a labeled defect patch "
+    "than a background one (0: no check).")]
+SemiIgnoreAbove = Annotated[float, typer.Option(
+    "--semi-ignore-above", min=0.0, max=1.0, help="--semi: pixels "
+    "at or above this defect probability outside kept regions are left "
+    "out of the loss.")]
+
 
 @app.command("validate", cls=Command)
 def validate(
-    detector: str = typer.Option(..., "--detector", help="ast, exdd (anomaly detectors), seg (supervised "
-                                 "segmentation; also box mAP on multi-class test sets) or det (a box detector, "
-                                 "scored by box mAP)."),
-    train: Path | None = typer.Option(None, "--train", help="Normal training images: a folder, or an MVTec root "
-                                      "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
-                                      "dataset without normal images, such as NEU-DET)."),
-    test: Path | None = typer.Option(None, "--test", help="Real test set with masks: MVTec layout (test/, "
-                                     "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
-                                     "normals' train/good)."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Report folder: report.json, report.md, roc.png, "
-                                        "overlays/ (default: reports/<detector>-N)."),
-    synthetic: list[Path] | None = typer.Option(None, "--synthetic", help="A synthesized set (annotations.json, "
-                                                   "images/, masks/); repeat it to pool several (one per class, "
-                                                   "say) (default: the workspace's most recent set, if any; "
-                                                   "'none' runs the baselines only)."),
-    baselines: str = typer.Option("none,draem", "--baselines", help="Comma-separated (or '' for none): none (no "
-                                  "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
-                                  "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
-                                  "real and real+synthetic need --real-labeled."),
-    real_labeled: Path | None = typer.Option(None, "--real-labeled", help="Real labeled defects with masks or "
-                                             "boxes, any layout (an MVTec root: its labeled/ split)."),
-    backbone: Backbone = None,
-    feature_timestep: FeatureTimestep = None,
-    feature_dim: FeatureDim = None,
-    resolution: Resolution = "256",
-    tile: Tile = None,
-    steps: int = typer.Option(1000, "--steps", min=1, help="AST: training steps per run; seg: the most steps "
-                              "(early stopping may end sooner)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=2, help="AST, seg: images per step (half defects)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AST, seg, det: Adam learning rate."),
-    epochs: int = typer.Option(50, "--epochs", min=1, help="det: most epochs per run; early stopping on a "
-                               "validation split of the training defects ends sooner."),
-    patience: int = typer.Option(5, "--patience", min=1, help="det, seg: epochs (passes over the training "
-                                 "defects) without a validation gain that stop training."),
-    box_head: str = typer.Option("fcos", "--box-head", help="det: torchvision's detection model on the backbone's "
-                                 "feature pyramid: fcos, retinanet or faster-rcnn."),
-    coreset_ratio: float = typer.Option(0.1, "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
-                                        "the negative bank (greedy k-center)."),
-    positive_quantile: float = typer.Option(0.999, "--positive-quantile", min=0.0, max=0.9999,
-                                            help="ExDD: drop synthetic-defect patches closer to the normal bank "
-                                            "than this quantile of unseen normal patches are (0 keeps all)."),
-    n_draem: int | None = typer.Option(None, "--n-draem", help="draem and copypaste baselines: how many "
-                                          "defects (default: as many as --synthetic has, else 100)."),
-    max_train: int | None = typer.Option(None, "--max-train", help="Use a random subset of this many normals."),
-    max_test: int | None = typer.Option(None, "--max-test", help="Use a random subset of this many test images."),
-    overlays: int = typer.Option(8, "--overlays", min=0, help="How many test images get anomaly-map overlays."),
-    device: Device = None,
-    save_models: bool = typer.Option(False, "--save-models", help="Also save each run's detector (safetensors)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds subsets, DRAEM defects and training."),
-    seeds: int = typer.Option(1, "--seeds", help="Repeat every run with this many seeds (--seed, --seed + 1, ...): "
-                              "metrics as mean ± std, and a paired verdict of each run holding the set against "
-                              "each baseline."),
-    curve: str | None = typer.Option(None, "--curve", help="Shares of the labeled defects the real run is also "
-                                     "trained on, as 0.25,0.5,1.0: the real-only learning curve, on which every run "
-                                     "with real defects is placed as a worth in real defects (needs "
-                                     "--real-labeled)."),
-    semi: Path | None = typer.Option(None, "--semi", help="seg: a folder of unlabeled images; each run also trains "
-                                     "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them."),
-    semi_threshold: float = typer.Option(0.7, "--semi-threshold", min=0.0, max=1.0, help="--semi: least mean "
-                                         "defect probability of a region kept as a pseudo-label."),
-    semi_feature_share: float = typer.Option(0.5, "--semi-feature-share", min=0.0, max=1.0, help="--semi: least "
-                                             "share of a region's backbone patches nearer a labeled defect patch "
-                                             "than a background one (0: no check)."),
-    semi_ignore_above: float = typer.Option(0.3, "--semi-ignore-above", min=0.0, max=1.0, help="--semi: pixels "
-                                            "at or above this defect probability outside kept regions are left "
-                                            "out of the loss."),
-    overwrite: Overwrite = False,
+    detector: Detector, train: Train = None, test: Test = None, out_dir: ReportOut = None, synthetic: Synthetic =
+    None, baselines: Baselines = "none,draem", real_labeled: RealLabeled = None, backbone: Backbone = None,
+    feature_timestep: FeatureTimestep = None, feature_dim: FeatureDim = None, resolution: Resolution = "256",
+    tile: Tile = None, steps: ValSteps = 1000, batch_size: ValBatch = 8, lr: ValLr = 1e-3, epochs: Epochs = 50,
+    patience: Patience = 5, box_head: BoxHead = "fcos", coreset_ratio: CoresetRatio = 0.1, positive_quantile:
+    PositiveQuantile = 0.999, n_draem: NDraem = None, max_train: MaxTrain = None, max_test: MaxTest = None,
+    overlays: Overlays = 8, device: Device = None, save_models: SaveModels = False, seed: ValSeed = 0, seeds:
+    Seeds = 1, curve: Curve = None, semi: Semi = None, semi_threshold: SemiThreshold = 0.7, semi_feature_share:
+    SemiFeatureShare = 0.5, semi_ignore_above: SemiIgnoreAbove = 0.3, overwrite: Overwrite = False,
 ) -> None:
     """Train a detector (AST or ExDD anomaly detectors, the supervised seg model, or the box detector det) with a
     synthetic set and
@@ -125,32 +157,48 @@ def validate(
         defectgen validate --detector det --train none --test neu-det --real-labeled neu-det --synthetic none \\
             --baselines real --resolution 224 --epochs 30 --out report/
     """
-    from defectgen.detect.semi import PseudoLabelRule
-    from defectgen.evaluate.experiment import ValidationConfig, run_validation
-    from defectgen.workspace import validate_defaults
+    from defectgen.evaluate.experiment import run_validation
+    from defectgen.workspace import report_record, validate_defaults
 
     synthetic, train, test, out_dir, notes = validate_defaults(workspace(), detector, synthetic, train, test,
                                                                out_dir)
     say(notes)
-    config = ValidationConfig(
+    config = _validation_config(
         detector, train, test, out_dir, synthetic=synthetic, baselines=names(baselines), backbone=backbone,
         resolution=resolution, seed=seed, steps=steps, batch_size=batch_size, lr=lr, epochs=epochs,
-        patience=patience, coreset_ratio=coreset_ratio, box_head=box_head,
-        n_draem=n_draem, max_train=max_train, max_test=max_test, n_overlays=overlays, device=device,
-        overwrite=overwrite, progress=True, save_models=save_models,
+        patience=patience, coreset_ratio=coreset_ratio, box_head=box_head, n_draem=n_draem, max_train=max_train,
+        max_test=max_test, n_overlays=overlays, device=device, overwrite=overwrite, save_models=save_models,
         positive_quantile=positive_quantile or None, real_labeled=real_labeled, tile=tile,
-        feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi,
-        semi_rule=PseudoLabelRule(semi_threshold, semi_feature_share, semi_ignore_above), seeds=seeds,
-        curve=shares(curve),
-    )
+        feature_timesteps=timesteps(feature_timestep), feature_dim=feature_dim, semi=semi, seeds=seeds,
+        curve=shares(curve), semi_rule=(semi_threshold, semi_feature_share, semi_ignore_above))
     results = run_validation(config)
-    out.print(_runs_table(detector, test, results))
+    _print_results(config, results)
+    record(out_dir, report_record(detector, results["runs"], inputs=_report_inputs(config), params={
+        "backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
+        "baselines": names(baselines), "seed": seed}))
+
+
+def _validation_config(*args, semi_rule: tuple[float, float, float], **fields):
+    """The experiment's one options record, with the CLI's own choices: a progress bar, the --semi-* rule."""
+    from defectgen.detect.semi import PseudoLabelRule
+    from defectgen.evaluate.experiment import ValidationConfig
+
+    return ValidationConfig(*args, progress=True, semi_rule=PseudoLabelRule(*semi_rule), **fields)
+
+
+def _report_inputs(config) -> dict:
+    """What the report was made from, as its workspace entry records it (a single set as one path)."""
+    synthetic = config.synthetic
+    return {"train": config.train, "test": config.test, "real_labeled": config.real_labeled,
+            "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic}
+
+
+def _print_results(config, results: dict) -> None:
+    """The runs table, the summary lines and where the report is."""
+    out.print(_runs_table(config.detector, config.test, results))
     for line in results.get("summary", []):
         out.print(line)
-    out.print(f"report: {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
-    _record_report(out_dir, detector, results, train, test, real_labeled, synthetic,
-                   {"backbone": backbone, "resolution": results["config"]["resolution"], "tile": tile,
-                    "baselines": names(baselines), "seed": seed})
+    out.print(f"report: {config.out / 'report.md'} ({results['wall_time_s']:.0f} s)")
 
 
 def shares(text: str | None) -> list[float] | None:
@@ -162,16 +210,6 @@ def shares(text: str | None) -> list[float] | None:
     except ValueError:
         raise DefectgenError(None, f"--curve takes shares of the labeled defects as 0.25,0.5,1.0 (got {text!r})"
                              ) from None
-
-
-def _record_report(out_dir: Path, detector: str, results: dict, train, test, real_labeled, synthetic,
-                   params: dict) -> None:
-    """The report's entry in the workspace index: its headline figures, inputs and settings."""
-    figures = {name: {k: run["metrics"].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
-               for name, run in results["runs"].items()}
-    record("report", out_dir, type=detector, figures=figures, params=params,
-           inputs={"train": train, "test": test, "real_labeled": real_labeled,
-                   "synthetic": synthetic[0] if synthetic and len(synthetic) == 1 else synthetic})
 
 
 def _runs_table(detector: str, test: Path, results: dict) -> Table:

@@ -155,7 +155,7 @@ def synthesize(
         filters=filtering)
     run = synthesize_set(model, normals, n, out_dir, options, note=say, log=out.print)
     if run.record is not None:
-        record("set", run.out_dir, **run.record)
+        record(run.out_dir, run.record)
 
 
 @app.command("masks", cls=Command)

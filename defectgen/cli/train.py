@@ -123,6 +123,7 @@ def train_ddpm(
         torchrun --nproc_per_node 2 -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
     from defectgen.diffusion.train_ddpm import train_ddpm as train
+    from defectgen.workspace import model_record
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
@@ -136,11 +137,10 @@ def train_ddpm(
                       overwrite=overwrite, on_bad=on_bad, log=console.print)
     if not _is_main():
         return
-    result = model.meta.get("result", {})
-    record("model", out_dir, type=model.kind, inputs={"normals": normals, "labeled": labeled},
-            params={"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size,
-                    "seed": seed},
-            figures={"steps": steps, "final_loss": result.get("final_loss"), "classes": model.class_names})
+    record(out_dir, model_record(
+        model.kind, {"normals": normals, "labeled": labeled},
+        {"preset": preset, "resolution": model.resolution, "steps": steps, "batch_size": batch_size, "seed": seed},
+        final_loss=model.meta.get("result", {}).get("final_loss"), classes=model.class_names))
     out.print(f"saved {model.kind} model ({model.resolution}x{model.resolution}, {model.channels} channel(s)"
               + (f", classes: {', '.join(model.class_names)}" if model.class_names else "") + f") to {out_dir}")
 
@@ -181,6 +181,7 @@ def train_ldm(
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
     from defectgen.diffusion.train_ldm import train_ldm as train
+    from defectgen.workspace import model_record
 
     cfg = _train_config(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                         mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
@@ -196,9 +197,9 @@ def train_ldm(
                      log=console.print)
     if not _is_main():
         return
-    record("model", out_dir, type="ldm", inputs={"labeled": labeled, "base": base, "prompts": prompts},
-            params={"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank,
-                    "seed": seed},
-            figures={"steps": steps, "final_loss": meta.get("final_loss"), "classes": meta["classes"]})
+    record(out_dir, model_record(
+        "ldm", {"labeled": labeled, "base": base, "prompts": prompts},
+        {"preset": preset, "resolution": meta["resolution"], "steps": steps, "lora_rank": lora_rank, "seed": seed},
+        final_loss=meta.get("final_loss"), classes=meta["classes"]))
     out.print(f"saved inpainting LDM ({meta['resolution']}x{meta['resolution']}, classes: "
               f"{', '.join(meta['classes'])}, final loss {meta.get('final_loss') or float('nan'):.4f}) to {out_dir}")

@@ -113,10 +113,11 @@ def _class_name(generator: DefectGenerator, model: str, options: SynthesisOption
 
 
 def _record(run: SynthesisRun, options: SynthesisOptions, figures: dict[str, Any]) -> dict[str, Any]:
-    """The workspace entry's fields of a finished set."""
+    """The workspace entry of a finished set."""
+    from defectgen.workspace import set_record
+
     masks = str(options.masks_from) if options.masks_from is not None else options.masks
-    return {"type": run.generator, "inputs": {"model": run.model, "normals": run.normals},
-            "params": {"prompt": options.prompt, "class": run.class_name, "masks": masks, "seed": options.seed,
+    return set_record(run.generator, {"model": run.model, "normals": run.normals},
+                      {"prompt": options.prompt, "class": run.class_name, "masks": masks, "seed": options.seed,
                        "sampler": options.generator.sampler, "steps": options.generator.steps,
-                       "filters": ",".join(options.filters.names) if options.filters.names else None},
-            "figures": figures}
+                       "filters": ",".join(options.filters.names) if options.filters.names else None}, **figures)
