@@ -34,93 +34,71 @@ from defectgen.errors import DefectgenError
 from defectgen.evaluate.report import fmt_metric
 
 # the options of `validate` (declared here, as common.py declares the shared ones)
-Detector = Annotated[str, typer.Option(
-    "--detector", help="ast, exdd (anomaly detectors), seg (supervised "
-    "segmentation; also box mAP on multi-class test sets) or det (a box detector, "
-    "scored by box mAP).")]
-Train = Annotated[Path | None, typer.Option(
-    "--train", help="Normal training images: a folder, or an MVTec root "
-    "(train/good) (default: the synthetic set's normals; 'none' for seg on a "
-    "dataset without normal images, such as NEU-DET).")]
-Test = Annotated[Path | None, typer.Option(
-    "--test", help="Real test set with masks: MVTec layout (test/, "
-    "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
-    "normals' train/good).")]
-ReportOut = Annotated[Path | None, typer.Option(
-    "--out", help="Report folder: report.json, report.md, roc.png, "
-    "overlays/ (default: reports/<detector>-N).")]
-Synthetic = Annotated[list[Path] | None, typer.Option(
-    "--synthetic", help="A synthesized set (annotations.json, "
-    "images/, masks/); repeat it to pool several (one per class, "
-    "say) (default: the workspace's most recent set, if any; "
-    "'none' runs the baselines only).")]
-Baselines = Annotated[str, typer.Option(
-    "--baselines", help="Comma-separated (or '' for none): none (no "
-    "defects; ast/exdd only), draem, copypaste (real labeled defects pasted onto "
-    "normals), real (labeled defects alone; seg), real+synthetic (seg). copypaste, "
-    "real and real+synthetic need --real-labeled.")]
-RealLabeled = Annotated[Path | None, typer.Option(
-    "--real-labeled", help="Real labeled defects with masks or "
-    "boxes, any layout (an MVTec root: its labeled/ split).")]
-ValSteps = Annotated[int, typer.Option(
-    "--steps", min=1, help="AST: training steps per run; seg: the most steps "
-    "(early stopping may end sooner).")]
-ValBatch = Annotated[int, typer.Option(
-    "--batch-size", min=2, help="AST, seg: images per step (half defects).")]
-ValLr = Annotated[float, typer.Option(
-    "--lr", help="AST, seg, det: Adam learning rate.")]
-Epochs = Annotated[int, typer.Option(
-    "--epochs", min=1, help="det: most epochs per run; early stopping on a "
-    "validation split of the training defects ends sooner.")]
-Patience = Annotated[int, typer.Option(
-    "--patience", min=1, help="det, seg: epochs (passes over the training "
-    "defects) without a validation gain that stop training.")]
-BoxHead = Annotated[str, typer.Option(
-    "--box-head", help="det: torchvision's detection model on the backbone's "
-    "feature pyramid: fcos, retinanet or faster-rcnn.")]
-CoresetRatio = Annotated[float, typer.Option(
-    "--coreset-ratio", help="ExDD: fraction of normal patches kept in "
-    "the negative bank (greedy k-center).")]
-PositiveQuantile = Annotated[float, typer.Option(
-    "--positive-quantile", min=0.0, max=0.9999,
-    help="ExDD: drop synthetic-defect patches closer to the normal bank "
-    "than this quantile of unseen normal patches are (0 keeps all).")]
-NDraem = Annotated[int | None, typer.Option(
-    "--n-draem", help="draem and copypaste baselines: how many "
-    "defects (default: as many as --synthetic has, else 100).")]
-MaxTrain = Annotated[int | None, typer.Option(
-    "--max-train", help="Use a random subset of this many normals.")]
-MaxTest = Annotated[int | None, typer.Option(
-    "--max-test", help="Use a random subset of this many test images.")]
-Overlays = Annotated[int, typer.Option(
-    "--overlays", min=0, help="How many test images get anomaly-map overlays.")]
-SaveModels = Annotated[bool, typer.Option(
-    "--save-models", help="Also save each run's detector (safetensors).")]
-ValSeed = Annotated[int, typer.Option(
-    "--seed", help="Seeds subsets, DRAEM defects and training.")]
-Seeds = Annotated[int, typer.Option(
-    "--seeds", help="Repeat every run with this many seeds (--seed, --seed + 1, ...): "
-    "metrics as mean ± std, and a paired verdict of each run holding the set against "
-    "each baseline.")]
-Curve = Annotated[str | None, typer.Option(
-    "--curve", help="Shares of the labeled defects the real run is also "
-    "trained on, as 0.25,0.5,1.0: the real-only learning curve, on which every run "
-    "with real defects is placed as a worth in real defects (needs "
-    "--real-labeled).")]
-Semi = Annotated[Path | None, typer.Option(
-    "--semi", help="seg: a folder of unlabeled images; each run also trains "
-    "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them.")]
-SemiThreshold = Annotated[float, typer.Option(
-    "--semi-threshold", min=0.0, max=1.0, help="--semi: least mean "
-    "defect probability of a region kept as a pseudo-label.")]
-SemiFeatureShare = Annotated[float, typer.Option(
-    "--semi-feature-share", min=0.0, max=1.0, help="--semi: least "
-    "share of a region's backbone patches nearer a labeled defect patch "
-    "than a background one (0: no check).")]
-SemiIgnoreAbove = Annotated[float, typer.Option(
-    "--semi-ignore-above", min=0.0, max=1.0, help="--semi: pixels "
-    "at or above this defect probability outside kept regions are left "
-    "out of the loss.")]
+# what is trained, on what, scored where
+Detector = Annotated[str, typer.Option("--detector", help="ast, exdd (anomaly detectors), seg (supervised "
+                                       "segmentation; also box mAP on multi-class test sets) or det (a box "
+                                       "detector, scored by box mAP).")]
+Train = Annotated[Path | None, typer.Option("--train", help="Normal training images: a folder, or an MVTec root "
+                                            "(train/good) (default: the synthetic set's normals; 'none' for seg on "
+                                            "a dataset without normal images, such as NEU-DET).")]
+Test = Annotated[Path | None, typer.Option("--test", help="Real test set with masks: MVTec layout (test/, "
+                                           "ground_truth/) or COCO with masks (default: the MVTec test/ beside the "
+                                           "normals' train/good).")]
+ReportOut = Annotated[Path | None, typer.Option("--out", help="Report folder: report.json, report.md, roc.png, "
+                                                "overlays/ (default: reports/<detector>-N).")]
+Synthetic = Annotated[list[Path] | None, typer.Option("--synthetic", help="A synthesized set (annotations.json, "
+                                                      "images/, masks/); repeat it to pool several (one per class, "
+                                                      "say) (default: the workspace's most recent set, if any; "
+                                                      "'none' runs the baselines only).")]
+Baselines = Annotated[str, typer.Option("--baselines", help="Comma-separated (or '' for none): none (no defects; "
+                                        "ast/exdd only), draem, copypaste (real labeled defects pasted onto "
+                                        "normals), real (labeled defects alone; seg), real+synthetic (seg). "
+                                        "copypaste, real and real+synthetic need --real-labeled.")]
+RealLabeled = Annotated[Path | None, typer.Option("--real-labeled", help="Real labeled defects with masks or boxes, "
+                                                  "any layout (an MVTec root: its labeled/ split).")]
+# the detectors' training
+ValSteps = Annotated[int, typer.Option("--steps", min=1, help="AST: training steps per run; seg: the most steps "
+                                       "(early stopping may end sooner).")]
+ValBatch = Annotated[int, typer.Option("--batch-size", min=2, help="AST, seg: images per step (half defects).")]
+ValLr = Annotated[float, typer.Option("--lr", help="AST, seg, det: Adam learning rate.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="det: most epochs per run; early stopping on a "
+                                     "validation split of the training defects ends sooner.")]
+Patience = Annotated[int, typer.Option("--patience", min=1, help="det, seg: epochs (passes over the training "
+                                       "defects) without a validation gain that stop training.")]
+BoxHead = Annotated[str, typer.Option("--box-head", help="det: torchvision's detection model on the backbone's "
+                                      "feature pyramid: fcos, retinanet or faster-rcnn.")]
+CoresetRatio = Annotated[float, typer.Option("--coreset-ratio", help="ExDD: fraction of normal patches kept in the "
+                                             "negative bank (greedy k-center).")]
+PositiveQuantile = Annotated[float, typer.Option("--positive-quantile", min=0.0, max=0.9999, help="ExDD: drop "
+                                                 "synthetic-defect patches closer to the normal bank than this "
+                                                 "quantile of unseen normal patches are (0 keeps all).")]
+# the sets' sizes and the report
+NDraem = Annotated[int | None, typer.Option("--n-draem", help="draem and copypaste baselines: how many defects "
+                                            "(default: as many as --synthetic has, else 100).")]
+MaxTrain = Annotated[int | None, typer.Option("--max-train", help="Use a random subset of this many normals.")]
+MaxTest = Annotated[int | None, typer.Option("--max-test", help="Use a random subset of this many test images.")]
+Overlays = Annotated[int, typer.Option("--overlays", min=0, help="How many test images get anomaly-map overlays.")]
+SaveModels = Annotated[bool, typer.Option("--save-models", help="Also save each run's detector (safetensors).")]
+# repeats: seeds, and the real-only learning curve
+ValSeed = Annotated[int, typer.Option("--seed", help="Seeds subsets, DRAEM defects and training.")]
+Seeds = Annotated[int, typer.Option("--seeds", help="Repeat every run with this many seeds (--seed, --seed + 1, "
+                                    "...): metrics as mean ± std, and a paired verdict of each run holding the set "
+                                    "against each baseline.")]
+Curve = Annotated[str | None, typer.Option("--curve", help="Shares of the labeled defects the real run is also "
+                                           "trained on, as 0.25,0.5,1.0: the real-only learning curve, on which "
+                                           "every run with real defects is placed as a worth in real defects (needs "
+                                           "--real-labeled).")]
+# --semi: pseudo-labels on unlabeled images (seg)
+Semi = Annotated[Path | None, typer.Option("--semi", help="seg: a folder of unlabeled images; each run also trains "
+                                           "a RUN+pseudo twin on the pseudo-labels its mean teacher gives them.")]
+SemiThreshold = Annotated[float, typer.Option("--semi-threshold", min=0.0, max=1.0, help="--semi: least mean defect "
+                                              "probability of a region kept as a pseudo-label.")]
+SemiFeatureShare = Annotated[float, typer.Option("--semi-feature-share", min=0.0, max=1.0, help="--semi: least "
+                                                 "share of a region's backbone patches nearer a labeled defect "
+                                                 "patch than a background one (0: no check).")]
+SemiIgnoreAbove = Annotated[float, typer.Option("--semi-ignore-above", min=0.0, max=1.0, help="--semi: pixels at or "
+                                                "above this defect probability outside kept regions are left out of "
+                                                "the loss.")]
 
 
 @app.command("validate", cls=Command)
