@@ -199,16 +199,34 @@ def coco_map(ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequen
     ground truth). Returns map50 (mAP@0.5), map (mAP@[.5:.95]), the class-agnostic pair (every box one class),
     per_class {name: {map50, map, boxes}} (NaN for a class with no ground-truth box), and how many detections
     named a class outside `classes` (dropped from the class-aware figures, kept in the class-agnostic ones)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if len(ground_truth) != len(detections):
         raise ValueError("one detection list per ground-truth image is needed")
     names = list(classes) if classes is not None else sorted({b["class"] for g in ground_truth for b in g})
     cat = {c: i + 1 for i, c in enumerate(names)}
+    gt_anns, dt_anns, unknown = _coco_annotations(ground_truth, detections, cat)
+    nan = float("nan")
+    per_class = {c: {"map50": nan, "map": nan, "boxes": sum(b["class"] == c for g in ground_truth for b in g)}
+                 for c in names}
+    result = {"map50": nan, "map": nan, "agnostic_map50": nan, "agnostic_map": nan, "per_class": per_class,
+              "detections": len(dt_anns), "unknown_class_detections": unknown}
+    if not gt_anns:
+        return result
+    known = [d for d in dt_anns if d["category_id"]]
+    if dt_anns:
+        _cocoeval(result, names, cat, len(ground_truth), gt_anns, dt_anns, known)
+    for keys in ([("map50", "map", "agnostic_map50", "agnostic_map")] if not dt_anns else []) + \
+            ([("map50", "map")] if dt_anns and not known else []):
+        # no detections (of a known class): pycocotools cannot load an empty result; every class scores 0
+        result.update(dict.fromkeys(keys, 0.0))
+        for c in names:
+            if per_class[c]["boxes"]:
+                per_class[c].update(map50=0.0, map=0.0)
+    return result
+
+
+def _coco_annotations(ground_truth, detections, cat: dict[str, int]) -> tuple[list[dict], list[dict], int]:
+    """COCO ground-truth and detection annotations (images numbered from 1; a detection of an unknown class gets
+    category 0), and how many detections named an unknown class."""
     gt_anns, dt_anns, unknown = [], [], 0
     for i, boxes in enumerate(ground_truth):
         for b in boxes:
@@ -222,34 +240,27 @@ def coco_map(ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequen
             unknown += b["class"] not in cat
             dt_anns.append({"image_id": i + 1, "category_id": cat.get(b["class"], 0),
                             "bbox": [float(v) for v in b["bbox"]], "score": float(b["score"])})
-    nan = float("nan")
-    per_class = {c: {"map50": nan, "map": nan, "boxes": sum(b["class"] == c for g in ground_truth for b in g)}
-                 for c in names}
-    result = {"map50": nan, "map": nan, "agnostic_map50": nan, "agnostic_map": nan, "per_class": per_class,
-              "detections": len(dt_anns), "unknown_class_detections": unknown}
-    if not gt_anns:
-        return result
+    return gt_anns, dt_anns, unknown
 
-    def zero(keys: tuple[str, ...]) -> None:  # no detections at all: pycocotools cannot load an empty result
-        result.update(dict.fromkeys(keys, 0.0))
-        for c in names:
-            if per_class[c]["boxes"]:
-                per_class[c].update(map50=0.0, map=0.0)
 
-    if not dt_anns:
-        zero(("map50", "map", "agnostic_map50", "agnostic_map"))
-        return result
+def _cocoeval(result: dict, names: list[str], cat: dict[str, int], n_images: int, gt_anns: list[dict],
+              dt_anns: list[dict], known: list[dict]) -> None:
+    """COCOeval class-aware (on `known` detections) and class-agnostic (on all), into `result`."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     def mean_ap(p: np.ndarray) -> float:
         p = p[p > -1]  # -1: no ground truth for that category
-        return float(p.mean()) if p.size else nan
+        return float(p.mean()) if p.size else float("nan")
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt = COCO()
-        gt.dataset = {"images": [{"id": i + 1} for i in range(len(ground_truth))], "annotations": gt_anns,
+        gt.dataset = {"images": [{"id": i + 1} for i in range(n_images)], "annotations": gt_anns,
                       "categories": [{"id": cat[c], "name": c} for c in names]}
         gt.createIndex()
-        known = [d for d in dt_anns if d["category_id"]]
         for agnostic in (False, True):
             anns = dt_anns if agnostic else known
             if not anns:
@@ -265,8 +276,4 @@ def coco_map(ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequen
             result[key + "map"], result[key + "map50"] = mean_ap(prec), mean_ap(prec[0])
             if not agnostic:
                 for k, cid in enumerate(ev.params.catIds):
-                    c = names[cid - 1]
-                    per_class[c].update(map=mean_ap(prec[:, :, k]), map50=mean_ap(prec[0, :, k]))
-    if not known:
-        zero(("map50", "map"))
-    return result
+                    result["per_class"][names[cid - 1]].update(map=mean_ap(prec[:, :, k]), map50=mean_ap(prec[0, :, k]))

@@ -102,6 +102,29 @@ class EarlyStopping:
                 "train_images": train_images, **d}
 
 
+def train_by_epochs(step: Callable[[], float], per_epoch: int, stop: EarlyStopping,
+                    validate: Callable[[], float | None], state: Callable[[], dict[str, torch.Tensor]], *,
+                    max_steps: int | None = None, max_epochs: int | None = None,
+                    on_epoch: Callable[[float, float | None], None] | None = None) -> None:
+    """The loop det, seg and AST share: `step()` (one optimiser step, returning its loss) in epochs of `per_epoch`
+    steps, until `max_steps` steps or `max_epochs` epochs have run or `stop` ends training; after each epoch
+    `validate()` scores the model (None: no validation split) and `stop` keeps the best `state()`. `on_epoch(mean
+    loss, score)` reports each epoch (a progress bar). The caller restores `stop`'s best weights."""
+    done = 0
+    while (max_steps is None or done < max_steps) and (max_epochs is None or len(stop.history) < max_epochs):
+        losses = []
+        for _ in range(per_epoch):
+            if max_steps is not None and done >= max_steps:
+                break
+            losses.append(step())
+            done += 1
+        score = validate()
+        if on_epoch is not None:
+            on_epoch(float(np.mean(losses)), score)
+        if stop.update(len(stop.history) + 1, float(np.mean(losses)), score, state):
+            break
+
+
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # none, horizontal, vertical, both
 
 _SHARED: dict[tuple, list[torch.Tensor]] | None = None

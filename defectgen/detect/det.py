@@ -42,6 +42,7 @@ from defectgen.detect.convergence import (
     backbone_identity,
     steps_per_epoch,
     stored_maps_of,
+    train_by_epochs,
     validation_split,
 )
 from defectgen.detect.features import batches, to_tensor
@@ -193,7 +194,10 @@ class Det(nn.Module, Detector):
 
     def _targets(self, defects, masks, labels, class_names, boxes) -> tuple[list[str], list[np.ndarray]]:
         """(class names, per defect image an n x 5 array of x0, y0, x1, y1, class index): an image's `boxes`
-        where given, else the regions of each class in its label map (or its mask)."""
+        where given, else the regions of each class in its label map (or its mask). No box at all is an error."""
+        if defects is None or len(defects) == 0:
+            raise DefectgenError(None, "det is supervised and got no defect images with boxes to learn from "
+                                 "(give a labeled set with boxes or masks, or a synthetic set)")
         names = (list(class_names) or sorted({str(b["class"]) for bs in boxes or [] if bs for b in bs})
                  or ["defect"])
         if labels is None and masks is not None:  # a mask's regions are of the first class
@@ -209,6 +213,8 @@ class Det(nn.Module, Detector):
                 out.append(np.array(boxes_from_labels(np.asarray(labels[i]), len(names)), np.float32).reshape(-1, 5))
             else:
                 out.append(np.zeros((0, 5), np.float32))
+        if not any(len(t) for t in out):
+            raise DefectgenError(None, "det got defect images but no boxes in them (every mask is empty)")
         return names, out
 
     def fit(self, normals: np.ndarray, defects: np.ndarray | None = None, masks: np.ndarray | None = None,
@@ -220,12 +226,7 @@ class Det(nn.Module, Detector):
         early stopping on a validation split of the defects (see the module docstring)."""
         from defectgen.progress import bar
 
-        if defects is None or len(defects) == 0:
-            raise DefectgenError(None, "det is supervised and got no defect images with boxes to learn from "
-                                 "(give a labeled set with boxes or masks, or a synthetic set)")
         names, targets = self._targets(defects, masks, labels, class_names, boxes)
-        if not any(len(t) for t in targets):
-            raise DefectgenError(None, "det got defect images but no boxes in them (every mask is empty)")
         o = self.train_options
         torch.manual_seed(o.seed)
         rng = np.random.default_rng(o.seed)
@@ -241,34 +242,35 @@ class Det(nn.Module, Detector):
                    max(o.batch_size, 16), progress, f"{desc or 'det'}: backbone maps")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
-        stop = EarlyStopping(o.patience)
-        per_epoch, drawn = steps_per_epoch(len(train), o.batch_size), Shuffled(train, rng)
-        shown = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
-        for epoch in range(1, o.epochs + 1):
+        drawn = Shuffled(train, rng)
+
+        def step() -> float:
             self.model.train()
-            losses = []
-            for _ in range(per_epoch):
-                keys = [(i, int(rng.integers(self.flips))) for i in drawn.draw(o.batch_size)]
-                batch, tgts = [], []
-                for i, f in keys:
-                    t = torch.from_numpy(targets[i])
-                    batch.append(_as_rgb(cache.image(i, f)).to(self.device))
-                    tgts.append({"boxes": _flip_boxes(t[:, :4], FLIPS[f], h, w).to(self.device),
-                                 "labels": (t[:, 4].long() + 1).to(self.device)})
-                self.pyramid.cached = cache.maps(keys)
-                loss = sum(self.model(batch, tgts).values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                self.pyramid.cached = None
-                losses.append(float(loss.detach()))
-            score = self._val_map(cache, images, val, [targets[i] for i in val]) if val else None
-            shown.set_postfix(loss=f"{np.mean(losses):.3f}", val_map50="-" if score is None else f"{score:.3f}",
-                              refresh=False)
+            keys = [(i, int(rng.integers(self.flips))) for i in drawn.draw(o.batch_size)]
+            batch, tgts = [], []
+            for i, f in keys:
+                t = torch.from_numpy(targets[i])
+                batch.append(_as_rgb(cache.image(i, f)).to(self.device))
+                tgts.append({"boxes": _flip_boxes(t[:, :4], FLIPS[f], h, w).to(self.device),
+                             "labels": (t[:, 4].long() + 1).to(self.device)})
+            self.pyramid.cached = cache.maps(keys)
+            loss = sum(self.model(batch, tgts).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            self.pyramid.cached = None
+            return float(loss.detach())
+
+        def shown_epoch(loss: float, score: float | None) -> None:
+            shown.set_postfix(loss=f"{loss:.3f}", val_map50="-" if score is None else f"{score:.3f}", refresh=False)
             shown.update(1)
-            if stop.update(epoch, float(np.mean(losses)), score, self._trained_state):
-                break
+
+        stop = EarlyStopping(o.patience)
+        shown = bar(total=o.epochs, desc=desc or "det", unit="epoch", disable=not progress)
+        train_by_epochs(step, steps_per_epoch(len(train), o.batch_size), stop,
+                        lambda: self._val_map(cache, images, val, [targets[i] for i in val]) if val else None,
+                        self._trained_state, max_epochs=o.epochs, on_epoch=shown_epoch)
         shown.close()
         stop.restore(self)
         self.model.eval()

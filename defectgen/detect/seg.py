@@ -44,6 +44,7 @@ from defectgen.detect.convergence import (
     backbone_identity,
     steps_per_epoch,
     stored_maps_of,
+    train_by_epochs,
     validation_split,
 )
 from defectgen.detect.features import batches, to_tensor, top_k_mean
@@ -156,16 +157,7 @@ class Seg(nn.Module, Detector):
         """Train the decoder for `options.steps` Adam steps, half of each batch defects and half normals (all
         defects when `normals` is empty).
         Without `labels` every defect pixel is of one class: class_names[0], or 'defect'."""
-        if defects is None or len(defects) == 0 or masks is None or not np.any(masks):
-            raise DefectgenError(None, "seg is supervised and got no defect images with masks to learn from "
-                                 "(give a synthetic set with masks, or `real_labeled`)")
-        if len(masks) != len(defects) or (labels is not None and len(labels) != len(defects)):
-            raise ValueError("one mask (and label map) per defect image is needed")
-        if labels is None:
-            labels = np.asarray(masks, bool).astype(np.int64)
-            class_names = list(class_names[:1]) or ["defect"]
-        elif not class_names or _max_class(labels) > len(class_names) or len(class_names) >= IGNORE:
-            raise ValueError(f"labels name classes beyond class_names (at most {IGNORE - 1})")
+        labels, class_names = _checked_labels(defects, masks, labels, class_names)
         o = self.train_options
         torch.manual_seed(o.seed)
         self._set_classes(class_names)
@@ -192,29 +184,23 @@ class Seg(nn.Module, Detector):
         self.train()
         loop = StepLoop(opt, o.steps, o.lr, n_def + n_norm, progress, desc or "seg")
         self.history = loop.history
-        labels = np.asarray(labels).astype(np.int64)
-        per_epoch = steps_per_epoch(len(train), n_def)
         drawn = Shuffled(train, rng)
+
+        def step() -> float:
+            keys = [(i, int(rng.integers(len(FLIPS)))) for i in drawn.draw(n_def)]
+            keys += [(normal_ids[i], int(rng.integers(2))) for i in rng.integers(len(normals), size=n_norm)]
+            y = torch.from_numpy(np.stack([
+                np.flip(labels[i], [d + 2 for d in FLIPS[f]]) if i < len(defects) else np.zeros((h, w), np.int64)
+                for i, f in keys]).copy()).to(self.device)
+            loss = self.losses_of(self.decode(cache.maps(keys), (h, w)), y)["total"]
+            loop.step(loss)
+            self._update_ema(ema_decay)
+            return float(loss.detach())
+
         stop = EarlyStopping(o.patience)
-        step, epoch_losses = 0, []
-        while step < o.steps:
-            for _ in range(per_epoch):
-                if step >= o.steps:
-                    break
-                keys = [(i, int(rng.integers(len(FLIPS)))) for i in drawn.draw(n_def)]
-                keys += [(normal_ids[i], int(rng.integers(2))) for i in rng.integers(len(normals), size=n_norm)]
-                y = torch.from_numpy(np.stack([
-                    np.flip(labels[i], [d + 2 for d in FLIPS[f]]) if i < len(defects) else np.zeros((h, w), np.int64)
-                    for i, f in keys]).copy()).to(self.device)
-                loss = self.losses_of(self.decode(cache.maps(keys), (h, w)), y)["total"]
-                loop.step(loss)
-                epoch_losses.append(float(loss.detach()))
-                self._update_ema(ema_decay)
-                step += 1
-            score = self._val_ap(cache, val, masks) if val else None
-            if stop.update(len(stop.history) + 1, float(np.mean(epoch_losses)), score, self._decoder_state):
-                break
-            epoch_losses = []
+        train_by_epochs(step, steps_per_epoch(len(train), n_def), stop,
+                        lambda: self._val_ap(cache, val, masks) if val else None, self._decoder_state,
+                        max_steps=o.steps)
         loop.close()
         stop.restore(self)
         self.convergence = stop.report(len(val), len(train), "pixel AP")
@@ -346,6 +332,21 @@ class Seg(nn.Module, Detector):
         model.to(model.device)
         model.eval()
         return model
+
+
+def _checked_labels(defects, masks, labels, class_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The training label maps and class names `fit` was given, checked; without `labels` every defect pixel is of
+    one class, class_names[0] or 'defect'."""
+    if defects is None or len(defects) == 0 or masks is None or not np.any(masks):
+        raise DefectgenError(None, "seg is supervised and got no defect images with masks to learn from "
+                             "(give a synthetic set with masks, or `real_labeled`)")
+    if len(masks) != len(defects) or (labels is not None and len(labels) != len(defects)):
+        raise ValueError("one mask (and label map) per defect image is needed")
+    if labels is None:
+        return np.asarray(masks, bool).astype(np.int64), list(class_names[:1]) or ["defect"]
+    if not class_names or _max_class(labels) > len(class_names) or len(class_names) >= IGNORE:
+        raise ValueError(f"labels name classes beyond class_names (at most {IGNORE - 1})")
+    return np.asarray(labels).astype(np.int64), list(class_names)
 
 
 def _max_class(labels) -> int:

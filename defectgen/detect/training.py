@@ -16,6 +16,7 @@ from defectgen.detect.convergence import (
     Shuffled,
     backbone_identity,
     steps_per_epoch,
+    train_by_epochs,
     validation_split,
 )
 from defectgen.detect.features import batches
@@ -94,42 +95,31 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
     n_def = batch_size // 2 if has_defects else 0
     n_norm = batch_size - n_def
     n_d = len(defects) if has_defects else 0
-    # one image list for the teacher's cache: defects, their cleans, then the normals
-    images = (list(defects) + list(cleans) if has_defects else []) + list(normals)
-    normal0 = 2 * n_d
-    cache = MapCache(lambda x: model.teacher(x, model.strides), images, model.device,
-                     identity=backbone_identity(model.teacher, model.strides))
-    train, val = validation_split(n_d, seed) if has_defects else ([], [])
-    cache.fill([(i, 0) for i in train] + [(n_d + i, 0) for i in train] + [(i, 0) for i in val],
-               max(batch_size, 16), progress, f"{desc}: teacher maps")
-    stop = EarlyStopping(patience)
+    normal0 = 2 * n_d  # the cache's images: defects, their cleans, then the normals
+    cache, train, val = _teacher_cache(model, normals, defects, cleans, seed, max(batch_size, 16), progress, desc)
     loop = StepLoop(opt, steps, lr, batch_size, progress, desc)
+    drawn = Shuffled(train, rng)
+    mk_normal = np.zeros(normals.shape[1:3], np.float32)
+
+    def step() -> float:
+        # normals, half of them mirrored: a small set of normals is not memorised pixel by pixel
+        keys = [(normal0 + int(i), int(rng.random() < 0.5)) for i in rng.integers(len(normals), size=n_norm)]
+        picks = drawn.draw(n_def) if train else []
+        x = torch.stack([cache.image(i, f) for i, f in keys] + [cache.image(j, 0) for j in picks]).to(model.device)
+        t_clean = cache.maps(keys + [(n_d + j, 0) for j in picks])
+        t_img = cache.maps(keys + [(j, 0) for j in picks])
+        m = torch.from_numpy(np.stack([mk_normal] * n_norm + [masks[j].astype(np.float32) for j in picks])
+                             ).to(model.device)
+        loss = model.losses_of(x, t_clean, t_img, m, with_head=has_defects)["total"]
+        loop.step(loss)
+        return float(loss.detach())
+
+    stop = EarlyStopping(patience)
     # a pass shows every training defect once (and lasts at least MIN_STEPS_PER_EPOCH steps); without defects a
     # "pass" is a tenth of the steps, for the record
     per_pass = steps_per_epoch(len(train), n_def) if train else max(1, steps // 10)
-    drawn = Shuffled(train, rng)
-    mk_normal = np.zeros(normals.shape[1:3], np.float32)
-    done, pass_losses = 0, []
-    while done < steps:
-        for _ in range(per_pass):
-            if done >= steps:
-                break
-            # normals, half of them mirrored: a small set of normals is not memorised pixel by pixel
-            keys = [(normal0 + int(i), int(rng.random() < 0.5)) for i in rng.integers(len(normals), size=n_norm)]
-            picks = drawn.draw(n_def) if train else []
-            x = torch.stack([cache.image(i, f) for i, f in keys] + [cache.image(j, 0) for j in picks]).to(model.device)
-            t_clean = cache.maps(keys + [(n_d + j, 0) for j in picks])
-            t_img = cache.maps(keys + [(j, 0) for j in picks])
-            m = torch.from_numpy(np.stack([mk_normal] * n_norm + [masks[j].astype(np.float32) for j in picks])
-                                 ).to(model.device)
-            loss = model.losses_of(x, t_clean, t_img, m, with_head=has_defects)["total"]
-            loop.step(loss)
-            pass_losses.append(float(loss.detach()))
-            done += 1
-        score = _val_ap(model, cache, val, masks) if val else None
-        if stop.update(len(stop.history) + 1, float(np.mean(pass_losses)), score, lambda: _trained_state(model)):
-            break
-        pass_losses = []
+    train_by_epochs(step, per_pass, stop, lambda: _val_ap(model, cache, val, masks) if val else None,
+                    lambda: _trained_state(model), max_steps=steps)
     history = loop.close()
     stop.restore(model)
     model.eval()
@@ -137,6 +127,20 @@ def train_ast(model: AST, normals: np.ndarray, defects: np.ndarray | None = None
         "epochs": len(stop.history), "train_images": len(normals),
         "stopped": "no defects to validate on: the student ran every step"}
     return history, report
+
+
+def _teacher_cache(model: AST, normals, defects, cleans, seed: int, batch_size: int, progress: bool, desc: str
+                   ) -> tuple[MapCache, list[int], list[int]]:
+    """The teacher's map cache over defects, their cleans and the normals (in that order), filled for the training
+    defects and their cleans and the validation defects; and the (train, validation) split of the defects."""
+    n_d = 0 if defects is None else len(defects)
+    images = (list(defects) + list(cleans) if n_d else []) + list(normals)
+    cache = MapCache(lambda x: model.teacher(x, model.strides), images, model.device,
+                     identity=backbone_identity(model.teacher, model.strides))
+    train, val = validation_split(n_d, seed) if n_d else ([], [])
+    cache.fill([(i, 0) for i in train] + [(n_d + i, 0) for i in train] + [(i, 0) for i in val], batch_size,
+               progress, f"{desc}: teacher maps")
+    return cache, train, val
 
 
 def _trained_state(model: AST) -> dict[str, torch.Tensor]:
