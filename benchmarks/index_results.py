@@ -38,6 +38,18 @@ def _learning_curve(d: dict[str, dict]) -> str:
             f"100% {_mean_std(c, '1')}; each step beyond 2 SE: {all(s['beyond_two_se'] for s in c['steps'])}")
 
 
+def _mt_curve(d: dict[str, dict]) -> str:
+    c = d["learning_curve_magnetic-tile_seg_cpu.json"]["curves"]
+    ap, pro = c["pixel_ap"], c["aupro"]
+    return (f"seg magnetic-tile pixel AP, 3 seeds: 25% {_mean_std(ap, '0.25')}, 50% {_mean_std(ap, '0.5')}, "
+            f"100% {_mean_std(ap, '1')} (each step beyond 2 SE: {ap['rises']}); AUPRO rises: {pro['rises']}")
+
+
+def _det_heads(d: dict[str, dict]) -> str:
+    c = d["det_neu_cpu-heads-fcos.json"]["coco"]
+    return f"FCOS, all labels, one seed, Intel Xeon: mAP@0.5 {_f(c['map50'])} (did not reproduce det-neu's 0.597)"
+
+
 def _det_neu(d: dict[str, dict]) -> str:
     c = d["det_neu_cpu-full.json"]["coco"]
     return f"det NEU-DET, all labels, one seed: mAP@0.5 {_f(c['map50'])}, mAP@[.5:.95] {_f(c['map'])}"
@@ -182,6 +194,10 @@ def _ddpm(d: dict[str, dict]) -> str:
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
      ["learning_curve_neu-det_det_cpu.json"], "current", None, "", _learning_curve),
+    ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
+     ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
+    ("det-neu-heads", "det_neu", "det on NEU-DET on 2026-12-02's machine; the box-head comparison stopped after FCOS",
+     ["det_neu_cpu-heads-*.json"], "current", None, "a reproducibility failure under investigation", _det_heads),
     ("det-neu", "det_neu", "det (FCOS) on NEU-DET with all train labels, one seed",
      ["det_neu_cpu-full.json"], "current", None,
      "the 3-seed figure at 100% is in learning-curve-neu-det", _det_neu),
