@@ -7,15 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
+PACKAGES = ("diffusers", "accelerate", "transformers", "torchvision", "numpy", "opencv-python-headless", "pillow",
+            "pycocotools", "safetensors")
+
 
 def hardware(device=None) -> dict:
-    """The library's hardware record plus the diffusers and accelerate versions."""
-    import accelerate
-    import diffusers
+    """The library's hardware record plus the versions of the packages a result can depend on (a det result on NEU-DET
+    did not reproduce across machines and fresh venvs: every result says what it ran with)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from defectgen.runtime import hardware as library_hardware
 
-    return {**library_hardware(device), "diffusers": diffusers.__version__, "accelerate": accelerate.__version__}
+    def known(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {**library_hardware(device), **{name: known(name) for name in PACKAGES}}
 
 
 # ---- shared by the proof scripts (proof.py on magnetic-tile, proof_neu.py on NEU-DET) ---------------------------
