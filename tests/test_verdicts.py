@@ -77,3 +77,29 @@ def test_worth_over_seeds_reads_like_the_report():
     assert "extrapolated" in line
     hurt = WorthOverSeeds("real+draem", (worth_in_real_defects(CURVE_N, CURVE, 0.3, labeled=100),) * 3)
     assert hurt.line() == "real+draem: below the curve in 3 of 3 seeds (no worth in real defects)"
+
+
+def test_run_seeds_from_report_records_and_the_proofs_comparisons():
+    """The proofs rebuild per-seed values from report.json records and judge across validate calls."""
+    from benchmarks.proof_neu import compare_fractions
+    from defectgen.evaluate.compare import RunSeeds
+
+    several = {"real_images": 10, "metrics": {"pixel_ap": 0.5},
+               "spread": {"pixel_ap": {"values": [0.4, 0.5, 0.6]}, "map50": {"values": [0.1, 0.2, 0.3]}}}
+    assert RunSeeds.from_record(several, ["pixel_ap", "map50"]).values == {"pixel_ap": [0.4, 0.5, 0.6],
+                                                                          "map50": [0.1, 0.2, 0.3]}
+    one = RunSeeds.from_record({"real_images": 0, "metrics": {"pixel_ap": 0.7}, "coco": {"map50": 0.3}},
+                               ["pixel_ap", "map50"])
+    assert one.values == {"pixel_ap": [0.7], "map50": [0.3]} and one.real_images == 0
+
+    def runs(real, mixed, n):
+        return RunSeeds({"map50": real, "map": real}, n), RunSeeds({"map50": mixed, "map": mixed}, n)
+    seeded = {}
+    for pct, n, real, mixed in (("20%", 20, [0.40, 0.42, 0.41], [0.50, 0.51, 0.52]),
+                                ("100%", 100, [0.60, 0.61, 0.62], [0.61, 0.60, 0.63])):
+        seeded[f"{pct} real"], seeded[f"{pct} real+cddpm"] = runs(real, mixed, n)
+    out = compare_fractions(seeded, [0.2, 1.0], "det")
+    verdict = {(v["run"], v["metric"]): v["verdict"] for v in out["verdicts"]}
+    assert verdict[("20% real+cddpm", "map50")] == "beats" and verdict[("100% real+cddpm", "map50")] == "ties"
+    worth = {w["run"]: w for w in out["worth"]}
+    assert worth["20% real+cddpm"]["defects"]["mean"] > 20 and len(out["lines"]) == len(out["verdicts"]) + 2
