@@ -28,6 +28,8 @@ def test_a_clear_win_a_tie_and_a_loss():
     assert loss.verdict == "loses" and loss.wins == 0
     # a large mean with a larger spread is not a win: 2 SE decides, not the mean
     assert paired("a", "b", "m", [0.3, -0.1, 0.0], [0, 0, 0]).verdict == "ties"
+    # a consistent difference too small to show in three digits is a tie too
+    assert paired("a", "b", "m", [0.50001, 0.60001], [0.5, 0.6]).verdict == "ties"
 
 
 def test_paired_needs_the_same_seeds():

@@ -2,10 +2,11 @@
 difference over the same seeds ("beats", "ties", "loses"), a bootstrap interval over test images when there is
 one seed, and what a set is worth in real labeled defects, read off the real-only learning curve.
 
-A win is called only when the paired mean difference exceeds twice its standard error (std / sqrt(seeds)); a
-loss when it lies below minus twice; anything between is a tie. Learning curves are read in log(defects), where
-they are close to straight: a point between two measured shares is interpolated, a point above the top share is
-extrapolated along the line through the top two points (and said to be).
+A win is called only when the paired mean difference exceeds twice its standard error (std / sqrt(seeds)); a loss
+when it lies below minus twice; anything between is a tie, and so is a difference below 0.001, which the reported
+digits do not show (two runs that differ by a few patches in a bank agree on every seed by 1e-5). Learning curves
+are read in log(defects), where they are close to straight: a point between two measured shares is interpolated, a
+point above the top share is extrapolated along the line through the top two points (and said to be).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 TWO_SE = 2.0  # a difference is called a win or a loss beyond this many standard errors
+MIN_DIFFERENCE = 0.001  # ... and only when it shows in the reported digits: a consistent 1e-5 is still a tie
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Paired:
             low, high = self.interval
         else:
             return "ties"  # one seed and no interval: nothing tells a difference from noise
+        if abs(s.mean) < MIN_DIFFERENCE:
+            return "ties"
         return "beats" if low > 0 else "loses" if high < 0 else "ties"
 
     def line(self, metric_name: str | None = None) -> str:
