@@ -9,17 +9,9 @@ import pytest
 from defectgen.evaluate import ValidationConfig, run_validation
 from defectgen.io.coco import CocoBuilder
 from tests.conftest import texture, write_png
+from tests.test_seg import _square
 
 S = 32
-
-
-def _square(rng, img):
-    size = int(rng.integers(6, 11))
-    y, x = (int(v) for v in rng.integers(1, S - size - 1, 2))
-    img, m = img.copy(), np.zeros((S, S), bool)
-    img[y:y + size, x:x + size] = 250
-    m[y:y + size, x:x + size] = True
-    return img, m
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +25,16 @@ def data(tmp_path_factory):
         write_png(mv / "train" / "good" / f"{i:03d}.png", img)
     for i in range(4):
         write_png(mv / "test" / "good" / f"{i:03d}.png", texture(rng, S, S))
-        img, m = _square(rng, texture(rng, S, S))
+        img, m, _ = _square(rng, texture(rng, S, S))
         write_png(mv / "test" / "spot" / f"{i:03d}.png", img)
         write_png(mv / "ground_truth" / "spot" / f"{i:03d}_mask.png", m.astype(np.uint8) * 255)
     for i in range(8):
-        img, m = _square(rng, texture(rng, S, S))
+        img, m, _ = _square(rng, texture(rng, S, S))
         write_png(mv / "labeled" / "spot" / f"l{i}.png", img)
         write_png(mv / "labeled" / "spot" / f"l{i}_mask.png", m.astype(np.uint8) * 255)
     syn, coco = root / "syn", CocoBuilder()
     for i in range(4):
-        img, m = _square(rng, train[i])
+        img, m, _ = _square(rng, train[i])
         write_png(syn / "images" / f"{i:06d}.png", img)
         coco.add_mask(coco.add_image(f"images/{i:06d}.png", S, S, source=str(mv / "train" / "good" / f"{i:03d}.png")),
                       m, "spot")
