@@ -50,6 +50,11 @@ from defectgen.detect.features import batches, to_tensor
 from defectgen.errors import DefectgenError
 
 _PAD = 32  # the detection transform pads every batch to a multiple of this
+# The learning rate rises linearly from 0.1% over the first steps (as torchvision's and Detectron2's detection
+# recipes do): at full rate from the start, AdamW's first steps pushed most of FCOS's box-regression outputs under
+# its ReLU, and whether training escaped that depended on rounding (NEU-DET, all labels: mAP@0.5 0.60 on one
+# machine, 0.09 on another, same code and seed).
+WARMUP_STEPS = 200
 
 
 class _Pyramid(nn.Module):
@@ -243,6 +248,7 @@ class Det(nn.Module, Detector):
                    max(o.batch_size, 16), progress, f"{desc or 'det'}: backbone maps")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
+        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=WARMUP_STEPS)
         drawn = Shuffled(train, rng)
 
         def step() -> float:
@@ -260,6 +266,7 @@ class Det(nn.Module, Detector):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            warmup.step()
             self.pyramid.cached = None
             return float(loss.detach())
 
