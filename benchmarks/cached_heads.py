@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, SHARED, command_line, hardware  # noqa: E402
+from benchmarks.common import ROOT, SHARED, command_line, provenance  # noqa: E402
 
 
 def images(folder: Path, n: int, size: int) -> np.ndarray:
@@ -56,7 +55,7 @@ def main(argv: list[str]) -> None:
     from defectgen.detect.det import _as_rgb, _padded
     from defectgen.detect.features import to_tensor
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    started_at = provenance()  # the commit when the run started
     bb = load_backbone(a.backbone)
     b = a.batch_size
     results = {}
@@ -118,7 +117,7 @@ def main(argv: list[str]) -> None:
     for r in results.values():
         r["speedup"] = r["uncached_s_per_step"] / r["cached_s_per_step"]
     out = {"benchmark": "cached_heads", "command": command_line("benchmarks/cached_heads.py", argv),
-           "commit": commit, "hardware": hardware(), "torch_threads": torch.get_num_threads(), "results": results}
+           **started_at, "torch_threads": torch.get_num_threads(), "results": results}
     (ROOT / "benchmarks" / "results" / f"cached_heads_{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     for k, r in results.items():
         print(f"{k}: {r['uncached_s_per_step']:.3f} s/step uncached, {r['cached_s_per_step']:.3f} s/step cached "

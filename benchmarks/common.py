@@ -27,6 +27,29 @@ def hardware(device=None) -> dict:
     return {**library_hardware(device), **{name: known(name) for name in PACKAGES}}
 
 
+def git_commit() -> str:
+    """The commit the code that runs comes from (HEAD), with "+changes" when defectgen/ or the benchmark scripts differ
+    from it;
+    "unknown" outside a git checkout (an unpacked release)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "defectgen", "benchmarks", ":!benchmarks/results")
+    return head + ("+changes" if changed else "")
+
+
+def provenance(device=None) -> dict:
+    """What every results JSON records about its run: the commit, the date and the hardware (see `hardware`)."""
+    import time
+
+    return {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "hardware": hardware(device)}
+
+
 # ---- shared by the proof scripts (proof.py on magnetic-tile, proof_neu.py on NEU-DET) ---------------------------
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, SHARED, command_line, hardware, rel  # noqa: E402
+from benchmarks.common import ROOT, SHARED, command_line, provenance, rel  # noqa: E402
 from defectgen.detect.features import greedy_coreset, nearest_distance  # noqa: E402
 
 
@@ -148,9 +147,7 @@ def main(argv: list[str]) -> None:
         print("old", runs["old"], flush=True)
     report = {
         "benchmark": "coreset_speed", "command": command_line("benchmarks/coreset_speed.py", argv),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
-        "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d"),
+        **provenance("cpu"),
         "load_average_at_end": list(__import__("os").getloadavg()),
         "patches": {"source": source, "images": a.images, "size": a.size, "rows": int(patches.shape[0]),
                     "dims": int(patches.shape[1]), "feature_seconds": None if feature_s is None else

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import provenance  # noqa: E402
 from defectgen.diffusion.ddpm import build_model  # noqa: E402
 from defectgen.diffusion.losses import unconditional_loss  # noqa: E402
 from defectgen.diffusion.samplers import perturb_and_denoise  # noqa: E402
@@ -173,9 +173,9 @@ def main() -> None:
     device = torch.device(args.device)
     fast = device.type == "cuda"  # bf16/compile/fused are GPU features; on a CPU both loops run fp32 eager
     plans = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers]
-    report = {"benchmark": "ddpm_throughput", "preset": args.preset, "hardware": hardware(device),
+    report = {"benchmark": "ddpm_throughput", "preset": args.preset, **provenance(device),
               "batch_size": args.batch_size, "timed_steps": args.steps, "warmup_steps": args.warmup,
-              "date": time.strftime("%Y-%m-%d"), "results": {}}
+              "results": {}}
     out = args.out or Path(__file__).parent / "results" / f"ddpm_throughput_{device.type}_{args.preset}.json"
     if out.is_file():  # keep results of other resolutions from earlier runs of the same preset and device
         previous = json.loads(out.read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, SHARED, command_line, hardware  # noqa: E402
+from benchmarks.common import ROOT, SHARED, command_line, provenance  # noqa: E402
 
 
 def load(root: Path, split: str, size: int, share: float, seed: int):
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> None:
     from defectgen.detect.convergence import shared_maps
     from defectgen.metrics import coco_map
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    started_at = provenance()  # the commit when the run started
     train, train_boxes = load(Path(a.data), "train", a.size, a.share, a.seed)
     test, test_boxes = load(Path(a.data), "test", a.size, 1.0, 0)
     classes = sorted({b["class"] for bs in train_boxes + test_boxes for b in bs})
@@ -76,8 +75,7 @@ def main(argv: list[str]) -> None:
             result = coco_map(test_boxes, found, classes)
             tag = a.tag if len(heads) == 1 else f"{a.tag}-{head}"
             out = {"benchmark": "det_neu", "command": command_line("benchmarks/det_neu.py", argv),
-                   "commit": commit,  # the code that ran: HEAD when the run started
-                   "hardware": hardware(), "args": vars(a) | {"data": "neu-det", "backbone": Path(a.backbone).name,
+                   **started_at, "args": vars(a) | {"data": "neu-det", "backbone": Path(a.backbone).name,
                                                               "box_head": head},
                    "backbone_maps": "computed in this run" if head == heads[0] else f"cached by the {heads[0]} run",
                    "train_images": len(train), "test_images": len(test), "coco": result, "training": det.summary(),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED, command_line, fmt, hardware, rel  # noqa: E402
+from benchmarks.common import SHARED, command_line, fmt, provenance, rel  # noqa: E402
 from defectgen.evaluate import ValidationConfig, run_validation  # noqa: E402
 
 SEG_STRIDES = (4, 8, 16, 32)
@@ -105,9 +105,8 @@ def main() -> None:
                "neu_det": {"data": rel(args.neu_data), "labels": rel(args.neu_labels) if args.neu_labels else None,
                            "seg_steps": 300, "runs": neu_rows} if neu_rows else None,
                "timesteps": args.timesteps, "feature_dim": args.feature_dim, "seed": args.seed,
-               "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
-               "command": command_line("benchmarks/diffusion_features.py", sys.argv[1:]),
-               "date": time.strftime("%Y-%m-%d")}
+               **provenance(), "wall_time_s": time.perf_counter() - started,
+               "command": command_line("benchmarks/diffusion_features.py", sys.argv[1:])}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
 

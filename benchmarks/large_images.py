@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED, command_line, hardware, rel  # noqa: E402
+from benchmarks.common import SHARED, command_line, provenance, rel  # noqa: E402
 from defectgen.io.images import tile_starts, write_image, write_mask  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     run = res["runs"]["none"]
     per_image = len(tile_starts(h, tile, tile // 2)) * len(tile_starts(w, tile, tile // 2)) if tile else 1
     report = {
-        "benchmark": "large_images", "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d"),
+        "benchmark": "large_images", **provenance("cpu"),
         "torch_threads": torch.get_num_threads(), "backbone": rel(args.backbone), "detector": "exdd",
         "image_hw": [h, w], "model_input_hw": res["config"]["resolution"], "normals": args.n,
         "test_images": args.n, "tile": tile, "stride": tile // 2 if tile else None,

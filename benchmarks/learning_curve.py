@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, SHARED, command_line, hardware  # noqa: E402
+from benchmarks.common import ROOT, SHARED, command_line, git_commit, hardware  # noqa: E402
 
 
 def mvtec_labeled_subset(root: Path, share: float, seed: int, work: Path) -> Path:
@@ -110,7 +109,7 @@ def main(argv: list[str]) -> None:
     seeds = [int(v) for v in a.seeds.split(",")]
     metrics = ["map50", "map"] if a.detector == "det" else (["map50", "pixel_ap"] if a.dataset == "neu-det"
                                                             else ["pixel_ap", "aupro"])
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()  # when the run started
     started = time.perf_counter()
     values: dict[str, dict[float, list[float]]] = {m: defaultdict(list) for m in metrics}
     runs = []
@@ -146,7 +145,8 @@ def write(a, argv: list[str], commit: str, shares: list[float], seeds: list[int]
     curves = {m: summarise(v) for m, v in values.items()}
     name = f"learning_curve_{a.dataset}_{a.detector}_{a.tag}"
     out = {"benchmark": "learning_curve", "command": command_line("benchmarks/learning_curve.py", argv),
-           "commit": commit, "hardware": hardware(), "dataset": a.dataset, "detector": a.detector,
+           "commit": commit, "date": time.strftime("%Y-%m-%d"), "hardware": hardware(), "dataset": a.dataset,
+           "detector": a.detector,
            "shares": shares, "seeds": seeds, "complete": len(runs) == len(shares) * len(seeds), "curves": curves,
            "runs": runs, "total_seconds": round(seconds, 1)}
     results = ROOT / "benchmarks" / "results"

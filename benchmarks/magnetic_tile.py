@@ -22,10 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import command_line  # noqa: E402
+from benchmarks.common import command_line, provenance  # noqa: E402
 from defectgen.evaluate import ValidationConfig, run_validation  # noqa: E402
 from defectgen.io.output import atomic_write_json, atomic_write_text  # noqa: E402
-from defectgen.runtime import hardware  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -61,13 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
             coreset_ratio=args.coreset_ratio, n_draem=args.n_draem, max_train=args.max_train,
             max_test=args.max_test, device=args.device, overwrite=True, progress=True,
         ))
-    hw = hardware()
+    record = provenance()
+    hw = record["hardware"]
     device = "gpu" if "gpu" in hw and args.device != "cpu" else "cpu"
     summary = {
         "benchmark": "magnetic_tile",
         "command": command_line("benchmarks/magnetic_tile.py", argv if argv is not None else sys.argv[1:]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "seed": args.seed, "hardware": hw, "wall_time_s": time.perf_counter() - start,
+        "seed": args.seed, **record, "wall_time_s": time.perf_counter() - start,
         "results": {det: {"runs": r["runs"], "config": r["config"], "train": r["train"], "test": r["test"],
                           "wall_time_s": r["wall_time_s"]} for det, r in results.items()},
     }

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import provenance  # noqa: E402
 from defectgen import metrics  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> None:
         start = time.perf_counter()
         result = metrics.evaluate(masks.any((1, 2)), maps.max((1, 2)), masks, maps)
         seconds.append(time.perf_counter() - start)
-    report = {"benchmark": "metrics_speed", "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d"),
+    report = {"benchmark": "metrics_speed", **provenance("cpu"),
               "images": args.images, "size": args.size, "pixels": int(masks.size), "seconds": seconds,
               "best_s": min(seconds), "pixels_per_s": masks.size / min(seconds),
               "aupro": result["aupro"], "pixel_auroc": result["pixel_auroc"]}

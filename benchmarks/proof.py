@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
-    hardware,
     proof_parser,
     proof_train_config,
+    provenance,
     rel,
     reusable_model,
     stack_rows,
@@ -240,10 +240,10 @@ def main() -> None:
         "benchmark": "proof", "config": args.config, "tag": args.tag, "masks": args.masks,
         "ddpm_strength": args.strength, "positive_quantile": args.positive_quantile,
         "settings": cfg, "seed": args.seed, "data": rel(args.data),
-        "backbone": rel(args.backbone), "hardware": hardware(), "wall_time_s": time.perf_counter() - started,
+        "backbone": rel(args.backbone), **provenance(), "wall_time_s": time.perf_counter() - started,
         "generation": timings, "quality": quality, "detectors": table, "seeds": args.seeds, "curve": curve,
         "comparisons": comparisons,
-        "command": command_line("benchmarks/proof.py", sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+        "command": command_line("benchmarks/proof.py", sys.argv[1:]),
     }
     write_results(f"proof_{args.config}{suffix}", out, markdown(out), samples_png)
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
-    hardware,
     proof_parser,
     proof_train_config,
+    provenance,
     rel,
     reusable_model,
     stack_rows,
@@ -185,11 +185,10 @@ def main() -> None:
         "data": rel(args.data), "fractions": fractions,
         "labeled_images": {f"{round(f * 100)}%": len(list((subsets[f] / "annotations").glob("*.xml")))
                            for f in fractions},
-        "backbone": rel(args.backbone), "classes": classes, "hardware": hardware(),
+        "backbone": rel(args.backbone), "classes": classes, **provenance(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
         "detection": detection, "semi": args.semi, "seeds": args.seeds, "detectors": detectors,
         "comparisons": comparisons, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
     }
     write_results(name, out, markdown(out), figure)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED, command_line, fmt, hardware, rel  # noqa: E402
+from benchmarks.common import SHARED, command_line, fmt, provenance, rel  # noqa: E402
 
 
 def noop_copy(folder: Path, out: Path) -> Path:
@@ -74,7 +74,7 @@ def main() -> None:
         rows[name] = row
     out = {"benchmark": "realism_controls", "data": rel(args.data), "backbone": rel(args.backbone),
            "resolution": args.resolution, "normal_quantile": REALISM_NORMAL_QUANTILE, "sets": rows,
-           "hardware": hardware(), "wall_time_s": time.perf_counter() - started, "date": time.strftime("%Y-%m-%d"),
+           **provenance(), "wall_time_s": time.perf_counter() - started,
            "command": command_line("benchmarks/realism_controls.py", sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
