@@ -1,7 +1,7 @@
 """Output safety: atomic writes, paths that stay inside their folder, and output folders that are never cleared
 unless defectgen made them.
 
-Rules every writer, mover and deleter follows (README, "Safety"):
+Rules every writer, mover and deleter follows (docs/safety.md):
 - files are written to a temporary name and renamed, with the mode a plain write would get under the umask;
 - a path taken from a file (a COCO `file_name`, `mask_file`) is resolved with `resolve_inside`, which refuses
   absolute paths, `..` and symbolic links that lead out of the folder;

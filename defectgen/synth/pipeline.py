@@ -1,4 +1,4 @@
-"""normals x masks x generator -> an output folder with exact annotations (README's "Data contract").
+"""normals x masks x generator -> an output folder with exact annotations (docs/data-contract.md).
 
     out/images/000000.png   the normal image with a defect painted inside the mask (same size, channels, bit depth)
     out/masks/000000.png    the mask, 0/255
