@@ -1,9 +1,11 @@
-"""Index of benchmarks/results/: one record per result family, written to results/index.json and results/INDEX.md.
+"""Index of benchmarks/results/: one record per result family, written to results/index.json and results/INDEX.md,
+and the current headline figure per dataset and detector, written to results/RESULTS.md.
 
 Reads every JSON under results/ (stdlib only), groups the files by the hand-written FAMILIES below (benchmark and
-tag pattern), takes `commit`, `date` and `hardware` from the JSONs where they are recorded, and computes each
-family's headline figure from its JSON. The status of a family (current / superseded / ablation) and what
-supersedes it are written here by hand; benchmarks/README.md holds the full tables.
+tag pattern, matched with or without the `history/` prefix), takes `commit`, `date` and `hardware` from the JSONs,
+and computes each family's headline figure from its JSON. The status of a family (current / superseded / ablation)
+and what supersedes it are written here by hand; superseded results live under results/history/. HEADLINES names
+the family that holds the current figure of each dataset and detector. benchmarks/README.md holds the full tables.
 
     python benchmarks/index_results.py
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HISTORY = "history"  # superseded results, under results/
 
 
 def _f(x: float) -> str:
@@ -32,10 +35,13 @@ def _four(m: dict) -> str:
     return " / ".join(_f(m[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"))
 
 
-def _learning_curve(d: dict[str, dict]) -> str:
-    c = d["learning_curve_neu-det_det_cpu.json"]["curves"]["map50"]
-    return (f"det NEU-DET mAP@0.5, 3 seeds: 20% {_mean_std(c, '0.2')}, 40% {_mean_std(c, '0.4')}, "
-            f"100% {_mean_std(c, '1')}; each step beyond 2 SE: {all(s['beyond_two_se'] for s in c['steps'])}")
+def _neu_curve(name: str) -> Callable[[dict[str, dict]], str]:
+    def headline(d: dict[str, dict]) -> str:
+        c = d[name]["curves"]["map50"]
+        return (f"det NEU-DET mAP@0.5, {len(d[name]['seeds'])} seeds: 20% {_mean_std(c, '0.2')}, "
+                f"40% {_mean_std(c, '0.4')}, 100% {_mean_std(c, '1')}; each step beyond 2 SE: "
+                f"{all(s['beyond_two_se'] for s in c['steps'])}")
+    return headline
 
 
 def _mt_curve(d: dict[str, dict]) -> str:
@@ -193,14 +199,18 @@ def _ddpm(d: dict[str, dict]) -> str:
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
-     ["learning_curve_neu-det_det_cpu.json"], "current", None, "", _learning_curve),
+     ["learning_curve_neu-det_det_cpu.json"], "current", None, "", _neu_curve("learning_curve_neu-det_det_cpu.json")),
+    ("learning-curve-neu-det-no-warmup", "learning_curve", "the same curve before det's learning-rate warm-up (AMD)",
+     ["learning_curve_neu-det_det_cpu-nowarmup.json"], "superseded", "learning-curve-neu-det",
+     "without warm-up FCOS's training depended on rounding: the same code gave 0.089 at 100% on an Intel machine",
+     _neu_curve("learning_curve_neu-det_det_cpu-nowarmup.json")),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
      ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
     ("det-neu-heads", "det_neu", "det on NEU-DET on 2026-12-02's machine; the box-head comparison stopped after FCOS",
-     ["det_neu_cpu-heads-*.json"], "current", None, "a reproducibility failure under investigation", _det_heads),
+     ["det_neu_cpu-heads-*.json"], "superseded", "learning-curve-neu-det",
+     "explained: no learning-rate warm-up (FCOS's box regression died under its ReLU); fixed", _det_heads),
     ("det-neu", "det_neu", "det (FCOS) on NEU-DET with all train labels, one seed",
-     ["det_neu_cpu-full.json"], "current", None,
-     "the 3-seed figure at 100% is in learning-curve-neu-det", _det_neu),
+     ["det_neu_cpu-full.json"], "superseded", "learning-curve-neu-det", "no warm-up; one seed", _det_neu),
     ("proof-final", "proof", "magnetic-tile: every defect source under ExDD, seg and AST, own-aspect code, seed 0",
      ["proof_cpu-final-exdd-seg.json", "proof_cpu-final-ast.json"], "current", None, "", _proof_final),
     ("proof-seed1", "proof", "magnetic-tile: the final sets at a second seed (ExDD, quality)",
@@ -287,14 +297,15 @@ def _hardware(docs: dict[str, dict]) -> str | None:
 
 def build() -> list[dict[str, Any]]:
     files = sorted(str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*.json") if p.name != "index.json")
+    named = {f: f.removeprefix(f"{HISTORY}/") for f in files}  # a family's patterns match in history/ too
     taken: set[str] = set()
     records = []
     for fid, bench, what, patterns, status, by, note, headline in FAMILIES:
-        members = [f for f in files if f not in taken and any(fnmatch.fnmatch(f, p) for p in patterns)]
+        members = [f for f in files if f not in taken and any(fnmatch.fnmatch(named[f], p) for p in patterns)]
         if not members:
             continue
         taken.update(members)
-        docs = {f: json.loads((RESULTS / f).read_text(encoding="utf-8")) for f in members}
+        docs = {named[f]: json.loads((RESULTS / f).read_text(encoding="utf-8")) for f in members}
         try:
             head = headline(docs)
         except (KeyError, TypeError, ValueError) as e:  # a result file changed shape: say so, keep the rest
@@ -320,8 +331,10 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "One row per result family; written by `python benchmarks/index_results.py` (with `index.json`): do not",
         "edit by hand. Status and \"superseded by\" come from the script's FAMILIES table; headlines are computed",
         "from the JSONs.",
-        "Tables and commentary: [../README.md](../README.md). All figures are CPU figures (2-core AMD EPYC, shared).",
-        "Date and commit are those the JSONs record; most older results record neither.",
+        "The current headline per dataset and detector: [RESULTS.md](RESULTS.md); tables and commentary:",
+        "[../README.md](../README.md) and [../docs/](../docs/). All figures are CPU figures on 2 shared cores (AMD",
+        "EPYC until 2026-12-01, Intel Xeon since). Older JSONs got their commit afterwards: the commit that first",
+        "stored them (their `commit_note` says so).",
         "",
         "| family | what it measures | files | date / commit | status | headline |",
         "|---|---|---|---|---|---|",
@@ -339,10 +352,56 @@ def markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (dataset, detector, family holding its current figure, the JSON its headline comes from): the rows of RESULTS.md
+HEADLINES = [
+    ("NEU-DET", "det (FCOS, boxes)", "learning-curve-neu-det", "learning_curve_neu-det_det_cpu.json"),
+    ("NEU-DET", "seg (boxes cut from maps)", "proof-neu-detection", "proof_neu_cpu-diffusion-40-100.json"),
+    ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
+    ("magnetic-tile", "seg, ExDD (generated sets)", "proof-final", "proof_cpu-final-exdd-seg.json"),
+    ("magnetic-tile", "ExDD, second seed", "proof-seed1", "proof_cpu-final-exdd-seed1.json"),
+]
+
+
+def _run_record(file: str) -> dict[str, str]:
+    """Command, date and commit a result JSON records (the date of its commit where it records none)."""
+    import subprocess
+
+    d = json.loads((RESULTS / file).read_text(encoding="utf-8"))
+    commit = str(d.get("commit") or "?")
+    date = d.get("date") or subprocess.run(["git", "show", "-s", "--format=%cs", commit.split("+")[0]],
+                                           cwd=RESULTS, capture_output=True, text=True).stdout.strip()
+    return {"command": d.get("command") or "not recorded", "date": date or "not recorded", "commit": commit[:12]}
+
+
+def results_markdown(records: list[dict[str, Any]]) -> str:
+    by_family = {r["family"]: r for r in records}
+    lines = [
+        "# Current results",
+        "",
+        "The current headline figure per dataset and detector, each with the command, date and commit that produced",
+        "it; written by `python benchmarks/index_results.py` from the JSONs (do not edit by hand). Every result",
+        "family, older runs included, is in [INDEX.md](INDEX.md); superseded runs are under [history/](history/).",
+        "CPU figures on 2 shared cores; ± is the standard deviation over seeds.",
+        "",
+        "| dataset | detector | figure | command | date | commit | file |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, detector, family, file in HEADLINES:
+        r = by_family.get(family)
+        if r is None or file not in r["files"]:
+            lines.append(f"| {dataset} | {detector} | (no {file} in results/) | | | | |")
+            continue
+        run = _run_record(file)
+        lines.append(f"| {dataset} | {detector} | {r['headline']} | `{run['command']}` | {run['date']} | "
+                     f"{run['commit']} | [{file}]({file}) |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     records = build()
     (RESULTS / "index.json").write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (RESULTS / "INDEX.md").write_text(markdown(records), encoding="utf-8")
+    (RESULTS / "RESULTS.md").write_text(results_markdown(records), encoding="utf-8")
     count = sum(len(r["files"]) for r in records)
     print(f"{len(records)} families, {count} files -> {RESULTS / 'index.json'}, INDEX.md")
 
