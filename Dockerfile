@@ -6,10 +6,13 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/defectgen
 RUN pip install torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md MANIFEST.in ./
 COPY defectgen ./defectgen
+COPY masks ./masks
+COPY prompts ./prompts
 COPY examples ./examples
-# A plain (non-editable) install: the presets and the prompt library are package data (defectgen/data/).
+# A plain (non-editable) install: the presets (masks/) and the prompt library (prompts/) become package data through
+# the links in defectgen/data/.
 RUN pip install . && defectgen --version
 ENTRYPOINT ["defectgen"]
 CMD ["--help"]

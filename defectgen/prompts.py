@@ -1,4 +1,5 @@
-"""The prompt library: materials x defect types -> prompt templates (YAML files in defectgen/data/prompts/)."""
+"""The prompt library: materials x defect types -> prompt templates (YAML files in the top-level prompts/, packaged
+as defectgen/data/prompts/)."""
 
 from __future__ import annotations
 

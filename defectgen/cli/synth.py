@@ -39,7 +39,7 @@ SetOut = Annotated[Path | None, typer.Option("--out", help="Output folder: image
                                              "(default: synth/<model>-N).")]
 Masks = Annotated[str, typer.Option("--masks", help="perlin, bbox, or a folder of masks (used in name order; each "
                                     "must match its normal image's size).")]
-MaskPreset = Annotated[str | None, typer.Option("--mask-preset", help="Mask preset (defectgen/data/masks/) or a "
+MaskPreset = Annotated[str | None, typer.Option("--mask-preset", help="Mask preset (masks/) or a "
                                                 "YAML path.")]
 MasksFrom = Annotated[Path | None, typer.Option("--masks-from", help="Instead of --masks: reuse the masks (or "
                                                 "boxes) of the real defects in this labeled set, each of the "
@@ -48,7 +48,7 @@ MasksFrom = Annotated[Path | None, typer.Option("--masks-from", help="Instead of
 ClassName = Annotated[str | None, typer.Option("--class", help="Defect class (conditional models; default: drawn "
                                                "from the training classes). COCO category otherwise.")]
 Prompt = Annotated[str | None, typer.Option("--prompt", help="Text-guided models: free text, or material/defect "
-                                            "from the prompt library (defectgen/data/prompts/), e.g. tile/crack.")]
+                                            "from the prompt library (prompts/), e.g. tile/crack.")]
 NegativePrompt = Annotated[str | None, typer.Option("--negative-prompt", help="Text-guided models (default: the "
                                                     "prompt library's negative prompt).")]
 MaskCrop = Annotated[int | None, typer.Option("--mask-crop", min=0, help="Text-guided models: generate in the "
@@ -167,7 +167,7 @@ def masks(
     like: Path | None = typer.Option(None, "--like", help="Take mask sizes (and foregrounds) from these images."),
     fmt: Fmt = "auto",
     preset: str | None = typer.Option(None, "--preset", help="A preset name "
-                                         "(defectgen/data/masks/: perlin, perlin-small, perlin-large, bbox, "
+                                         "(masks/: perlin, perlin-small, perlin-large, bbox, "
                                          "scratches) or a YAML path."),
     like_labeled: Path | None = typer.Option(None, "--like-labeled", help="bbox: draw box sizes from the boxes "
                                                 "(or mask extents) of this labeled set."),

@@ -155,7 +155,7 @@ def train_ldm(
     base: str = typer.Option("tiny", "--base", help="'tiny' (built from scratch, offline), or a diffusers inpainting "
                              "folder or hub id such as a Stable Diffusion inpainting model."),
     prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (e.g. "
-                                        "defectgen/data/prompts/tile.yaml): captions from the class names."),
+                                        "prompts/tile.yaml): captions from the class names."),
     lora_rank: int = typer.Option(0, "--lora-rank", min=0, help="LoRA rank through peft (0: full fine-tuning)."),
     train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder "
                                             "(frozen by default)."),
@@ -176,7 +176,7 @@ def train_ldm(
 
     Examples:
 
-        defectgen train-ldm --labeled labeled/ --prompts defectgen/data/prompts/tile.yaml --out runs/ldm
+        defectgen train-ldm --labeled labeled/ --prompts prompts/tile.yaml --out runs/ldm
 
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """

@@ -1,7 +1,7 @@
 """Where defects go: every mask source is a `MaskSource` (masks/source.py): Perlin masks, box masks and shapes
-from a folder (`MaskGenerator`, here; presets in the packaged data/masks/ folder), a folder of masks used as they
-are (masks/folder.py), the masks of real labeled defects (masks/real.py); `resolve_masks` is the one way from a
-verb's mask options to a source.
+from a folder (`MaskGenerator`, here; presets in the top-level masks/ folder, packaged as defectgen/data/masks/), a
+folder of masks used as they are (masks/folder.py), the masks of real labeled defects (masks/real.py);
+`resolve_masks` is the one way from a verb's mask options to a source.
 
 Every random draw comes from `mask_rng(seed, index)`, so mask i depends only on (seed, i): the same seed gives
 the same masks whatever the batch size or resume point.
@@ -27,7 +27,8 @@ from defectgen.masks.shapes import ShapeBank
 from defectgen.masks.source import MaskSource, with_box
 
 KINDS = ("perlin", "bbox")
-# Inside the package (defectgen/data/masks/*.yaml), so editable installs and wheels both carry the presets.
+# The top-level masks/ through the link defectgen/data/masks (a copy in a wheel): editable installs and wheels both
+# carry the presets.
 PRESET_DIR = resources.files("defectgen") / "data" / "masks"
 
 __all__ = [
@@ -71,7 +72,8 @@ def on_foreground(crop: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 
 def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
-    """A YAML preset, by name (a file in defectgen/data/masks/) or path: returns (kind, config fields)."""
+    """A YAML preset, by name (a file in the top-level masks/, packaged as defectgen/data/masks/) or path: returns
+    (kind, config fields)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.yaml"
