@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import command_line, provenance  # noqa: E402
 from defectgen.evaluate import ValidationConfig, run_validation  # noqa: E402
-from defectgen.io.output import atomic_write_json, atomic_write_text  # noqa: E402
+from defectgen.io.files import atomic_write_json, atomic_write_text  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from defectgen.errors import DefectgenError
-from defectgen.io.output import atomic_write_json
+from defectgen.io.files import atomic_write_json
 
 INDEX = "defectgen-workspace.json"
 CONFIG = "defectgen.yaml"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import square_mask, texture, write_png
 
-from defectgen.io.output import MARKER
+from defectgen.io.files import MARKER
 
 
 def _checksums(folder: Path) -> dict[str, bytes]:

@@ -2,7 +2,7 @@
 boxes), their backbones, and one detector interface with a registry. The experiment that trains and scores them
 (`defectgen validate`) is `defectgen.evaluate`, which sits above this package."""
 
-from defectgen.detect.ast import AST
+from defectgen.detect.ast import AST, train_ast
 from defectgen.detect.backbone import Backbone, load_backbone
 from defectgen.detect.base import (
     DETECTORS,
@@ -15,7 +15,6 @@ from defectgen.detect.base import (
 )
 from defectgen.detect.exdd import ExDD
 from defectgen.detect.seg import Seg
-from defectgen.detect.training import train_ast
 
 __all__ = [
     "AST", "DETECTORS", "Backbone", "Detector", "DetectorOptions", "ExDD", "Seg", "detector_names", "get_detector",

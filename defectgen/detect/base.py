@@ -139,7 +139,7 @@ def write_weights(path: str | Path, tensors: dict[str, torch.Tensor], config: di
     """Tensors plus the detector's configuration (JSON in the metadata) as one safetensors file, atomically."""
     from safetensors.torch import save
 
-    from defectgen.io.output import atomic_write_bytes
+    from defectgen.io.files import atomic_write_bytes
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                 metadata={"defectgen": json.dumps(config)})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from defectgen.errors import DefectgenError
-from defectgen.io.output import atomic_write_json
+from defectgen.io.files import atomic_write_json
 
 METADATA_FILE = "defectgen.json"
 PIPELINE_INDEX = "model_index.json"  # written by diffusers' save_pretrained

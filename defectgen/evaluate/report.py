@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
+from defectgen.io.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.images import fit_mask, write_image
-from defectgen.io.output import atomic_write_bytes, atomic_write_json, atomic_write_text
 from defectgen.io.pictures import contact_sheet
 from defectgen.io.sample import Sample
 from defectgen.metrics import METRICS, roc_curve
@@ -83,7 +83,7 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
     inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones
     (realism at `resolution`, or in `tile` tiles at native scale; see `quality_report`)."""
     from defectgen.io import open_dataset
-    from defectgen.io.output import is_within, made_by_defectgen
+    from defectgen.io.files import is_within, made_by_defectgen
     from defectgen.progress import bar
 
     dataset = open_dataset(path, fmt, on_bad=on_bad)

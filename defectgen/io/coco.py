@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from defectgen.errors import DefectgenError
-from defectgen.io.output import atomic_write_json
+from defectgen.io.files import atomic_write_json
 from defectgen.io.sample import Sample
 
 

@@ -47,14 +47,9 @@ import yaml
 from defectgen.errors import DefectgenError
 from defectgen.io import yolo
 from defectgen.io.datasets import Dataset, Entry, open_dataset
+from defectgen.io.files import atomic_write_json, atomic_write_text, resolve_inside
 from defectgen.io.images import to_uint8, write_image, write_mask
-from defectgen.io.output import (
-    atomic_write_json,
-    atomic_write_text,
-    check_outside_inputs,
-    output_folder,
-    resolve_inside,
-)
+from defectgen.io.output import check_outside_inputs, output_folder
 from defectgen.io.sample import Box, Sample
 
 FORMATS = ("yolo", "yolo-seg", "mvtec", "voc")

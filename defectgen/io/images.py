@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from defectgen.errors import DefectgenError
-from defectgen.io.output import atomic_write_bytes
+from defectgen.io.files import atomic_write_bytes, made_by_defectgen
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -58,8 +58,6 @@ def image_files(folder: str | Path) -> list[Path]:
     contact sheet written inside an input must never become input. Says once on stderr how many were skipped."""
     import os
     import sys
-
-    from defectgen.io.output import made_by_defectgen
 
     root = Path(folder)
     found: list[Path] = []

@@ -1,5 +1,5 @@
-"""Output safety: atomic writes, paths that stay inside their folder, and output folders that are never cleared
-unless defectgen made them.
+"""Output safety: output folders that are never an input and never cleared unless defectgen made them (atomic
+writes and paths that stay inside their folder: io/files.py).
 
 Rules every writer, mover and deleter follows (docs/safety.md):
 - files are written to a temporary name and renamed, with the mode a plain write would get under the umask;
@@ -16,81 +16,15 @@ Rules every writer, mover and deleter follows (docs/safety.md):
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from defectgen.errors import DefectgenError
-
-MARKER = ".defectgen-output.json"  # written into every output folder; any `.defectgen-*.json` counts as one
-_MARKER_GLOB = ".defectgen-*.json"
-
-
-def _file_mode() -> int:
-    """The mode open() would give a new file under the current umask (mkstemp always makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), _file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-# ---- paths taken from files ---------------------------------------------------------------------------------------
-
-def is_within(path: str | Path, root: str | Path) -> bool:
-    """True when `path` is `root` or lies inside it, after resolving symbolic links and `..`."""
-    return Path(path).resolve().is_relative_to(Path(root).resolve())
-
-
-def resolve_inside(root: str | Path, relative: str | Path, *, source: str | Path | None = None,
-                   what: str = "path") -> Path:
-    """`root / relative`, refusing an absolute path, `..` that climbs out, or a symbolic link that points out of
-    `root`: every path defectgen moves, renames or deletes goes through here. `source` is the file the path was
-    read from (named in the error)."""
-    text = str(relative)
-    if not text or Path(text).is_absolute():
-        raise DefectgenError(source or root, f"{what} {text!r} is not a path relative to {root}; refusing to "
-                             "touch files outside the folder")
-    candidate = Path(root) / text
-    if not is_within(candidate, root):
-        raise DefectgenError(source or root, f"{what} {text!r} leads outside {root} (through '..' or a symbolic "
-                             "link); refusing to touch it")
-    return candidate
-
-
-# ---- output folders -----------------------------------------------------------------------------------------------
-
-def made_by_defectgen(folder: str | Path) -> bool:
-    """A folder defectgen made holds its marker (older versions: a `.defectgen-*.json` settings file)."""
-    return any(p.is_file() and not p.is_symlink() for p in Path(folder).glob(_MARKER_GLOB))
+from defectgen.io.datasets import read_parts
+from defectgen.io.files import MARKER, atomic_write_json, made_by_defectgen
 
 
 def _write_marker(folder: Path, verb: str | None) -> None:
@@ -108,8 +42,6 @@ def _write_marker(folder: Path, verb: str | None) -> None:
 def check_outside_inputs(path: str | Path, protect: Iterable[str | Path | None]) -> None:
     """Refuse an output path that is an input, contains one, or lies inside an input folder (whatever is written
     there would be read as input by the next run that walks that folder)."""
-    from defectgen.io.datasets import read_parts  # datasets imports this module
-
     path = Path(path)
     real = path.resolve()
     for p in protect:
@@ -215,16 +147,3 @@ def output_folder(path: str | Path, **options: Any) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(folder: str | Path, subfolders: Iterable[str] = ("", "images", "masks")) -> int:
-    """Delete the `.name.*.tmp` files a killed atomic write left in `folder` and its `subfolders` (used by
-    --resume); returns how many. Only regular files directly inside those folders are touched."""
-    n = 0
-    for sub in subfolders:
-        d = Path(folder) / sub
-        if not d.is_dir() or d.is_symlink():
-            continue
-        for p in d.glob(".*.tmp"):
-            if p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-                n += 1
-    return n

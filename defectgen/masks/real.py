@@ -20,7 +20,7 @@ import numpy as np
 from defectgen.errors import DefectgenError
 from defectgen.io.images import fit_mask
 from defectgen.io.sample import Box, Sample
-from defectgen.masks import estimate_foreground, mask_rng, on_foreground
+from defectgen.masks.placement import estimate_foreground, mask_rng, on_foreground
 from defectgen.masks.source import with_box
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from defectgen.errors import DefectgenError
 from defectgen.io.images import from_float, match_channels, resize, stack_or_list, to_float
 from defectgen.io.sample import Box, Sample
-from defectgen.masks import estimate_foreground, on_foreground
+from defectgen.masks.placement import estimate_foreground, on_foreground
 from defectgen.masks.source import with_box
 from defectgen.synth.base import Abilities, register_generator
 

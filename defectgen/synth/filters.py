@@ -25,8 +25,8 @@ import torch
 
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder, load_coco_json
+from defectgen.io.files import atomic_write_json, resolve_inside
 from defectgen.io.images import padded_crop, read_image, read_mask, to_float, to_uint8
-from defectgen.io.output import atomic_write_json, resolve_inside
 from defectgen.io.sample import Sample
 
 FILTERS = ("change", "clip")

@@ -29,6 +29,7 @@ import numpy as np
 from defectgen.errors import DefectgenError
 from defectgen.io.coco import CocoBuilder
 from defectgen.io.datasets import Dataset, open_dataset
+from defectgen.io.files import atomic_write_json, remove_stale_temporaries, resolve_inside
 from defectgen.io.images import (
     from_float,
     mask_window,
@@ -41,7 +42,7 @@ from defectgen.io.images import (
     write_image,
     write_mask,
 )
-from defectgen.io.output import OutputFolder, atomic_write_json, remove_stale_temporaries, resolve_inside
+from defectgen.io.output import OutputFolder
 from defectgen.io.pictures import contact_sheet, text_card
 from defectgen.io.sample import Sample
 from defectgen.masks import MaskSource, resolve_masks
