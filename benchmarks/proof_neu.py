@@ -127,6 +127,9 @@ def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem,copypaste")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
     parser.add_argument("--fractions", default="0.2,0.4,1.0", help="shares of the train labels, comma-separated")
+    parser.add_argument("--set-fractions", default=None, help="the shares at which the generators are trained and "
+                        "their sets run (default: every share); the real-only runs of every share still make the "
+                        "curve that each set's worth is read from")
     parser.add_argument("--detectors", default="seg", help="det (the box detector) and/or seg, comma-separated")
     parser.add_argument("--seeds", type=int, default=1, help="every detector run with this many seeds: mean ± std, "
                         "paired verdicts, and each real+SET's worth in real defects on the real-only curve that the "
@@ -148,9 +151,12 @@ def main() -> None:
         raise SystemExit(f"unknown generator(s) {', '.join(unknown)}: choose from {', '.join(GENERATORS)}")
     fractions = sorted({float(f) for f in args.fractions.split(",") if f.strip()})
     subsets = labeled_subsets(train_dir, fractions, args.seed, work)
+    with_sets = sorted({float(f) for f in args.set_fractions.split(",")}) if args.set_fractions else fractions
+    if not set(with_sets) <= set(fractions):
+        raise SystemExit(f"--set-fractions {args.set_fractions} must be among --fractions {args.fractions}")
     timings: dict[str, dict] = {}
-    sets: dict[float, dict[str, dict[str, Path]]] = {}
-    for f in fractions:
+    sets: dict[float, dict[str, dict[str, Path]]] = {f: {} for f in fractions}
+    for f in with_sets:
         tag = "" if f >= 1.0 else f"-{round(f * 100)}"
         sets[f], timings_f = make_sets(args, cfg, generators, subsets[f], work, tag)
         timings.update({name + tag: t for name, t in timings_f.items()})
@@ -176,13 +182,13 @@ def main() -> None:
                     _row(detection, seeded, detector, pct, name, run, values)
     comparisons = {d: compare_fractions(seeded[d], fractions, d) for d in detectors if d in seeded}
 
-    full = sets[max(fractions)]
+    full = sets[max(with_sets)]
     table, classes = generation_quality(args, cfg, full, train_dir, test_dir)
     name = f"proof_neu_{args.config}{'-' + args.tag if args.tag else ''}"
     figure = _figure(full, test_dir, classes, work / f"{name}_samples.png")
     out = {
         "benchmark": "proof_neu", "config": args.config, "sampler": args.sampler, "settings": cfg, "seed": args.seed,
-        "data": rel(args.data), "fractions": fractions,
+        "data": rel(args.data), "fractions": fractions, "set_fractions": with_sets,
         "labeled_images": {f"{round(f * 100)}%": len(list((subsets[f] / "annotations").glob("*.xml")))
                            for f in fractions},
         "backbone": rel(args.backbone), "classes": classes, **provenance(),
@@ -387,7 +393,8 @@ def markdown(out: dict) -> str:
         lines += ["", f"Verdicts, {detector} ({out.get('seeds', 1)} seed(s); a win only beyond 2 SE; worth in real "
                   "defects on the real-only curve of the shares):", ""]
         lines += [f"- {line}" for line in comparison["lines"]]
-    share = f"{round(max(out['fractions']) * 100)}%" if out.get("fractions") else "the largest share"
+    made = out.get("set_fractions") or out.get("fractions")
+    share = f"{round(max(made) * 100)}%" if made else "the largest share"
     lines += ["", "KID against the real test crops of the same class (lower is better; 'real train' is the floor; "
               f"sets made with {share} of the labels):", "",
               "| set | pooled KID | " + " | ".join(classes) + " | diversity |",
