@@ -253,3 +253,14 @@ def test_early_stopping_counts_patience_from_gains_above_min_gain_but_keeps_the_
     assert stopped == [False, False, True]
     assert stop.best == 0.504 and stop.best_epoch == 3 and int(stop._state["w"]) == 2
     assert "above 0.005 for 2 epochs" in stop.stopped
+
+
+def test_fcos_box_regression_starts_alive_everywhere():
+    """torchvision's FCOS regresses ReLU(conv): det starts every cell's box outside ReLU's dead zone (a zero bias
+    left half of them at zero, where no gradient passes, and training could die there)."""
+    det = get_detector("det").from_options(load_backbone("tiny"), DetectorOptions(seed=3))
+    head = det.model.head.regression_head
+    features = [torch.randn(2, det.width, s, s) for s in (8, 4, 2)]
+    regression, _ = head(features)
+    assert regression.shape == (2, 8 * 8 + 4 * 4 + 2 * 2, 4)
+    assert bool((regression > 0).all()), float((regression <= 0).float().mean())
