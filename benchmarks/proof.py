@@ -143,7 +143,7 @@ def main() -> None:
     if "ldm" in generators and not reused("ldm"):
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
-        train_ldm(labeled, work / "ldm", train_cfg(cfg["ldm_steps"], cfg["ldm_batch"], 2e-4), base="tiny",
+        train_ldm(labeled, work / "ldm", config=train_cfg(cfg["ldm_steps"], cfg["ldm_batch"], 2e-4), base="tiny",
                   preset="tiny" if args.config == "cpu" else "small", prompts=PROMPT_DIR / "tile.yaml",
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"

@@ -276,7 +276,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
                        config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
         else:
             tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
-            train_ldm(labeled, folder, train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
+            train_ldm(labeled, folder, config=train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
                       prompts=PROMPT_DIR / "steel.yaml", resolution=cfg["res"], tokenizer=tok,
                       vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t}

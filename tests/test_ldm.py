@@ -40,7 +40,7 @@ def tiny_ldm(labeled_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "ldm"
     cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=0, checkpoint_every=100, progress=False, seed=0)
-    train_ldm(labeled_dir, out, cfg, resolution=32, vae_steps=3, lora_rank=2, log=lambda *_: None,
+    train_ldm(labeled_dir, out, config=cfg, resolution=32, vae_steps=3, lora_rank=2, log=lambda *_: None,
               prompts=None)
     return out
 

@@ -122,6 +122,7 @@ def train_ddpm(
 
         torchrun --nproc_per_node 2 -m defectgen.cli train-ddpm --normals good/ --out runs/ddpm
     """
+    from defectgen.diffusion.options import DdpmTrainingOptions
     from defectgen.diffusion.train_ddpm import train_ddpm as train
     from defectgen.workspace import model_record
 
@@ -130,11 +131,12 @@ def train_ddpm(
                         checkpoint_every=_checkpoint_every(ctx, checkpoint_every, steps),
                         checkpoint_minutes=checkpoint_minutes,
                         tensorboard=tensorboard, seed=seed, num_workers=workers)
+    options = DdpmTrainingOptions(preset=preset, resolution=resolution, crop=crop, class_dropout=class_dropout,
+                                  config=cfg, resume=resume, overwrite=overwrite, trust_checkpoint=trust_checkpoint,
+                                  on_bad=on_bad)
     with _one_voice():
         out_dir = _run_folder(out_dir, "cddpm" if labeled else "ddpm", resume)
-        model = train(out_dir, normals, labeled, preset=preset, resolution=resolution, crop=crop,
-                      class_dropout=class_dropout, config=cfg, resume=resume, trust_checkpoint=trust_checkpoint,
-                      overwrite=overwrite, on_bad=on_bad, log=console.print)
+        model = train(out_dir, normals, labeled, options, log=console.print)
     if not _is_main():
         return
     record(out_dir, model_record(
@@ -180,6 +182,7 @@ def train_ldm(
 
         defectgen train-ldm --labeled labeled/ --base path/to/sd-inpainting --lora-rank 8 --out runs/ldm-lora
     """
+    from defectgen.diffusion.options import LdmTrainingOptions
     from defectgen.diffusion.train_ldm import train_ldm as train
     from defectgen.workspace import model_record
 
@@ -188,13 +191,13 @@ def train_ldm(
                         checkpoint_every=_checkpoint_every(ctx, checkpoint_every, steps),
                         checkpoint_minutes=checkpoint_minutes,
                         tensorboard=tensorboard, seed=seed)
+    options = LdmTrainingOptions(base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
+                                 resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
+                                 train_text_encoder=train_text_encoder, fmt=fmt, config=cfg, resume=resume,
+                                 overwrite=overwrite, trust_checkpoint=trust_checkpoint)
     with _one_voice():
         out_dir = _run_folder(out_dir, "ldm", resume)
-        meta = train(labeled, out_dir, cfg, base=base, preset=preset, prompts=prompts, lora_rank=lora_rank,
-                     resolution=resolution, tokenizer=tokenizer, vae_steps=vae_steps,
-                     train_text_encoder=train_text_encoder, fmt=fmt, resume=resume,
-                     trust_checkpoint=trust_checkpoint, overwrite=overwrite,
-                     log=console.print)
+        meta = train(labeled, out_dir, options, log=console.print)
     if not _is_main():
         return
     record(out_dir, model_record(

@@ -7,6 +7,7 @@ disk (data.py) and the one accelerate loop (training.py), and records the run in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from defectgen.diffusion.data import fingerprint, read_training_samples
 from defectgen.diffusion.ddpm import ConditionalDdpm, DdpmModel, UnconditionalDdpm, load_model, save_model
 from defectgen.diffusion.folder import has_metadata, update_metadata
 from defectgen.diffusion.models import min_resolution_multiple, preset_config
+from defectgen.diffusion.options import DdpmTrainingOptions
 from defectgen.diffusion.training import TrainConfig, TrainResult, checkpoints, main_decides, process_state, train_loop
 from defectgen.errors import DefectgenError
 from defectgen.io.output import OutputFolder
@@ -27,40 +29,29 @@ def train_ddpm(
     out: str | Path,
     normals: str | Path | None = None,
     labeled: str | Path | None = None,
+    options: DdpmTrainingOptions | None = None,
     *,
-    preset: str = "small",
-    resolution: int | str | None = None,
-    crop: str = "random",
-    class_dropout: float = 0.1,
-    config: TrainConfig | None = None,
-    resume: bool = False,
-    trust_checkpoint: bool = False,
-    overwrite: bool = False,
-    on_bad: str = "error",
     log=print,
     callback=None,
+    **overrides: Any,
 ) -> DdpmModel:
-    """Train the unconditional DDPM (normals only) or the conditional one (`labeled` given) and save it to `out`.
+    """Train the unconditional DDPM (normals only) or the conditional one (`labeled` given) and save it to `out`,
+    with `options` (options.py; `overrides` replace single fields of it: `preset="tiny"`).
 
-    resolution: the side of the square training windows (cut at native scale, `crop` random, or the image
-    resized, `crop` resize), `N` or `NxN` as `parse_resolution` reads it (a multiple of the preset's
-    `min_resolution_multiple`); a non-square HxW is refused. None: the shortest image side, at most 256.
-
-    Returns the trained model (EMA weights when EMA is on), loaded back from `out`. `trust_checkpoint` lets
-    `resume` load checkpoints that hold pickle files (saved by older defectgen versions). `on_bad` "skip" trains
-    without unreadable images (each named in a warning) instead of stopping at the first."""
-    cfg = config or TrainConfig()
+    Returns the trained model (EMA weights when EMA is on), loaded back from `out`."""
+    o = replace(options or DdpmTrainingOptions(), **overrides)
+    cfg, preset, crop, class_dropout, resume = o.config or TrainConfig(), o.preset, o.crop, o.class_dropout, o.resume
     _check_training_options(normals, labeled, preset, crop, class_dropout)
-    resolution = square_side(resolution, min_resolution_multiple(preset), "the DDPM")
+    resolution = square_side(o.resolution, min_resolution_multiple(preset), "the DDPM")
     kind = ConditionalDdpm if labeled is not None else UnconditionalDdpm
-    normal_samples, labeled_samples = read_training_samples(normals, labeled, on_bad)
+    normal_samples, labeled_samples = read_training_samples(normals, labeled, o.on_bad)
     used = labeled_samples + normal_samples
     channels = 3 if any(s.channels == 3 for s in used) else 1
     resolution = _default_resolution(used, preset) if resolution is None else resolution
     class_names = sorted({s.class_name or "defect" for s in labeled_samples})
     boxes = bool(labeled_samples) and all(s.boxes for s in labeled_samples)
 
-    folder, is_main = _prepare_run_folder(out, normals, labeled, resume, overwrite)
+    folder, is_main = _prepare_run_folder(out, normals, labeled, resume, o.overwrite)
     if not is_main:
         log = lambda message: None  # noqa: E731
     torch.manual_seed(cfg.seed)
@@ -74,7 +65,7 @@ def train_ddpm(
 
     try:
         result = train_loop(model.module(), model.loss(class_dropout), data, out, cfg, save_fn, resume=resume,
-                            callback=callback, log=log, trust_checkpoint=trust_checkpoint)
+                            callback=callback, log=log, trust_checkpoint=o.trust_checkpoint)
     except BaseException:
         if is_main:
             folder.abandon()  # interrupted before the first checkpoint: no empty run folder stays behind

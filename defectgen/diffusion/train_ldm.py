@@ -15,7 +15,7 @@ import copy
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from defectgen.diffusion.data import InpaintCaptionExamples, LabeledDefect, capt
 from defectgen.diffusion.folder import update_metadata
 from defectgen.diffusion.losses import inpaint_loss, vae_loss
 from defectgen.diffusion.models import load_tokenizer
+from defectgen.diffusion.options import LdmTrainingOptions
 from defectgen.diffusion.pipelines.pipeline_ldm_inpaint import build_tiny_pipeline, load_inpaint_pipeline, save_ldm
 from defectgen.diffusion.training import TrainConfig, TrainResult, checkpoints, main_decides, process_state, train_loop
 from defectgen.errors import DefectgenError
@@ -86,28 +87,24 @@ class _LdmRun:
     log: Callable[[str], None]
 
 
-def train_ldm(
-    labeled: str | Path, out_dir: str | Path, cfg, *, base: str = "tiny", preset: str = "tiny",
-    prompts: str | Path | None = None, lora_rank: int = 0, resolution: int | str | None = None,
-    tokenizer: str | Path | None = None, vae_steps: int = 2000, train_text_encoder: bool = False,
-    fmt: str = "auto", resume: bool = False, trust_checkpoint: bool = False, overwrite: bool = False, log=print,
-) -> dict[str, Any]:
-    """Fine-tune an inpainting LDM on labeled defects with their real masks; returns the metadata written.
-    resolution: the side of the square windows cut at native scale around the masks, `N` or `NxN` (a multiple
-    of 8; a non-square HxW is refused); None: 64 for `tiny`, else the base model's own. `trust_checkpoint` lets
-    `resume` load checkpoints that hold pickle files (saved by older defectgen versions)."""
-    resolution = square_side(resolution, 8, "the inpainting LDM")
+def train_ldm(labeled: str | Path, out_dir: str | Path, options: LdmTrainingOptions | None = None, *, log=print,
+              **overrides: Any) -> dict[str, Any]:
+    """Fine-tune an inpainting LDM on labeled defects with their real masks, with `options` (options.py;
+    `overrides` replace single fields of it: `vae_steps=3`); returns the metadata written."""
+    o = replace(options or LdmTrainingOptions(), **overrides)
+    cfg, base, prompts, tokenizer = o.config, o.base, o.prompts, o.tokenizer
+    resolution = square_side(o.resolution, 8, "the inpainting LDM")
     material = load_material(prompts) if prompts else None
-    items, classes = read_labeled_defects(labeled, fmt, lambda names: captions_for(names, material, cfg.seed))
-    folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume, verb="train-ldm",
+    items, classes = read_labeled_defects(labeled, o.fmt, lambda names: captions_for(names, material, cfg.seed))
+    folder = OutputFolder(out_dir, overwrite=o.overwrite, resume=o.resume, verb="train-ldm",
                           protect=[labeled, base, prompts, tokenizer],
                           worth_keeping=lambda d: bool(checkpoints(d)) or (d / "_vae_stage" / "vae").is_dir())
     is_main = process_state().is_main_process  # several processes (torchrun): the main one alone writes files
     out_dir = main_decides(folder.prepare)
     if not is_main:
         log = lambda message: None  # noqa: E731
-    run = _LdmRun(items, out_dir, cfg, base, preset, tokenizer, vae_steps, lora_rank, train_text_encoder,
-                  resume, trust_checkpoint, log)
+    run = _LdmRun(items, out_dir, cfg, base, o.preset, tokenizer, o.vae_steps, o.lora_rank, o.train_text_encoder,
+                  o.resume, o.trust_checkpoint, log)
     try:
         pipe, resolution, stage = BASES.get(base, _pretrained_base)(run, resolution)
         if resolution % 8:
@@ -116,8 +113,8 @@ def train_ldm(
             "classes": classes, "captions": captions_for(classes, material, cfg.seed),
             "prompts": str(prompts) if prompts else None, "material": material.name if material else None,
             "negative_prompt": material.negative if material else "", "normal_prompt": material.normal if material
-            else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": preset,
-            "lora_rank": lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
+            else "a photo of a normal surface", "resolution": resolution, "base": str(base), "preset": o.preset,
+            "lora_rank": o.lora_rank, "steps": cfg.steps, "labeled": str(labeled), "examples": len(items),
         }
         result = _fine_tune(run, pipe, resolution, stage, meta)
     except BaseException:
