@@ -241,11 +241,11 @@ def inspect(
         defectgen inspect synth/ --against ../shared/datasets/magnetic-tile --backbone \\
             ../shared/weights/mobilenet_v2_1.0_224
     """
-    from defectgen.evaluate.report import inspect_dataset
+    from defectgen.evaluate.report import InspectOptions, inspect_dataset
 
-    summary = inspect_dataset(path, fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet, against=against,
-                              backbone=backbone, resolution=resolution, tile=tile,
-                              progress=not as_json)
+    summary = inspect_dataset(path, InspectOptions(fmt=fmt, on_bad=on_bad, sheet=sheet, n_sheet=n_sheet,
+                                                   against=against, backbone=backbone, resolution=resolution,
+                                                   tile=tile, progress=not as_json))
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -192,20 +192,14 @@ def masks(
 
         defectgen masks --kind bbox --n 50 --like good/ --like-labeled labeled/ --out boxes/
     """
-    from defectgen.masks import resolve_masks
-    from defectgen.masks.writer import write_mask_set
+    from defectgen.masks.writer import MaskSetOptions, write_mask_set
 
     if (size is None) == (like is None):
         raise typer.BadParameter("give exactly one of --size HxW or --like DIR")
-    generator = resolve_masks(kind, seed=seed, preset=preset, drawn_only=True, shape=shape, min_area=min_area,
-                              max_area=max_area, threshold=threshold, like_labeled=like_labeled, fmt=fmt)
-    params = {"kind": kind, "n": n, "size": size, "like": str(like) if like else None, "preset": preset,
-              "like_labeled": str(like_labeled) if like_labeled else None, "object_only": object_only, "seed": seed}
-    summary = write_mask_set(
-        out_dir, generator, n, size=parse_size(size) if size else None, like=like, like_format=fmt,
-        object_only=object_only, category=category, params=params, overwrite=overwrite, on_bad=on_bad,
-        protect=(like_labeled,),
-    )
+    summary = write_mask_set(out_dir, MaskSetOptions(
+        kind=kind, n=n, size=parse_size(size) if size else None, like=like, fmt=fmt, preset=preset,
+        like_labeled=like_labeled, shape=shape, min_area=min_area, max_area=max_area, threshold=threshold,
+        object_only=object_only, category=category, seed=seed, overwrite=overwrite, on_bad=on_bad))
     out.print(f"wrote {summary['masks']} masks to {out_dir}/masks and {out_dir}/annotations.json "
               f"(area fraction median {summary['area_median']:.4f}, min {summary['area_min']:.4f}, "
               f"max {summary['area_max']:.4f})")

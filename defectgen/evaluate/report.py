@@ -4,6 +4,7 @@ validate` report (report.md, report.json, roc.png, overlays/). Contact sheets th
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,24 +77,41 @@ def sheet_selection(samples: list[Sample], n: int) -> list[Sample]:
     return picked[:n]
 
 
-def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", sheet: Path | None = None,
-                    n_sheet: int = 32, against: Path | None = None, backbone: str | None = None,
-                    resolution: int | str = 256, tile: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """`defectgen inspect`: the dataset summary, a contact sheet of `n_sheet` samples (default
-    inspect_<name>.png in the current folder) and, with `against` real defects, the quality of the generated ones
-    (realism at `resolution`, or in `tile` tiles at native scale; see `quality_report`)."""
+@dataclass(frozen=True)
+class InspectOptions:
+    """One `defectgen inspect` run. fmt, on_bad: how the set is read. sheet, n_sheet: the contact sheet's path
+    (default inspect_<name>.png in the current folder) and how many samples it shows (0: none). against: real
+    defects whose KID, diversity and realism the set's generated defects are measured against, with `backbone` at
+    `resolution` (or in `tile` tiles at native scale; see `quality_report`). progress: a bar while reading."""
+
+    fmt: str = "auto"
+    on_bad: str = "error"
+    sheet: Path | None = None
+    n_sheet: int = 32
+    against: Path | None = None
+    backbone: str | None = None
+    resolution: int | str = 256
+    tile: int | None = None
+    progress: bool = False
+
+
+def inspect_dataset(path: Path, options: InspectOptions | None = None) -> dict[str, Any]:
+    """`defectgen inspect`: the dataset summary, a contact sheet and, with `against` real defects, the quality of
+    the generated ones (`InspectOptions`)."""
+    o = options or InspectOptions()
+    sheet, n_sheet = o.sheet, o.n_sheet
     from defectgen.io import open_dataset
     from defectgen.io.files import is_within, made_by_defectgen
     from defectgen.progress import bar
 
-    dataset = open_dataset(path, fmt, on_bad=on_bad)
+    dataset = open_dataset(path, o.fmt, on_bad=o.on_bad)
     if n_sheet:
         sheet = sheet or Path(f"inspect_{Path(path).resolve().name or 'dataset'}.png")
         if Path(path).is_dir() and not made_by_defectgen(path) and is_within(sheet, path):
             raise DefectgenError(sheet, f"the contact sheet would be written inside the dataset {path}, where it "
                                  "would be read as one of its images; give `sheet` outside it (or run from "
                                  "another folder)")
-    samples = list(bar(dataset, total=len(dataset), desc="reading", unit="img", disable=not progress))
+    samples = list(bar(dataset, total=len(dataset), desc="reading", unit="img", disable=not o.progress))
     summary = dataset_summary(dataset, samples)
     if n_sheet and samples:
         picked = sheet_selection(samples, n_sheet)
@@ -101,10 +119,11 @@ def inspect_dataset(path: Path, fmt: str = "auto", *, on_bad: str = "error", she
         zoom = any(s.source is not None for s in picked)
         contact_sheet(picked, sheet, columns=4 if zoom else 8, zoom=zoom)
         summary["contact_sheet"] = str(sheet)
-    if against is not None:
+    if o.against is not None:
         from defectgen.evaluate.quality import quality_report
 
-        summary["quality"] = quality_report(path, against, backbone=backbone, resolution=resolution, tile=tile)
+        summary["quality"] = quality_report(path, o.against, backbone=o.backbone, resolution=o.resolution,
+                                            tile=o.tile)
     return summary
 
 

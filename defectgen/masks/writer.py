@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from defectgen.io.datasets import open_dataset
 from defectgen.io.images import check_image_size, write_mask
 from defectgen.io.output import output_folder
 from defectgen.io.sample import Sample
-from defectgen.masks import MaskGenerator, estimate_foreground
+from defectgen.masks import resolve_masks
+from defectgen.masks.placement import estimate_foreground
 from defectgen.progress import bar
 
 # Working memory of one Perlin or box mask per pixel: float32 noise, its rotation and quantile copies, the bool
@@ -42,25 +44,60 @@ def _reference_shapes(like: Path, fmt: str, n: int, object_only: bool, on_bad: s
     return refs, skipped
 
 
-def write_mask_set(
-    out_dir: str | Path, generator: MaskGenerator, n: int, *, size: tuple[int, int] | None = None,
-    like: str | Path | None = None, like_format: str = "auto", object_only: bool = False, category: str = "defect",
-    params: dict[str, Any] | None = None, overwrite: bool = False, on_bad: str = "error",
-    protect: tuple[str | Path | None, ...] = (),
-) -> dict[str, Any]:
-    """Write n masks (mask i sized like reference image i mod len, or `size`) and annotations.json; `protect`:
-    other inputs (a --like-labeled set) the output folder must stay out of."""
-    if (size is None) == (like is None):
-        raise ValueError("give exactly one of size or like")
+@dataclass(frozen=True)
+class MaskSetOptions:
+    """One `defectgen masks` run, as the command line builds it and `write_mask_set` takes it.
+
+    kind, preset, shape, min_area, max_area, threshold: the mask source (`resolve_masks`; a preset's fields, then
+    the ones given here). n, seed: how many masks; mask i depends only on (seed, i). size or like: every mask
+    HxW, or mask i sized like image i (cycling) of the set `like` (layout `fmt`), kept on its foreground with
+    `object_only`. like_labeled: bbox: box sizes drawn from this labeled set. category: the COCO category.
+    overwrite, on_bad: as every verb's."""
+
+    kind: str = "perlin"
+    n: int = 16
+    size: tuple[int, int] | None = None
+    like: Path | None = None
+    fmt: str = "auto"
+    preset: str | None = None
+    like_labeled: Path | None = None
+    shape: str | None = None
+    min_area: float | None = None
+    max_area: float | None = None
+    threshold: float | None = None
+    object_only: bool = False
+    category: str = "defect"
+    seed: int = 0
+    overwrite: bool = False
+    on_bad: str = "error"
+
+    def record(self) -> dict[str, Any]:
+        """What annotations.json records of the run."""
+        return {"kind": self.kind, "n": self.n, "size": "x".join(map(str, self.size)) if self.size else None,
+                "like": str(self.like) if self.like else None, "preset": self.preset,
+                "like_labeled": str(self.like_labeled) if self.like_labeled else None,
+                "object_only": self.object_only, "seed": self.seed}
+
+
+def write_mask_set(out_dir: str | Path, options: MaskSetOptions) -> dict[str, Any]:
+    """Write n masks (mask i sized like reference image i mod len, or `size`) and annotations.json; the output
+    folder stays out of `like` and `like_labeled`."""
+    o = options
+    if (o.size is None) == (o.like is None):
+        raise DefectgenError(None, "give exactly one of `size` HxW or `like` (a folder of images)")
+    generator = resolve_masks(o.kind, seed=o.seed, preset=o.preset, drawn_only=True, shape=o.shape,
+                              min_area=o.min_area, max_area=o.max_area, threshold=o.threshold,
+                              like_labeled=o.like_labeled, fmt=o.fmt)
+    n, size, like, category = o.n, o.size, o.like, o.category
     if like is not None:
-        refs, skipped = _reference_shapes(Path(like), like_format, n, object_only, on_bad)
+        refs, skipped = _reference_shapes(Path(like), o.fmt, n, o.object_only, o.on_bad)
     else:
         check_image_size(*size, MASK_BYTES_PER_PIXEL, "mask size")
         refs, skipped = [(size[0], size[1], None, None)], 0
     areas = []
     # A failed or interrupted run leaves no half mask set behind (it cannot be resumed).
-    with output_folder(out_dir, overwrite=overwrite, resumable=False, verb="masks",
-                       protect=[like, *protect]) as out_dir:
+    with output_folder(out_dir, overwrite=o.overwrite, resumable=False, verb="masks",
+                       protect=[like, o.like_labeled]) as out_dir:
         coco = CocoBuilder([category], root=out_dir)
         for i in bar(range(n), desc="masks", unit="mask"):
             h, w, fg, source = refs[i % len(refs)]
@@ -72,7 +109,7 @@ def write_mask_set(
             coco.add(sample, image_id=i + 1, **({"source_image": source} if source else {}))
             areas.append(float(mask.mean()))
         coco.save(out_dir / "annotations.json", {"defectgen": {
-            "command": "masks", "params": params or {}, "generator": generator.describe(),
+            "command": "masks", "params": o.record(), "generator": generator.describe(),
         }})
     return {"masks": n, "skipped": skipped, "area_median": float(np.median(areas)),
             "area_min": float(np.min(areas)), "area_max": float(np.max(areas))}
