@@ -44,6 +44,20 @@ def _neu_curve(name: str) -> Callable[[dict[str, dict]], str]:
     return headline
 
 
+def _neu_det_proof(d: dict[str, dict]) -> str:
+    """det's real-only curve and each set at the shares it ran, mean ± std over seeds, and the worth lines."""
+    out = d["proof_neu_cpu-det-3seeds.json"]
+    parts = []
+    for pct, rows in out["detection"].items():
+        for key, r in rows.items():
+            if key.startswith("det: ") and (key == "det: real" or pct == f"{round(max(out['set_fractions']) * 100)}%"):
+                std = f" ± {r['map50_std']:.3f}" if r.get("map50_std") is not None else ""
+                parts.append(f"{pct} {key[5:]} {r['map50']:.3f}{std}")
+    worth = [line for line in out["comparisons"]["det"]["lines"] if "worth" in line or "below" in line]
+    return f"det mAP@0.5, {out['seeds']} seeds, {out['settings']['det_res']} px: " + ", ".join(parts) + (
+        "; " + "; ".join(worth) if worth else "")
+
+
 def _mt_curve(d: dict[str, dict]) -> str:
     c = d["learning_curve_magnetic-tile_seg_cpu.json"]["curves"]
     ap, pro = c["pixel_ap"], c["aupro"]
@@ -200,6 +214,13 @@ def _ddpm(d: dict[str, dict]) -> str:
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
      ["learning_curve_neu-det_det_cpu.json"], "current", None, "", _neu_curve("learning_curve_neu-det_det_cpu.json")),
+    ("proof-neu-det", "proof_neu", "NEU-DET: det with 3 seeds, real-only at 20/40/100% and generated sets at 20%, "
+     "paired verdicts and worth in real defects", ["proof_neu_cpu-det-3seeds.json"], "current", None, "",
+     _neu_det_proof),
+    ("learning-curve-neu-det-warmup-only", "learning_curve", "the det curve with warm-up, before the regression bias "
+     "fix", ["learning_curve_neu-det_det_cpu-warmup-only.json"], "superseded", "proof-neu-det",
+     "seed 1 at 100% died (mAP 0.000): FCOS's ReLU regression; fixed by a positive bias",
+     _neu_curve("learning_curve_neu-det_det_cpu-warmup-only.json")),
     ("learning-curve-neu-det-no-warmup", "learning_curve", "the same curve before det's learning-rate warm-up (AMD)",
      ["learning_curve_neu-det_det_cpu-nowarmup.json"], "superseded", "learning-curve-neu-det",
      "without warm-up FCOS's training depended on rounding: the same code gave 0.089 at 100% on an Intel machine",
@@ -354,7 +375,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 # (dataset, detector, family holding its current figure, the JSON its headline comes from): the rows of RESULTS.md
 HEADLINES = [
-    ("NEU-DET", "det (FCOS, boxes)", "learning-curve-neu-det", "learning_curve_neu-det_det_cpu.json"),
+    ("NEU-DET", "det (FCOS, boxes)", "proof-neu-det", "proof_neu_cpu-det-3seeds.json"),
     ("NEU-DET", "seg (boxes cut from maps)", "proof-neu-detection", "proof_neu_cpu-diffusion-40-100.json"),
     ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
     ("magnetic-tile", "seg, ExDD (generated sets)", "proof-final", "proof_cpu-final-exdd-seg.json"),
