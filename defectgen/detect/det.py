@@ -254,8 +254,7 @@ class Det(nn.Module, Detector):
         cache.fill([(i, f) for i in train for f in range(self.flips)] + [(i, 0) for i in val],
                    max(o.batch_size, 16), progress, f"{desc or 'det'}: backbone maps")
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=1e-4)
-        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=WARMUP_STEPS)
+        opt, warmup = _optimizer(params, o.lr)
         drawn = Shuffled(train, rng)
 
         def step() -> float:
@@ -380,6 +379,12 @@ class Det(nn.Module, Detector):
                                  f"{unexpected[:3]})")
         model.eval()
         return model
+
+
+def _optimizer(params: list[nn.Parameter], lr: float):
+    """AdamW and the linear warm-up of its rate over the first `WARMUP_STEPS` steps."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=WARMUP_STEPS)
 
 
 def _is_backbone_key(key: str) -> bool:
