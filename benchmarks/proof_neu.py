@@ -368,10 +368,11 @@ def markdown(out: dict) -> str:
     lines = [f"NEU-DET proof ({out['config']} config, seed {out['seed']}, {out['hardware']['cpu']}"
              f"{', ' + out['hardware']['gpu'] if out['hardware'].get('gpu') else ''}; wall time "
              f"{out['wall_time_s'] / 60:.1f} min; {out['settings']['per_class']} samples per class)", "",
-             "Detection: seg trained on each share of the train labels ("
+             f"Detection: {', '.join(out.get('detectors') or ['seg'])} trained on each share of the train labels ("
              + ", ".join(f"{k}: {v} images" for k, v in out["labeled_images"].items()) + "), "
              "alone (`real`), with each generated set (`real+SET`) and on the set alone (`SET only`); "
-             "COCO box mAP@0.5 per class on the real test set (pycocotools):", "",
+             f"COCO box mAP@0.5 per class on the real test set (pycocotools), mean over {out.get('seeds', 1)} "
+             "seed(s):", "",
              "| labels | run | real | synthetic | mAP@0.5 | mAP@[.5:.95] | agnostic mAP@0.5 | pixel AP | "
              + " | ".join(classes) + " |", "|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for pct, runs in out.get("detection", {}).items():
