@@ -353,7 +353,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "edit by hand. Status and \"superseded by\" come from the script's FAMILIES table; headlines are computed",
         "from the JSONs.",
         "The current headline per dataset and detector: [RESULTS.md](RESULTS.md); tables and commentary:",
-        "[../README.md](../README.md) and [../docs/](../docs/). All figures are CPU figures on 2 shared cores (AMD",
+        "[../README.md](../README.md) and [../../docs/](../../docs/). All figures are CPU figures on 2 shared cores (AMD",
         "EPYC until 2026-12-01, Intel Xeon since). Older JSONs got their commit afterwards: the commit that first",
         "stored them (their `commit_note` says so).",
         "",
