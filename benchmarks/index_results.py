@@ -70,6 +70,15 @@ def _det_heads(d: dict[str, dict]) -> str:
     return f"FCOS, all labels, one seed, Intel Xeon: mAP@0.5 {_f(c['map50'])} (did not reproduce det-neu's 0.597)"
 
 
+def _box_heads(d: dict[str, dict]) -> str:
+    parts = []
+    for _, r in sorted(d.items()):
+        t = r.get("training", {})
+        parts.append(f"{r['args']['box_head']} {_f(r['coco']['map50'])} / {_f(r['coco']['map'])} "
+                     f"({t.get('epochs')} epochs, {r['fit_seconds']:.0f} s)")
+    return "mAP@0.5 / mAP@[.5:.95], 40% of the labels, one seed, 224 px: " + ", ".join(parts)
+
+
 def _det_neu(d: dict[str, dict]) -> str:
     c = d["det_neu_cpu-full.json"]["coco"]
     return f"det NEU-DET, all labels, one seed: mAP@0.5 {_f(c['map50'])}, mAP@[.5:.95] {_f(c['map'])}"
@@ -227,6 +236,8 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      _neu_curve("learning_curve_neu-det_det_cpu-nowarmup.json")),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
      ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
+    ("det-neu-box-heads", "det_neu", "det's three box heads on NEU-DET (FCOS, RetinaNet, Faster R-CNN), both fixes",
+     ["det_neu_cpu-heads-40-*.json"], "current", None, "one seed: a first look, not a verdict", _box_heads),
     ("det-neu-heads", "det_neu", "det on NEU-DET on 2026-12-02's machine; the box-head comparison stopped after FCOS",
      ["det_neu_cpu-heads-*.json"], "superseded", "learning-curve-neu-det",
      "explained: no learning-rate warm-up (FCOS's box regression died under its ReLU); fixed", _det_heads),
