@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, SHARED, command_line, git_commit, hardware  # noqa: E402
+from benchmarks.common import ROOT, SHARED, command_line, provenance  # noqa: E402
 
 
 def mvtec_labeled_subset(root: Path, share: float, seed: int, work: Path) -> Path:
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
     seeds = [int(v) for v in a.seeds.split(",")]
     metrics = ["map50", "map"] if a.detector == "det" else (["map50", "pixel_ap"] if a.dataset == "neu-det"
                                                             else ["pixel_ap", "aupro"])
-    commit = git_commit()  # when the run started
+    started_at = provenance()  # commit, date and hardware when the run started
     started = time.perf_counter()
     values: dict[str, dict[float, list[float]]] = {m: defaultdict(list) for m in metrics}
     runs = []
@@ -136,17 +136,16 @@ def main(argv: list[str]) -> None:
                 print(f"seed {seed} share {share:g}: " + ", ".join(f"{m} {runs[-1][m]:.3f}" for m in metrics),
                       flush=True)
                 # written after every run: a curve cut short still leaves what it measured
-                write(a, argv, commit, shares, seeds, metrics, values, runs, time.perf_counter() - started)
+                write(a, argv, started_at, shares, seeds, metrics, values, runs, time.perf_counter() - started)
 
 
-def write(a, argv: list[str], commit: str, shares: list[float], seeds: list[int], metrics: list[str],
+def write(a, argv: list[str], started_at: dict, shares: list[float], seeds: list[int], metrics: list[str],
           values: dict[str, dict[float, list[float]]], runs: list[dict], seconds: float) -> None:
     """The results JSON and, once every share has a value, the PNG plot of the first metric."""
     curves = {m: summarise(v) for m, v in values.items()}
     name = f"learning_curve_{a.dataset}_{a.detector}_{a.tag}"
     out = {"benchmark": "learning_curve", "command": command_line("benchmarks/learning_curve.py", argv),
-           "commit": commit, "date": time.strftime("%Y-%m-%d"), "hardware": hardware(), "dataset": a.dataset,
-           "detector": a.detector,
+           **started_at, "dataset": a.dataset, "detector": a.detector,
            "shares": shares, "seeds": seeds, "complete": len(runs) == len(shares) * len(seeds), "curves": curves,
            "runs": runs, "total_seconds": round(seconds, 1)}
     results = ROOT / "benchmarks" / "results"
