@@ -58,6 +58,19 @@ def _neu_det_proof(d: dict[str, dict]) -> str:
         "; " + "; ".join(worth) if worth else "")
 
 
+def _mt_proof(name: str, detector: str, metric: str = "pixel_ap") -> Callable[[dict[str, dict]], str]:
+    """magnetic-tile's proof with seeds: each run's `metric` as mean ± std, then the worth lines."""
+    def headline(d: dict[str, dict]) -> str:
+        out = d[name]
+        runs = out["detectors"][detector]
+        parts = [f"{run} {r[metric]:.3f}" + (f" ± {r['std'][metric]:.3f}" if (r.get("std") or {}).get(metric)
+                                             is not None else "") for run, r in runs.items()]
+        worth = [line for line in out["comparisons"][detector]["lines"] if "worth" in line or "below" in line]
+        return (f"{detector} {metric}, {out['seeds']} seeds, {out['settings']['det_res']} px: " + ", ".join(parts)
+                + ("; " + "; ".join(worth) if worth else ""))
+    return headline
+
+
 def _mt_curve(d: dict[str, dict]) -> str:
     c = d["learning_curve_magnetic-tile_seg_cpu.json"]["curves"]
     ap, pro = c["pixel_ap"], c["aupro"]
@@ -234,6 +247,9 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      ["learning_curve_neu-det_det_cpu-nowarmup.json"], "superseded", "learning-curve-neu-det",
      "without warm-up FCOS's training depended on rounding: the same code gave 0.089 at 100% on an Intel machine",
      _neu_curve("learning_curve_neu-det_det_cpu-nowarmup.json")),
+    ("proof-mt-seg-3seeds", "proof", "magnetic-tile: seg with 3 seeds, the real-only curve at 25/50/100% of labeled/, "
+     "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
+     ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
      ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
     ("det-neu-box-heads", "det_neu", "det's three box heads on NEU-DET (FCOS, RetinaNet, Faster R-CNN), both fixes",
@@ -389,7 +405,8 @@ HEADLINES = [
     ("NEU-DET", "det (FCOS, boxes)", "proof-neu-det", "proof_neu_cpu-det-3seeds.json"),
     ("NEU-DET", "seg (boxes cut from maps)", "proof-neu-detection", "proof_neu_cpu-diffusion-40-100.json"),
     ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
-    ("magnetic-tile", "seg, ExDD (generated sets)", "proof-final", "proof_cpu-final-exdd-seg.json"),
+    ("magnetic-tile", "seg (generated sets, 3 seeds)", "proof-mt-seg-3seeds", "proof_cpu-seg-3seeds.json"),
+    ("magnetic-tile", "ExDD (generated sets, seed 0)", "proof-final", "proof_cpu-final-exdd-seg.json"),
     ("magnetic-tile", "ExDD, second seed", "proof-seed1", "proof_cpu-final-exdd-seed1.json"),
 ]
 

@@ -95,8 +95,8 @@ def test_curve_trains_real_on_shares_and_places_runs_on_it(data, tmp_path):
     assert set(worth) == {"real+synthetic", "copypaste"}
     for w in worth.values():
         assert w["labeled"] == 8 and len(w["per_seed"]) == 2
-        assert all(p["position"] in ("on the curve", "above the curve", "below the curve", "flat curve")
-                   for p in w["per_seed"])
+        assert all(p["position"] in ("on the curve", "above the curve", "far above the curve", "below the curve",
+                                     "flat curve") for p in w["per_seed"])
     assert res["curve"] == {"shares": [0.25, 0.5, 1.0], "metric": "pixel_ap"}
     assert not any(v["baseline"].startswith("real@") for v in res["verdicts"])
     md = (tmp_path / "c" / "report.md").read_text()

@@ -69,6 +69,12 @@ def test_worth_past_the_top_is_extrapolated_and_below_the_curve_is_said():
     assert below.position == "below the curve" and below.defects is None
     flat = worth_in_real_defects(CURVE_N, [0.5, 0.5, 0.49], 0.55, labeled=100)
     assert flat.position == "flat curve" and flat.defects is None
+    # a top segment that barely rises gives no number past 4x its defects, however far the score lies
+    nearly_flat = [CURVE[0], CURVE[-1] - 0.001, CURVE[-1]]
+    far = worth_in_real_defects(CURVE_N, nearly_flat, CURVE[-1] + 0.01, labeled=100)
+    assert far.position == "far above the curve" and far.defects is None
+    near = worth_in_real_defects(CURVE_N, nearly_flat, CURVE[-1] + 0.0005, labeled=100)
+    assert near.position == "above the curve" and CURVE_N[-1] < near.defects <= 4 * CURVE_N[-1]
 
 
 def test_worth_over_seeds_reads_like_the_report():
