@@ -10,6 +10,14 @@ DPM-Solver-20 (a full reverse trajectory, batch of --sample-batch).
     python benchmarks/ddpm_throughput.py --preset base --steps 200           # GPU: the issue's configuration
 
 Results go to benchmarks/results/ddpm_throughput_<device>_<preset>.json with the hardware named.
+
+`--conditional DATA` instead measures the model and data path the proof trains: the class- and mask-conditional
+DDPM on DATA's labeled/ and train/good (its examples as `train_ddpm` makes them: crops, flips, a Perlin mask drawn
+for every normal), tiny preset, 64 px, batch 8. Three loops in one run: diffusers' example loop over the same
+examples (a DataLoader, plain AdamW, per-tensor EMA), ours with the proof's settings, and ours with each CPU
+option named in --variants. Run it from an older checkout too (copy this file there) for "before" figures:
+
+    python benchmarks/ddpm_throughput.py --conditional ../shared/datasets/magnetic-tile --steps 60 --tag after
 """
 
 from __future__ import annotations
@@ -67,6 +75,17 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def example_step(loss: torch.Tensor, unet, opt, sched, ema) -> float:
+    """The rest of a diffusers example step after the loss: backward, clipping, AdamW, schedule, EMA."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    ema.step(unet.parameters())
+    return loss.item()
+
+
 def reference_loop(preset: str, resolution: int, images: torch.Tensor, steps: int, warmup: int, batch: int,
                    device: torch.device) -> dict:
     """train_unconditional.py's inner loop: fp32, eager, AdamW, EMA, a DataLoader, loss.backward()."""
@@ -94,13 +113,7 @@ def reference_loop(preset: str, resolution: int, images: torch.Tensor, steps: in
             noise = torch.randn(x0.shape, device=device)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=device)
             loss = F.mse_loss(unet(noise_scheduler.add_noise(x0, noise, t), t).sample, noise)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            ema.step(unet.parameters())
-            losses.append(loss.item())
+            losses.append(example_step(loss, unet, opt, sched, ema))
             done += 1
             if done >= steps + warmup:
                 break
@@ -157,6 +170,109 @@ def sampling(preset: str, resolution: int, batch: int, device: torch.device, pla
     return results
 
 
+class _Examples(torch.utils.data.Dataset):
+    """Conditional examples for a DataLoader, as diffusers' example scripts feed theirs: made item by item."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.data.example(i, np.random.default_rng(i))
+
+
+def conditional_model(data_root: Path, resolution: int, preset: str):
+    """The proof's conditional DDPM and its training examples, built the way `train_ddpm` builds them."""
+    from defectgen.diffusion.data import read_training_samples
+    from defectgen.diffusion.ddpm import ConditionalDdpm
+
+    normals, labeled = read_training_samples(data_root / "train" / "good", data_root / "labeled")
+    torch.manual_seed(0)
+    model = ConditionalDdpm.build(resolution, 1, preset, sorted({s.class_name or "defect" for s in labeled}))
+    return model, model.examples(normals, labeled, "random", 0)
+
+
+def conditional_reference(data_root: Path, resolution: int, preset: str, steps: int, warmup: int,
+                          batch: int) -> dict:
+    """diffusers' example loop (train_unconditional.py's structure) on the conditional model and examples."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    model, data = conditional_model(data_root, resolution, preset)
+    unet, loss_fn = model.module().train(), model.loss(0.1)
+    opt = torch.optim.AdamW(unet.parameters(), lr=5e-4, weight_decay=1e-6)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=steps + warmup)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    loader = torch.utils.data.DataLoader(_Examples(data), batch_size=batch, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0))
+    losses, t0, done = [], None, 0
+    while done < steps + warmup:
+        for b in loader:
+            if done == warmup:
+                t0 = time.perf_counter()
+            losses.append(example_step(loss_fn(unet, b), unet, opt, sched, ema))
+            done += 1
+            if done >= steps + warmup:
+                break
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": steps * batch / seconds, "seconds": seconds,
+            "loss_mean": float(np.mean(losses[warmup:])), "loss_curve": loss_curve(losses)}
+
+
+def loss_curve(losses: list[float], window: int = 25) -> list[float]:
+    """Mean loss per `window` steps: what "keeps the loss curve" compares between two loops."""
+    return [float(np.mean(losses[i:i + window])) for i in range(0, len(losses), window)]
+
+
+def conditional_ours(data_root: Path, resolution: int, preset: str, steps: int, warmup: int, batch: int,
+                     **options) -> dict:
+    """`train_loop` on the conditional model and examples, with the proof's settings plus `options`."""
+    model, data = conditional_model(data_root, resolution, preset)
+    cfg = TrainConfig(steps=steps + warmup, batch_size=batch, lr=5e-4, warmup_steps=0, checkpoint_every=0,
+                      checkpoint_minutes=0, progress=False, log_every=10**9, **options)
+    times, losses = [], []
+
+    def callback(step, loss):
+        times.append(time.perf_counter())
+        losses.append(loss)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_loop(model.module(), model.loss(0.1), data, tmp, cfg, save_fn=lambda m, p: None, callback=callback,
+                   log=lambda m: None)
+    seconds = times[-1] - times[warmup - 1]
+    return {"images_per_s": steps * batch / seconds, "seconds": seconds, "loss_mean": float(np.mean(losses[warmup:])),
+            "loss_curve": loss_curve(losses), "options": options}
+
+
+def conditional_main(args) -> None:
+    """--conditional: the reference loop, ours as the proof runs it, and ours with each variant, in one run."""
+    variants = {"proof settings": {}}
+    for v in args.variants:
+        name, _, value = v.partition("=")
+        options = {"channels_last": {"channels_last": True}, "bf16": {"mixed_precision": "bf16"},
+                   "channels_last+bf16": {"channels_last": True, "mixed_precision": "bf16"}}
+        variants[name] = options[name] if not value else json.loads(value)
+    report = {"benchmark": "ddpm_throughput", "mode": "conditional", "tag": args.tag, "data": args.conditional.name,
+              "preset": args.preset, "resolution": args.resolutions[0], **provenance(torch.device("cpu")),
+              "batch_size": args.batch_size, "timed_steps": args.steps, "warmup_steps": args.warmup,
+              "command": "python benchmarks/ddpm_throughput.py " + " ".join(sys.argv[1:]), "results": {}}
+    out = args.out or Path(__file__).parent / "results" / (
+        f"ddpm_throughput_cpu_conditional{'_' + args.tag if args.tag else ''}.json")
+    runs = {"reference (diffusers example loop)": lambda: conditional_reference(
+        args.conditional, args.resolutions[0], args.preset, args.steps, args.warmup, args.batch_size)}
+    for name, options in variants.items():
+        runs[f"defectgen: {name}"] = lambda o=options: conditional_ours(
+            args.conditional, args.resolutions[0], args.preset, args.steps, args.warmup, args.batch_size, **o)
+    for name, fn in runs.items():
+        report["results"][name] = fn()
+        print(name, json.dumps(report["results"][name]), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
@@ -169,7 +285,21 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=["ddpm:1000", "ddim:50", "dpm:20"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--conditional", type=Path, default=None,
+                    help="an MVTec-layout dataset with labeled/: time the proof's conditional DDPM on it")
+    ap.add_argument("--variants", nargs="*", default=["channels_last", "bf16"],
+                    help="--conditional: our loop again with these options (channels_last, bf16, "
+                    "channels_last+bf16, or NAME={json TrainConfig fields})")
+    ap.add_argument("--tag", default="", help="--conditional: suffix of the result file")
     args = ap.parse_args()
+    if args.conditional is not None:
+        if args.preset == "base" and "--preset" not in sys.argv:
+            args.preset = "tiny"
+        if "--resolutions" not in sys.argv:
+            args.resolutions = [64]
+        if "--batch-size" not in sys.argv:
+            args.batch_size = 8
+        return conditional_main(args)
     device = torch.device(args.device)
     fast = device.type == "cuda"  # bf16/compile/fused are GPU features; on a CPU both loops run fp32 eager
     plans = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers]

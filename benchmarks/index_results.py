@@ -71,6 +71,15 @@ def _mt_proof(name: str, detector: str, metric: str = "pixel_ap") -> Callable[[d
     return headline
 
 
+def _neu_seg_curve(d: dict[str, dict]) -> str:
+    c = d["learning_curve_neu-det_seg_cpu-128.json"]["curves"]
+    ap, box = c["pixel_ap"], c["map50"]
+    return (f"seg NEU-DET, 3 seeds, 128 px, pixel AP: 20% {_mean_std(ap, '0.2')}, 40% {_mean_std(ap, '0.4')}, "
+            f"100% {_mean_std(ap, '1')} (rises beyond 2 SE: {ap['rises']}); box mAP@0.5 (boxes cut from maps): "
+            f"20% {_mean_std(box, '0.2')}, 40% {_mean_std(box, '0.4')}, 100% {_mean_std(box, '1')} "
+            f"(rises: {box['rises']})")
+
+
 def _mt_curve(d: dict[str, dict]) -> str:
     c = d["learning_curve_magnetic-tile_seg_cpu.json"]["curves"]
     ap, pro = c["pixel_ap"], c["aupro"]
@@ -232,6 +241,21 @@ def _ddpm(d: dict[str, dict]) -> str:
             f"DPM-Solver-20 sampling {r['sampling']['dpm-20']['images_per_s']:.2f} images/s")
 
 
+def _ddpm_conditional(d: dict[str, dict]) -> str:
+    before = d["ddpm_throughput_cpu_conditional_before.json"]["results"]
+    after = d["ddpm_throughput_cpu_conditional_after.json"]["results"]
+    ref, old = before["reference (diffusers example loop)"], before["defectgen: proof settings"]
+    rate = {k.removeprefix("defectgen: "): v["images_per_s"] for k, v in after.items()}
+    curve = d["ddpm_throughput_cpu_conditional_bf16-loss-300.json"]["results"]
+    fp32, bf16 = curve["defectgen: proof settings"]["loss_curve"], curve["defectgen: bf16"]["loss_curve"]
+    gap = max(abs(a - b) for a, b in zip(fp32, bf16, strict=True))
+    return (f"conditional DDPM, tiny, 64 px, batch 8, images/s: before {old['images_per_s']:.1f} (reference "
+            f"{ref['images_per_s']:.1f}); after: fp32 {rate['proof settings']:.1f}, channels_last "
+            f"{rate['channels_last']:.1f}, bf16 {rate['bf16']:.1f} ({rate['bf16'] / old['images_per_s']:.2f}x before, "
+            f"reference {after['reference (diffusers example loop)']['images_per_s']:.1f} in the same run); bf16's "
+            f"loss curve within {gap:.4f} of fp32's over 300 steps")
+
+
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
@@ -250,6 +274,8 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
     ("proof-mt-seg-3seeds", "proof", "magnetic-tile: seg with 3 seeds, the real-only curve at 25/50/100% of labeled/, "
      "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
+    ("learning-curve-neu-det-seg", "learning_curve", "real-only learning curve of seg on NEU-DET, 3 seeds, 128 px",
+     ["learning_curve_neu-det_seg_cpu-128.json"], "current", None, "", _neu_seg_curve),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
      ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
     ("det-neu-box-heads", "det_neu", "det's three box heads on NEU-DET (FCOS, RetinaNet, Faster R-CNN), both fixes",
@@ -313,6 +339,10 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      ["coreset_speed_*.json"], "current", None, "", _coreset),
     ("large-images", "large_images", "ExDD on 2000x800 images: tiles vs whole images, memory and time",
      ["large_images_*.json"], "current", None, "", _large),
+    ("ddpm-throughput-conditional", "ddpm_throughput", "the proof's conditional DDPM training step on CPU: before and "
+     "after fused AdamW, foreach EMA and cheaper Perlin masks; channels_last and bf16 against the diffusers loop",
+     ["ddpm_throughput_cpu_conditional_*.json"], "current", None, "before: the library at c813c59, same script",
+     _ddpm_conditional),
     ("ddpm-throughput", "ddpm_throughput", "DDPM training and sampling speed on CPU, tiny preset",
      ["ddpm_throughput_*.json"], "current", None, "measured on the earlier 2-level tiny UNet", _ddpm),
 ]
@@ -403,7 +433,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
 # (dataset, detector, family holding its current figure, the JSON its headline comes from): the rows of RESULTS.md
 HEADLINES = [
     ("NEU-DET", "det (FCOS, boxes)", "proof-neu-det", "proof_neu_cpu-det-3seeds.json"),
-    ("NEU-DET", "seg (boxes cut from maps)", "proof-neu-detection", "proof_neu_cpu-diffusion-40-100.json"),
+    ("NEU-DET", "seg (boxes cut from maps)", "learning-curve-neu-det-seg", "learning_curve_neu-det_seg_cpu-128.json"),
     ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
     ("magnetic-tile", "seg (generated sets, 3 seeds)", "proof-mt-seg-3seeds", "proof_cpu-seg-3seeds.json"),
     ("magnetic-tile", "ExDD (generated sets, seed 0)", "proof-final", "proof_cpu-final-exdd-seg.json"),

@@ -82,7 +82,7 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10
     progress: bool = True
-    # GPU speed-ups (no effect on what is learned): NHWC convolutions, torch.compile, fused AdamW on CUDA.
+    # Speed-ups (no effect on what is learned): NHWC convolutions, torch.compile, fused AdamW (CUDA and CPU).
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = True
@@ -392,6 +392,11 @@ def _make_accelerator(cfg: TrainConfig, out_dir: Path):
         kwargs["log_with"] = "tensorboard"
     try:
         process_state()  # first: join the launcher's process group, also on CPUs
+        # accelerate keeps one mixed precision a process and refuses another: each run sets its own (bf16, then
+        # fp32 in one notebook). Only the per-run state goes; the process group (PartialState) stays.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
         return Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=_launched_without_gpu(),
             project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
@@ -780,8 +785,9 @@ def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
     torch.manual_seed(cfg.seed)  # same starting RNG state on every process; batches shard by rank below
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    fused = cfg.fused_optimizer and accelerator.device.type == "cuda"
-    module.to(accelerator.device)  # fused AdamW needs the parameters on the GPU when it is built
+    # torch's fused AdamW kernel runs on CUDA and on the CPU (one pass over all parameters, not a Python loop)
+    fused = cfg.fused_optimizer and accelerator.device.type in ("cuda", "cpu")
+    module.to(accelerator.device)  # fused AdamW needs the parameters on their device when it is built
     optimizer = torch.optim.AdamW(_trainable(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if fused else {}))
     lr_scheduler = get_scheduler(
@@ -798,7 +804,7 @@ def _prepare_run(module: nn.Module, cfg: TrainConfig, out_dir: Path) -> _Run:
     ema = None
     if cfg.ema:
         ema = EMAModel(_trainable(accelerator.unwrap_model(model)), decay=cfg.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=1.0, power=3 / 4)
+                       inv_gamma=1.0, power=3 / 4, foreach=True)  # one multi-tensor update, not one per tensor
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     return _Run(cfg, accelerator, model, optimizer, lr_scheduler, ema)
