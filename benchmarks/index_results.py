@@ -274,6 +274,9 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
     ("proof-mt-seg-3seeds", "proof", "magnetic-tile: seg with 3 seeds, the real-only curve at 25/50/100% of labeled/, "
      "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
+    ("proof-mt-exdd-3seeds", "proof", "magnetic-tile: ExDD with 3 seeds, the real-only curve at 25/50/100% of "
+     "labeled/, the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
+     ["proof_cpu-exdd-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-exdd-3seeds.json", "exdd")),
     ("learning-curve-neu-det-seg", "learning_curve", "real-only learning curve of seg on NEU-DET, 3 seeds, 128 px",
      ["learning_curve_neu-det_seg_cpu-128.json"], "current", None, "", _neu_seg_curve),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
@@ -436,7 +439,8 @@ HEADLINES = [
     ("NEU-DET", "seg (boxes cut from maps)", "learning-curve-neu-det-seg", "learning_curve_neu-det_seg_cpu-128.json"),
     ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
     ("magnetic-tile", "seg (generated sets, 3 seeds)", "proof-mt-seg-3seeds", "proof_cpu-seg-3seeds.json"),
-    ("magnetic-tile", "ExDD (generated sets, seed 0)", "proof-final", "proof_cpu-final-exdd-seg.json"),
+    ("magnetic-tile", "ExDD (generated sets, 3 seeds)", "proof-mt-exdd-3seeds", "proof_cpu-exdd-3seeds.json"),
+    ("magnetic-tile", "seg, ExDD (more sets, seed 0)", "proof-final", "proof_cpu-final-exdd-seg.json"),
     ("magnetic-tile", "ExDD, second seed", "proof-seed1", "proof_cpu-final-exdd-seed1.json"),
 ]
 
