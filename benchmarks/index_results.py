@@ -98,7 +98,9 @@ def _box_heads(d: dict[str, dict]) -> str:
         t = r.get("training", {})
         parts.append(f"{r['args']['box_head']} {_f(r['coco']['map50'])} / {_f(r['coco']['map'])} "
                      f"({t.get('epochs')} epochs, {r['fit_seconds']:.0f} s)")
-    return "mAP@0.5 / mAP@[.5:.95], 40% of the labels, one seed, 224 px: " + ", ".join(parts)
+    sizes = sorted({r["args"].get("size") for r in d.values()})
+    return (f"mAP@0.5 / mAP@[.5:.95], 40% of the labels, one seed, {'/'.join(map(str, sizes))} px: "
+            + ", ".join(parts))
 
 
 def _det_neu(d: dict[str, dict]) -> str:
@@ -281,7 +283,10 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      ["learning_curve_neu-det_seg_cpu-128.json"], "current", None, "", _neu_seg_curve),
     ("learning-curve-magnetic-tile", "learning_curve", "real-only learning curve of seg on magnetic-tile, 3 seeds",
      ["learning_curve_magnetic-tile_seg_cpu.json"], "current", None, "", _mt_curve),
-    ("det-neu-box-heads", "det_neu", "det's three box heads on NEU-DET (FCOS, RetinaNet, Faster R-CNN), both fixes",
+    ("det-neu-box-heads-128", "det_neu", "det's three box heads on NEU-DET at 128 px (FCOS, RetinaNet, Faster "
+     "R-CNN), 40% of the labels", ["det_neu_cpu-heads-40-128-*.json"], "current", None,
+     "one seed: a first look, not a verdict", _box_heads),
+    ("det-neu-box-heads", "det_neu", "det's box heads on NEU-DET at 224 px (FCOS, RetinaNet; Faster R-CNN stopped)",
      ["det_neu_cpu-heads-40-*.json"], "current", None, "one seed: a first look, not a verdict", _box_heads),
     ("det-neu-heads", "det_neu", "det on NEU-DET on 2026-12-02's machine; the box-head comparison stopped after FCOS",
      ["det_neu_cpu-heads-*.json"], "superseded", "learning-curve-neu-det",
