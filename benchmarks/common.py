@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +56,24 @@ SHARED = ROOT.parent / "shared"
 
 
 def rel(path) -> str:
-    """Results name paths relative to the repository, never the machine's layout."""
-    return os.path.relpath(path, ROOT) if Path(str(path)).exists() else str(path)
+    """Results name paths relative to the repository, never the machine's layout: inside the repository or beside
+    it in ../shared as a relative path, in the temporary folder as $TMPDIR/..., elsewhere by its name alone."""
+    import tempfile
+
+    if not Path(str(path)).exists():
+        return str(path)
+    full = Path(path).resolve()
+    for base, shown in ((ROOT, None), (SHARED.resolve(), "../shared"), (Path(tempfile.gettempdir()).resolve(),
+                                                                         "$TMPDIR")):
+        if full.is_relative_to(base):
+            inner = full.relative_to(base).as_posix()
+            return inner if shown is None else f"{shown}/{inner}"
+    return f"<elsewhere>/{full.name}"
 
 
 def command_line(script: str, argv: list[str]) -> str:
-    """The command a result came from, with absolute paths written relative to the repository (see `rel`)."""
-    return " ".join(["python", script, *(rel(a) if Path(a).is_absolute() else a for a in argv)])
+    """The command a result came from, with the paths in it written as `rel` writes them."""
+    return " ".join(["python", script, *(rel(a) if "/" in a and Path(a).exists() else a for a in argv)])
 
 
 def proof_parser(doc: str, configs: dict, dataset: str, generators: str):

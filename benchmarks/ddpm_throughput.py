@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import provenance  # noqa: E402
+from benchmarks.common import command_line, provenance  # noqa: E402
 from defectgen.diffusion.ddpm import build_model  # noqa: E402
 from defectgen.diffusion.losses import unconditional_loss  # noqa: E402
 from defectgen.diffusion.samplers import perturb_and_denoise  # noqa: E402
@@ -248,16 +248,16 @@ def conditional_ours(data_root: Path, resolution: int, preset: str, steps: int, 
 
 def conditional_main(args) -> None:
     """--conditional: the reference loop, ours as the proof runs it, and ours with each variant, in one run."""
+    named = {"channels_last": {"channels_last": True}, "bf16": {"mixed_precision": "bf16"},
+             "channels_last+bf16": {"channels_last": True, "mixed_precision": "bf16"}}
     variants = {"proof settings": {}}
     for v in args.variants:
         name, _, value = v.partition("=")
-        options = {"channels_last": {"channels_last": True}, "bf16": {"mixed_precision": "bf16"},
-                   "channels_last+bf16": {"channels_last": True, "mixed_precision": "bf16"}}
-        variants[name] = options[name] if not value else json.loads(value)
+        variants[name] = json.loads(value) if value else named[name]
     report = {"benchmark": "ddpm_throughput", "mode": "conditional", "tag": args.tag, "data": args.conditional.name,
               "preset": args.preset, "resolution": args.resolutions[0], **provenance(torch.device("cpu")),
               "batch_size": args.batch_size, "timed_steps": args.steps, "warmup_steps": args.warmup,
-              "command": "python benchmarks/ddpm_throughput.py " + " ".join(sys.argv[1:]), "results": {}}
+              "command": command_line("benchmarks/ddpm_throughput.py", sys.argv[1:]), "results": {}}
     out = args.out or Path(__file__).parent / "results" / (
         f"ddpm_throughput_cpu_conditional{'_' + args.tag if args.tag else ''}.json")
     runs = {"reference (diffusers example loop)": lambda: conditional_reference(

@@ -11,8 +11,7 @@ the start of gpu_check.sh) and at most `--train-minutes`:
 1. a timed warm-up of the conditional DDPM at the GPU preset (proof.py's CONFIGS["gpu"]: base, 256 px, batch 32,
    bf16 on CUDA), steady-state images/s from its steps, and the time of one synthesis batch with that model;
 2. the CPU-config model (CONFIGS["cpu"]: tiny, 64 px, 800 steps, batch 8, fp32): the folder --cpu-model names,
-   else trained here with those settings on the same data, in a process of its own (accelerate keeps one mixed
-   precision a process: fp32 after bf16 in one process is refused);
+   else trained here with those settings on the same data (each training run sets its own mixed precision);
 3. its `--n` defects on train/good with the real labeled masks (RealMasks), its KID and the rest of
    `quality_report` against the real test defects;
 4. seg, 3 seeds, at 256 px: the real-only learning curve (25/50/100% of labeled/), the set alone and real + set;
@@ -33,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -275,16 +273,6 @@ class Check:
         return train_model(folder, self.a.data, model, steps, seed=self.a.seed, gpu=self.cuda or self.a.bf16,
                            say=self.say, checkpoints=checkpoints)
 
-    def train_apart(self, folder: Path) -> dict:
-        """The CPU-config model (fp32, as on a CPU) in a process of its own: accelerate keeps one mixed precision
-        a process, and the GPU-preset model trains in bf16."""
-        t = time.perf_counter()
-        command = [sys.executable, str(Path(__file__).resolve()), "--train-apart", str(folder),
-                   "--data", str(self.a.data), "--seed", str(self.a.seed)] + (["--smoke"] if self.a.smoke else [])
-        subprocess.run(command, check=True)
-        trained = json.loads(Path(f"{folder}.json").read_text())
-        return {**trained, "process_s": time.perf_counter() - t}
-
     def synthesize(self, model: Path, out: Path, n: int, sample_steps: int) -> dict:
         """`n` defects with the model on train/good with the real labeled masks, as proof.py --masks real."""
         from defectgen.masks.real import RealMasks
@@ -422,7 +410,8 @@ class Check:
                                                  "training": meta.get("training"), "result": meta.get("result")}
         else:
             cpu_model = work / "cpu-model"
-            trained = self.train_apart(cpu_model)
+            trained = train_model(cpu_model, a.data, s["cpu_model"], s["cpu_model"]["steps"], seed=a.seed, gpu=False,
+                                  say=self.say)
             self.record["train"]["cpu-model"] = {"source": "trained by this check with the cpu config", **trained}
         self.phase("cpu-model", time.perf_counter() - t)
 
@@ -506,8 +495,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="train the GPU-preset model in bf16 also without CUDA (the GPU run's precisions, on a CPU)")
     p.add_argument("--compact", type=Path, default=None, metavar="DST",
                    help="only write a compact copy of --data to DST (and DST.json) and exit")
-    p.add_argument("--train-apart", type=Path, default=None, metavar="DST",
-                   help="only train the CPU-config model into DST and write DST.json (the check runs this)")
     p.add_argument("--max-side", type=int, default=256, help="--compact: the images' longer side at most")
     p.add_argument("--quality", type=int, default=80, help="--compact: JPEG quality")
     return p.parse_args(argv)
@@ -518,12 +505,6 @@ def main(argv: list[str]) -> None:
     if args.compact is not None:
         summary = compact_dataset(args.data, args.compact, args.max_side, args.quality)
         print(json.dumps(summary))
-        return
-    if args.train_apart is not None:
-        model = settings(args.smoke)["cpu_model"]
-        trained = train_model(args.train_apart, args.data, model, model["steps"], seed=args.seed, gpu=False,
-                              say=lambda message: print(f"[cpu-model] {message}", flush=True))
-        Path(f"{args.train_apart}.json").write_text(json.dumps(trained, indent=2) + "\n")
         return
     if args.cpu_model is not None and not (args.cpu_model / "defectgen.json").is_file():
         raise SystemExit(f"--cpu-model {args.cpu_model}: not a model folder (no defectgen.json)")
