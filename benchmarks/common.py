@@ -91,24 +91,55 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     parser.add_argument("--reuse", action="store_true",
                         help="keep models already trained in --work (to vary synthesis or detection only)")
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--ddpm-steps", type=int, default=None,
+                        help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
+                        help="the generators' training precision (default: bf16 with --config gpu, else fp32)")
+    parser.add_argument("--sets-only", action="store_true",
+                        help="run only the detector runs that hold each set (the set alone, real+set): no "
+                        "baselines and no curve; `benchmarks/compute_curve.py` pairs them with the runs of a full "
+                        "proof at the same seeds and settings")
     return parser
 
 
-def proof_train_config(steps: int, batch: int, lr: float, seed: int, gpu: bool):
-    """Short-run training settings: warm-up a tenth of the run (at most 200 steps), a checkpoint half-way."""
+def proof_train_config(steps: int, batch: int, lr: float, seed: int, gpu: bool, precision: str | None = None):
+    """Short-run training settings: warm-up a tenth of the run (at most 200 steps), a checkpoint half-way; mixed
+    precision `precision` (None: bf16 on the GPU config, fp32 on the CPU so earlier CPU results stay comparable)."""
     from defectgen.diffusion.training import TrainConfig
 
+    precision = precision or ("bf16" if gpu else "no")
     return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(200, steps // 10),
-                       checkpoint_every=max(steps // 2, 1), seed=seed, mixed_precision="bf16" if gpu else "no")
+                       checkpoint_every=max(steps // 2, 1), seed=seed, mixed_precision=precision)
+
+
+def proof_settings(configs: dict, args) -> dict:
+    """The config's settings with the command line's overrides (--ddpm-steps)."""
+    cfg = dict(configs[args.config])
+    if args.ddpm_steps:
+        cfg["ddpm_steps"] = args.ddpm_steps
+    return cfg
 
 
 def reusable_model(folder: Path, reuse: bool) -> dict | None:
-    """The timing record of a model kept from an earlier run in `folder`, or None when it must be trained."""
+    """The timing record of a model kept from an earlier run in `folder` (its training time and steps as the
+    model's defectgen.json recorded them), or None when it must be trained."""
+    import json
+
     from defectgen.diffusion.folder import has_metadata
 
-    if reuse and has_metadata(folder):
-        return {"train_s": None, "reused": rel(folder)}
-    return None
+    if not (reuse and has_metadata(folder)):
+        return None
+    meta = json.loads((folder / "defectgen.json").read_text()) if (folder / "defectgen.json").is_file() else {}
+    training = meta.get("training", {})
+    return {"train_s": meta.get("result", {}).get("seconds"), "reused": rel(folder), "steps": training.get("steps"),
+            "mixed_precision": training.get("mixed_precision")}
+
+
+def seeded_json(runs: dict) -> dict:
+    """The per-seed values behind a proof's verdicts ({detector: {run: RunSeeds}}) as JSON, so that a later run
+    with the same seeds can be paired with these runs (`benchmarks/compute_curve.py`)."""
+    return {d: {name: {"values": r.values, "real_images": r.real_images} for name, r in by_run.items()}
+            for d, by_run in runs.items()}
 
 
 def stack_rows(rows: list[np.ndarray]) -> np.ndarray:

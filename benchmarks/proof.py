@@ -32,10 +32,12 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
     proof_parser,
+    proof_settings,
     proof_train_config,
     provenance,
     rel,
     reusable_model,
+    seeded_json,
     stack_rows,
     write_results,
 )
@@ -74,6 +76,15 @@ def compare_sets(runs: dict, sets: dict) -> dict:
 
 
 
+def run_key(name: str, run: str, masks: str) -> str:
+    """The proof's name for run `run` of the validate call that held set `name`."""
+    if run == "synthetic":  # draem on the same masks as the diffusion sets, beside the built-in draem baseline
+        return f"{name} ({masks} masks)" if name == "draem" else name
+    if run == "real+synthetic":
+        return f"real+{name}"
+    return "draem (Perlin masks, baseline)" if run == "draem" else run
+
+
 def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "magnetic-tile", "ddpm,cddpm,ldm,draem,copypaste")
     parser.add_argument("--transplant-strength", type=float, default=0.5,
@@ -100,7 +111,7 @@ def main() -> None:
                         help="ExDD: drop synthetic patches the normal bank explains (see ExDD; default off: "
                         "ExDD exactly as DESIGN.md defines it; `defectgen validate` uses 0.999)")
     args = parser.parse_args()
-    cfg = CONFIGS[args.config]
+    cfg = proof_settings(CONFIGS, args)
     work = args.work or ROOT / "out" / f"proof-{args.config}"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -124,7 +135,11 @@ def main() -> None:
         return record is not None
 
     def train_cfg(steps, batch, lr):
-        return proof_train_config(steps, batch, lr, args.seed, gpu=args.config == "gpu")
+        return proof_train_config(steps, batch, lr, args.seed, gpu=args.config == "gpu",
+                                  precision=args.mixed_precision)
+
+    def trained(seconds: float, steps: int) -> dict:
+        return {"train_s": seconds, "steps": steps, "mixed_precision": train_cfg(steps, 1, 0.0).mixed_precision}
 
     # the harmonized transplants re-draw pasted real defects with the DDPMs trained here
     wanted = set(generators) | {g.removeprefix("transplant-") for g in generators if g.startswith("transplant-")}
@@ -133,13 +148,13 @@ def main() -> None:
         train_ddpm(work / "ddpm", good, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"], crop="random",
                    config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["ddpm"] = work / "ddpm"
-        timings["ddpm"] = {"train_s": time.perf_counter() - t}
+        timings["ddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"])
     if "cddpm" in wanted and not reused("cddpm"):
         t = time.perf_counter()
         train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
                    crop="random", config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["cddpm"] = work / "cddpm"
-        timings["cddpm"] = {"train_s": time.perf_counter() - t}
+        timings["cddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"])
     if "ldm" in generators and not reused("ldm"):
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
@@ -147,7 +162,7 @@ def main() -> None:
                   preset="tiny" if args.config == "cpu" else "small", prompts=PROMPT_DIR / "tile.yaml",
                   resolution=cfg["ldm_res"], tokenizer=tok, vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         models["ldm"] = work / "ldm"
-        timings["ldm"] = {"train_s": time.perf_counter() - t}
+        timings["ldm"] = trained(time.perf_counter() - t, cfg["ldm_steps"])
     variants = {"copypaste": {}, "copypaste-seamless": {"blend": "seamless"}, "copypaste-flips": {"augment": "flips"}}
     for name in ("draem", *variants):  # generators without a model to train (the variants are copypaste's)
         if name in generators:
@@ -159,7 +174,8 @@ def main() -> None:
     for name in ("transplant-ddpm", "transplant-cddpm"):
         if name in generators:
             models[name] = models[name.removeprefix("transplant-")]
-            timings[name] = {"train_s": timings[name.removeprefix("transplant-")]["train_s"], **transplant}
+            timings[name] = {**timings[name.removeprefix("transplant-")], **transplant}
+            timings[name].pop("reused", None)
 
     sets: dict[str, Path] = {}
     suffix = f"-{args.tag}" if args.tag else ""
@@ -204,10 +220,12 @@ def main() -> None:
         first = True
         for name, folder in sets.items():
             seg = detector == "seg"
-            with_real = seg or curve is not None  # every detector has the real baselines; curves need them
+            with_real = seg or curve is not None or args.sets_only  # curves need the real baselines
             if name == "draem" and args.masks == "perlin" and not seg:
                 continue  # the same as the draem baseline that runs inside run_validation, on the same count
-            if first:
+            if args.sets_only:  # paired later with a full proof's baselines (compute_curve.py)
+                baselines = ("real+synthetic",)
+            elif first:
                 baselines = ("real", "draem", "real+synthetic") if seg else \
                     ("none", "draem") + (("real", "real+synthetic") if with_real else ())
             else:
@@ -218,13 +236,11 @@ def main() -> None:
                 resolution=cfg["det_res"],
                 seed=args.seed, steps=cfg["ast_steps"], batch_size=cfg["ast_batch"], coreset_ratio=cfg["coreset"],
                 n_draem=cfg["n"], max_train=cfg["max_train"], overwrite=True, progress=sys.stderr.isatty(),
-                positive_quantile=args.positive_quantile, seeds=args.seeds, curve=curve if first else None,
+                positive_quantile=args.positive_quantile, seeds=args.seeds,
+                curve=curve if first and not args.sets_only else None,
             ))
             for run, values in res["runs"].items():
-                # draem on the same masks as the diffusion sets vs the built-in draem baseline (Perlin masks)
-                key = (f"{name} ({args.masks} masks)" if name == "draem" else name) if run == "synthetic" else run
-                key = f"real+{name}" if run == "real+synthetic" else key
-                key = "draem (Perlin masks, baseline)" if run == "draem" else key
+                key = run_key(name, run, args.masks)
                 table.setdefault(detector, {})[key] = {m: values["metrics"].get(m) for m in METRICS}
                 table[detector][key]["std"] = {m: v["std"] for m, v in values.get("spread", {}).items()}
                 table[detector][key]["per_class"] = values.get("per_class")
@@ -242,7 +258,7 @@ def main() -> None:
         "settings": cfg, "seed": args.seed, "data": rel(args.data),
         "backbone": rel(args.backbone), **provenance(), "wall_time_s": time.perf_counter() - started,
         "generation": timings, "quality": quality, "detectors": table, "seeds": args.seeds, "curve": curve,
-        "comparisons": comparisons,
+        "comparisons": comparisons, "sets_only": args.sets_only, "seeded": seeded_json(seeded),
         "command": command_line("benchmarks/proof.py", sys.argv[1:]),
     }
     write_results(f"proof_{args.config}{suffix}", out, markdown(out), samples_png)

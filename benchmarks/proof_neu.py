@@ -41,10 +41,12 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
     proof_parser,
+    proof_settings,
     proof_train_config,
     provenance,
     rel,
     reusable_model,
+    seeded_json,
     stack_rows,
     write_results,
 )
@@ -137,7 +139,7 @@ def main() -> None:
     parser.add_argument("--semi", action="store_true", help="also pseudo-label the rest of the train images "
                         "(labels not read) and train each run's +pseudo twin (validate --semi; shares below 100%%)")
     args = parser.parse_args()
-    cfg = CONFIGS[args.config]
+    cfg = proof_settings(CONFIGS, args)
     work = args.work or ROOT / "out" / f"proof-neu-{args.config}"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -171,10 +173,13 @@ def main() -> None:
                 else None
             # no generator: the real labels alone (with --semi, beside their +pseudo twin)
             for k, (name, folders) in enumerate(sets[f].items() or [(None, {})]):
+                if name is None and args.sets_only:
+                    continue  # the real-only runs come from the full proof this one is paired with
+                first = k == 0 and not args.sets_only
                 res = run_validation(ValidationConfig(
                     detector, None, test_dir, work / f"report-{detector}-{name or 'real'}-{round(f * 100)}",
                     synthetic=list(folders.values()) or None,
-                    baselines=("real", "real+synthetic")[:1 if name is None else 2] if k == 0 else ("real+synthetic",),
+                    baselines=("real", "real+synthetic")[:1 if name is None else 2] if first else ("real+synthetic",),
                     real_labeled=subsets[f], backbone=args.backbone, resolution=cfg["det_res"], seed=args.seed,
                     steps=cfg["seg_steps"], batch_size=cfg["seg_batch"], overwrite=True, seeds=args.seeds,
                     progress=sys.stderr.isatty(), n_overlays=4, semi=semi))
@@ -194,9 +199,17 @@ def main() -> None:
         "backbone": rel(args.backbone), "classes": classes, **provenance(),
         "wall_time_s": time.perf_counter() - started, "generation": timings, "quality": table,
         "detection": detection, "semi": args.semi, "seeds": args.seeds, "detectors": detectors,
-        "comparisons": comparisons, "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
+        "comparisons": comparisons, "sets_only": args.sets_only, "seeded": seeded_json(seeded),
+        "command": command_line("benchmarks/proof_neu.py", sys.argv[1:]),
     }
     write_results(name, out, markdown(out), figure)
+
+
+def run_key(name: str | None, run: str) -> str:
+    """The proof's name for run `run` of the validate call that held set `name` (before the share's prefix)."""
+    base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
+    key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
+    return key + ("+pseudo" if pseudo else "")
 
 
 def _row(detection: dict, seeded: dict, detector: str, pct: str, name: str | None, run: str, values: dict) -> None:
@@ -204,9 +217,7 @@ def _row(detection: dict, seeded: dict, detector: str, pct: str, name: str | Non
     values per seed (`seeded[detector]["pct key"]`)."""
     from defectgen.evaluate.compare import RunSeeds
 
-    base, pseudo = run.removesuffix("+pseudo"), run.endswith("+pseudo")
-    key = {"synthetic": f"{name} only", "real+synthetic": f"real+{name}"}.get(base, base)
-    key += "+pseudo" if pseudo else ""
+    key = run_key(name, run)
     coco = values["coco"]
     spread = values.get("spread", {})
     detection.setdefault(pct, {})[key if detector == "seg" else f"{detector}: {key}"] = {
@@ -258,7 +269,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     models: dict[str, Path] = {}
 
     def train_cfg(steps, lr):
-        return proof_train_config(steps, cfg["batch"], lr, args.seed, gpu=args.config == "gpu")
+        return proof_train_config(steps, cfg["batch"], lr, args.seed, gpu=args.config == "gpu",
+                                  precision=args.mixed_precision)
 
     for name in generators:
         folder = work / f"{name}{tag}"
@@ -279,7 +291,9 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
             train_ldm(labeled, folder, config=train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
                       prompts=PROMPT_DIR / "steel.yaml", resolution=cfg["res"], tokenizer=tok,
                       vae_steps=cfg["ldm_vae_steps"], overwrite=True)
-        models[name], timings[name] = folder, {"train_s": time.perf_counter() - t}
+        steps = cfg["ddpm_steps"] if name == "cddpm" else cfg["ldm_steps"]
+        models[name], timings[name] = folder, {"train_s": time.perf_counter() - t, "steps": steps,
+                                               "mixed_precision": train_cfg(steps, 0.0).mixed_precision}
 
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():

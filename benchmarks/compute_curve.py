@@ -1,0 +1,308 @@
+"""The value-versus-compute curve: how much a generator's set is worth as its model trains longer.
+
+Reads one full proof (`proof.py` or `proof_neu.py` with --seeds and --curve/--fractions: the baselines, the
+real-only learning curve, and the generators' sets at the config's training steps) and any number of sets-only
+proofs made with the same seeds and settings but the generators trained longer (`--sets-only --ddpm-steps N`).
+Since every run of a seed trains with that seed, a set of a later proof pairs with the baselines of the first.
+Per detector and per point (a generator at some training steps):
+
+- the paired verdicts of real+SET against real alone and real+copy-paste, of the set alone against copy-paste and
+  draem, and of each point against the same generator's first point (does more training change anything?);
+- real+SET's worth in real defects on the real-only curve (the first headline metric);
+- a plot: real+SET's gain over real alone (mean ± std over seeds) and the set alone's score against the
+  generator's training minutes on the CPU, one line per generator, copy-paste and draem as bands.
+
+    python benchmarks/proof.py --config cpu --masks real --detectors seg --generators cddpm,copypaste --seeds 3 \\
+        --curve 0.25,0.5,1.0 --tag seg-3seeds                                      # the full proof (800 steps)
+    python benchmarks/proof.py --config cpu --masks real --detectors seg --generators cddpm --seeds 3 --sets-only \\
+        --ddpm-steps 3200 --mixed-precision bf16 --tag seg-3200                     # a later point
+    python benchmarks/compute_curve.py --reference benchmarks/results/proof_cpu-seg-3seeds.json \\
+        --points benchmarks/results/proof_cpu-seg-3200.json --tag magnetic-tile-seg
+
+Results: benchmarks/results/compute_curve_<tag>.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import command_line, fmt, provenance, rel, write_results  # noqa: E402
+from defectgen.evaluate.compare import METRIC_NAMES, RunSeeds, verdicts, worth  # noqa: E402
+from defectgen.evaluate.verdicts import Spread  # noqa: E402
+
+BANDS = ("copypaste", "draem")  # the generators without a model: a band each, whatever the compute
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a proof names its runs: `prefix` before every run of the set share (NEU-DET's "20% "), the set alone's
+    name, the real-only curve, and the headline metrics (the first one places runs on the curve)."""
+
+    prefix: str
+    alone_suffix: str
+    curve: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    model_suffix: str = ""  # NEU-DET names a model by its share too: cddpm-20
+
+    def real(self) -> str:
+        return f"{self.prefix}real"
+
+    def mixed(self, generator: str) -> str:
+        return f"{self.prefix}real+{generator}"
+
+    def alone(self, generator: str) -> str:
+        if generator == "draem" and not self.prefix:  # magnetic-tile's draem runs on Perlin masks, built in
+            return "draem (Perlin masks, baseline)"
+        return f"{self.prefix}{generator}{self.alone_suffix}"
+
+
+def layout_of(proof: dict) -> Layout:
+    if proof["benchmark"] == "proof_neu":
+        pct = f"{round(proof['set_fractions'][0] * 100)}% "
+        curve = tuple(f"{round(f * 100)}% real" for f in proof["fractions"])
+        share = round(proof["set_fractions"][0] * 100)
+        return Layout(pct, " only", curve, ("map50", "map"), f"-{share}" if share < 100 else "")
+    return Layout("", "", None, ("pixel_ap", "aupro", "image_auroc"))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One generator trained for `steps` steps (`train_s` seconds on the proof's machine), its runs by detector."""
+
+    generator: str
+    steps: int
+    train_s: float | None
+    mixed_precision: str
+    kid: float | None
+    source: str
+    runs: dict[str, dict[str, RunSeeds]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.generator}@{self.steps}"
+
+
+def read_seeded(proof: dict, path: Path) -> dict[str, dict[str, RunSeeds]]:
+    if "seeded" not in proof:
+        raise SystemExit(f"{path}: no per-seed values ('seeded'); rerun it with this version of the proof script")
+    return {d: {name: RunSeeds(r["values"], r["real_images"]) for name, r in runs.items()}
+            for d, runs in proof["seeded"].items()}
+
+
+def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
+    """Every trained generator's point in `proof`: its steps, training time, KID and its runs."""
+    seeded = read_seeded(proof, path)
+    out = []
+    for model, timing in proof["generation"].items():
+        generator = model.removesuffix(layout.model_suffix) if layout.model_suffix else model
+        if generator in BANDS or timing.get("train_s") == 0.0:
+            continue
+        steps = timing.get("steps") or proof["settings"]["ddpm_steps"]
+        keys = (layout.mixed(generator), layout.alone(generator))
+        runs = {d: {k: r[k] for k in keys if k in r} for d, r in seeded.items()}
+        quality = proof["quality"].get(generator, {})
+        out.append(Point(generator, steps, timing.get("train_s"), timing.get("mixed_precision") or "no",
+                         quality.get("kid"), rel(path), runs))
+    return out
+
+
+def check_same_protocol(reference: dict, other: dict, path: Path) -> None:
+    """A later point pairs with the reference only when both ran the same detectors the same way."""
+    keys = ("benchmark", "config", "seed", "seeds", "masks", "positive_quantile", "set_fractions")
+    differ = [k for k in keys if reference.get(k) != other.get(k)]
+    settings = {k for k in reference["settings"] if not k.startswith(("ddpm_", "ldm_"))}
+    differ += [f"settings.{k}" for k in sorted(settings) if reference["settings"][k] != other["settings"].get(k)]
+    if differ:
+        raise SystemExit(f"{path}: ran with other {', '.join(differ)} than the reference; its runs do not pair")
+
+
+def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], layout: Layout) -> dict:
+    """The verdicts, worth and plotted values of every point under one detector."""
+    own = {k for p in points for k in p.runs.get(detector, {})}
+    runs = {k: v for k, v in reference.items() if k not in own}
+    for p in points:  # each point's runs under its own name, so that two points of one generator pair
+        for key, seeds in p.runs.get(detector, {}).items():
+            runs[key.replace(p.generator, p.name, 1)] = seeds
+    head = layout.metrics[0]
+    first = {}
+    pairs = []
+    for p in points:
+        if layout.mixed(p.name) not in runs:
+            continue
+        first.setdefault(p.generator, p)
+        pairs += [(layout.mixed(p.name), b) for b in (layout.real(), layout.mixed("copypaste"),
+                                                      layout.mixed("draem")) if b in runs]
+        pairs += [(layout.alone(p.name), layout.alone(b)) for b in BANDS
+                  if layout.alone(b) in runs and layout.alone(p.name) in runs]
+        base = first[p.generator]
+        if base is not p:
+            pairs += [(layout.mixed(p.name), layout.mixed(base.name))]
+            if layout.alone(p.name) in runs and layout.alone(base.name) in runs:
+                pairs += [(layout.alone(p.name), layout.alone(base.name))]
+    judged = verdicts(runs, layout.metrics, pairs=pairs)
+    curve = list(layout.curve) if layout.curve else None
+    worths = {w.run: w for w in worth(runs, head, curve=curve)}
+    real = runs[layout.real()].values[head]
+
+    def gain(run: str) -> dict | None:
+        if run not in runs:
+            return None
+        return Spread(tuple(a - b for a, b in zip(runs[run].values[head], real, strict=True))).to_json()
+
+    def alone(run: str) -> dict | None:
+        return Spread(tuple(runs[run].values[head])).to_json() if run in runs else None
+
+    lines = {}
+    for p in points:
+        if layout.mixed(p.name) not in runs:
+            continue
+        w = worths.get(layout.mixed(p.name))
+        lines.setdefault(p.generator, []).append({
+            "steps": p.steps, "train_minutes": None if p.train_s is None else p.train_s / 60,
+            "mixed_precision": p.mixed_precision, "kid": p.kid, "source": p.source,
+            "gain_over_real": gain(layout.mixed(p.name)), "alone": alone(layout.alone(p.name)),
+            "worth": None if w is None else w.to_json()})
+    bands = {b: {"gain_over_real": gain(layout.mixed(b)), "alone": alone(layout.alone(b)),
+                 "worth": None if layout.mixed(b) not in worths else worths[layout.mixed(b)].to_json()}
+             for b in BANDS}
+    return {"metric": head, "real": Spread(tuple(real)).to_json(), "lines": lines, "bands": bands,
+            "verdicts": [v.to_json() for v in judged],
+            "text": [v.line(METRIC_NAMES.get(v.metric, v.metric)) for v in judged]
+            + [worths[k].line() for k in worths if "@" in k]}
+
+
+def plot(detectors: dict, title: str, path: Path) -> Path:
+    """Per detector, real+SET's gain over real alone (top) and the set alone (bottom) against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(detectors)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 6.4), dpi=120, squeeze=False)
+    colours = {"copypaste": "tab:orange", "draem": "tab:grey"}
+    for col, detector in enumerate(names):
+        d = detectors[detector]
+        metric = METRIC_NAMES.get(d["metric"], d["metric"])
+        for row, field in enumerate(("gain_over_real", "alone")):
+            ax = axes[row][col]
+            for band, values in d["bands"].items():
+                s = values[field]
+                if s is None:
+                    continue
+                low, high = s["mean"] - (s["std"] or 0), s["mean"] + (s["std"] or 0)
+                ax.axhspan(low, high, color=colours[band], alpha=0.18, lw=0)
+                ax.axhline(s["mean"], color=colours[band], lw=1, label=f"{band} (± std)")
+            for generator, points in d["lines"].items():
+                xs = [p["train_minutes"] for p in points if p[field] is not None]
+                ys = [p[field]["mean"] for p in points if p[field] is not None]
+                es = [p[field]["std"] or 0 for p in points if p[field] is not None]
+                if not xs:
+                    continue
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=generator)
+                for p, x, y in zip([p for p in points if p[field] is not None], xs, ys, strict=True):
+                    text = f"{p['steps']} steps"
+                    if field == "gain_over_real" and p["worth"]:
+                        text += "\n" + _worth_text(p["worth"])
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+            if field == "gain_over_real":
+                ax.axhline(0.0, color="black", lw=0.8, ls="--", label="real alone")
+            ax.set_xscale("log")
+            ax.set_xlabel("generator training, CPU minutes")
+            ax.set_ylabel(f"real+set − real, {metric}" if field == "gain_over_real" else f"set alone, {metric}")
+            ax.set_title(detector, fontsize=10)
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _worth_text(w: dict) -> str:
+    if w["defects"] is None:
+        missing = [s["position"] for s in w["per_seed"] if s["defects"] is None]
+        return f"none: {' / '.join(sorted(set(missing)))} ({len(missing)} of {len(w['per_seed'])} seeds)"
+    extra = [v - w["labeled"] for v in w["defects"]["values"]]
+    s = Spread(tuple(extra))
+    return f"{s.mean:+.0f} ± {s.std or 0:.0f} real defects"
+
+
+def markdown(out: dict) -> str:
+    lines = [f"# Value against compute: {out['tag']}", "",
+             "Reference: " + ", ".join(f"`{p}`" for p in out["reference"]) + "; later points: "
+             + (", ".join(f"`{p}`" for p in out["points"]) or "none"), ""]
+    for detector, d in out["detectors"].items():
+        metric = METRIC_NAMES.get(d["metric"], d["metric"])
+        lines += [f"## {detector} ({metric}; real alone {fmt(d['real']['mean'])} ± {fmt(d['real']['std'])})", "",
+                  "| set | steps | train min | precision | KID | real+set − real | set alone | worth |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for generator, points in d["lines"].items():
+            for p in points:
+                minutes = "-" if p["train_minutes"] is None else f"{p['train_minutes']:.1f}"
+                kid = "-" if p["kid"] is None else f"{p['kid']:.2f}"
+                lines.append(f"| {generator} | {p['steps']} | {minutes} | {p['mixed_precision']} | {kid} | "
+                             f"{_pm(p['gain_over_real'])} | {_pm(p['alone'], sign='')} | "
+                             f"{_worth_text(p['worth']) if p['worth'] else '-'} |")
+        for band, b in d["bands"].items():
+            lines.append(f"| {band} | - | 0 | - | - | {_pm(b['gain_over_real'])} | {_pm(b['alone'], sign='')} | "
+                         f"{_worth_text(b['worth']) if b['worth'] else '-'} |")
+        lines += ["", *[f"- {t}" for t in d["text"]], ""]
+    return "\n".join(lines) + "\n"
+
+
+def _pm(s: dict | None, sign: str = "+") -> str:
+    if s is None:
+        return "-"
+    mean = f"{s['mean']:{sign}.3f}"
+    return f"{mean} ± {s['std']:.3f}" if s["std"] is not None else mean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="full proof JSONs (baselines and curve), comma-separated: "
+                        "one per detector, the same protocol")
+    parser.add_argument("--points", default="", help="sets-only proof JSONs, comma-separated")
+    parser.add_argument("--tag", required=True, help="suffix of the result files")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    references = [Path(p) for p in args.reference.split(",") if p.strip()]
+    paths = [Path(p) for p in args.points.split(",") if p.strip()]
+    reference = json.loads(references[0].read_text())
+    layout = layout_of(reference)
+    seeded: dict[str, dict[str, RunSeeds]] = {}
+    points: dict[str, Point] = {}
+    for path in references + paths:
+        proof = json.loads(path.read_text())
+        check_same_protocol(reference, proof, path)
+        if path in references:
+            seeded.update(read_seeded(proof, path))  # each detector's baselines from the reference that ran it
+        for p in points_of(proof, path, layout):  # a point measured by several proofs: one per detector
+            if p.name in points:
+                p = replace(points[p.name], runs={**points[p.name].runs, **{d: r for d, r in p.runs.items() if r}})
+            points[p.name] = p
+    ordered = sorted(points.values(), key=lambda p: (p.generator, p.steps))
+    detectors = {d: judge(d, runs, ordered, layout) for d, runs in seeded.items()}
+    name = f"compute_curve_{args.tag}"
+    work = ROOT / "out"
+    work.mkdir(exist_ok=True)
+    figure = plot(detectors, f"{reference['data']}: value against generator training ({args.tag})",
+                  work / f"{name}.png")
+    out = {"benchmark": "compute_curve", "tag": args.tag, "reference": [rel(p) for p in references],
+           "points": [rel(p) for p in paths], "data": reference["data"], **provenance(),
+           "wall_time_s": time.perf_counter() - started, "detectors": detectors,
+           "command": command_line("benchmarks/compute_curve.py", sys.argv[1:])}
+    write_results(name, out, markdown(out), figure)
+
+
+if __name__ == "__main__":
+    main()
