@@ -95,6 +95,8 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
                         help="the generators' training precision (default: bf16 with --config gpu, else fp32)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="the conditional DDPM's classifier-free guidance scale (default: the generator's, 3)")
     parser.add_argument("--sets-only", action="store_true",
                         help="run only the detector runs that hold each set (the set alone, real+set): no "
                         "baselines and no curve; `benchmarks/compute_curve.py` pairs them with the runs of a full "

@@ -77,7 +77,7 @@ def layout_of(proof: dict) -> Layout:
 class Point:
     """One generator trained for `steps` steps (`train_s` seconds on the proof's machine), its runs by detector."""
 
-    generator: str
+    generator: str  # with its sampling variant where the proof changed one: "cddpm g1"
     steps: int
     train_s: float | None
     mixed_precision: str
@@ -107,8 +107,13 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
             continue
         steps = timing.get("steps") or proof["settings"]["ddpm_steps"]
         keys = (layout.mixed(generator), layout.alone(generator))
-        runs = {d: {k: r[k] for k in keys if k in r} for d, r in seeded.items()}
         quality = proof["quality"].get(generator, {})
+        if timing.get("guidance") is not None:  # a sampling variant: its own line
+            generator = f"{generator} g{timing['guidance']:g}"
+            keys = {k: k.replace(model.removesuffix(layout.model_suffix), generator, 1) for k in keys}
+        else:
+            keys = {k: k for k in keys}
+        runs = {d: {keys[k]: r[k] for k in keys if k in r} for d, r in seeded.items()}
         out.append(Point(generator, steps, timing.get("train_s"), timing.get("mixed_precision") or "no",
                          quality.get("kid"), rel(path), runs))
     return out
@@ -142,11 +147,12 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
                                                       layout.mixed("draem")) if b in runs]
         pairs += [(layout.alone(p.name), layout.alone(b)) for b in BANDS
                   if layout.alone(b) in runs and layout.alone(p.name) in runs]
-        base = first[p.generator]
-        if base is not p:
-            pairs += [(layout.mixed(p.name), layout.mixed(base.name))]
-            if layout.alone(p.name) in runs and layout.alone(base.name) in runs:
-                pairs += [(layout.alone(p.name), layout.alone(base.name))]
+        # against the generator's first point (more training), and a sampling variant against the default
+        bases = [first[p.generator].name] + ([f"{p.generator.split()[0]}@{p.steps}"] if " " in p.generator else [])
+        for base in (b for b in bases if b != p.name and layout.mixed(b) in runs):
+            pairs += [(layout.mixed(p.name), layout.mixed(base))]
+            if layout.alone(p.name) in runs and layout.alone(base) in runs:
+                pairs += [(layout.alone(p.name), layout.alone(base))]
     judged = verdicts(runs, layout.metrics, pairs=pairs)
     curve = list(layout.curve) if layout.curve else None
     worths = {w.run: w for w in worth(runs, head, curve=curve)}

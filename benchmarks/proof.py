@@ -187,6 +187,9 @@ def main() -> None:
                    else "dpm"}
         if name == "ddpm" and args.strength is not None:
             options["strength"] = args.strength
+        if name == "cddpm" and args.guidance is not None:
+            options["guidance"] = args.guidance
+            timings[name]["guidance"] = args.guidance
         if name.startswith("transplant-"):
             options.update(labeled=labeled, **transplant)
         if name in variants:

@@ -299,6 +299,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     for name, model in models.items():
         options = {"labeled": labeled} if name == "copypaste" else {"steps": cfg["sample_steps"],
                                                                     "sampler": args.sampler}
+        if name == "cddpm" and args.guidance is not None:
+            options["guidance"] = timings[name]["guidance"] = args.guidance
         generator = load_generator(str(model), **options)
         t, written = time.perf_counter(), 0
         for k, c in enumerate(classes):  # one folder per class: the same count of every class, boxes of that class

@@ -94,3 +94,18 @@ def test_a_proof_without_per_seed_values_is_refused(proofs, tmp_path):
     del old["seeded"]
     with pytest.raises(SystemExit, match="no per-seed values"):
         cc.read_seeded(old, tmp_path / "old.json")
+
+
+def test_a_sampling_variant_is_its_own_line(proofs, tmp_path):
+    variant = json.loads(proofs[1].read_text())
+    variant["generation"]["cddpm"]["guidance"] = 1.0
+    variant["seeded"]["seg"]["real+cddpm"]["values"]["pixel_ap"] = [0.6, 0.61, 0.59]
+    path = tmp_path / "g1.json"
+    path.write_text(json.dumps(variant))
+    judged = _judged([*proofs, path])
+    assert [p["steps"] for p in judged["lines"]["cddpm"]] == [800, 3200]
+    assert [p["steps"] for p in judged["lines"]["cddpm g1"]] == [3200]
+    assert judged["lines"]["cddpm g1"][0]["gain_over_real"]["mean"] == pytest.approx(0.10)
+    assert judged["lines"]["cddpm"][1]["gain_over_real"]["mean"] == pytest.approx(0.05)
+    found = {(v["run"], v["baseline"], v["metric"]): v["mean"] for v in judged["verdicts"]}
+    assert found[("real+cddpm g1@3200", "real+cddpm@3200", "pixel_ap")] == pytest.approx(0.05)
