@@ -31,12 +31,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import command_line, fmt, provenance, rel, write_results  # noqa: E402
 from defectgen.evaluate.compare import METRIC_NAMES, RunSeeds, verdicts, worth  # noqa: E402
-from defectgen.evaluate.verdicts import Spread  # noqa: E402
+from defectgen.evaluate.verdicts import TWO_SE, Spread, worth_in_real_defects  # noqa: E402
 
 BANDS = ("copypaste", "draem")  # the generators without a model: a band each, whatever the compute
 
@@ -166,6 +168,23 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
     def alone(run: str) -> dict | None:
         return Spread(tuple(runs[run].values[head])).to_json() if run in runs else None
 
+    on_curve = curve or sorted((r for r in runs if r.startswith("real@")), key=lambda r: runs[r].real_images) + \
+        [layout.real()]
+
+    def mean_curve_worth(run: str) -> dict | None:
+        """`run`'s worth read on the seeds' mean curve, and the interval its paired gain over real alone (mean ±
+        2 SE) maps to through that curve: defined where a seed's own curve is flat or the run lies past it, and on
+        one fixed curve a difference in worth is a difference in score, so its verdicts are the paired ones."""
+        if run not in runs or len(on_curve) < 2:
+            return None
+        xs = [runs[c].real_images for c in on_curve]
+        ys = [float(np.mean(runs[c].values[head])) for c in on_curve]
+        g = Spread(tuple(a - b for a, b in zip(runs[run].values[head], real, strict=True)))
+        base, half = float(np.mean(real)), TWO_SE * (g.se or 0.0)
+        at = [worth_in_real_defects(xs, ys, base + g.mean + d, runs[run].real_images) for d in (0.0, -half, half)]
+        return {"extra": at[0].extra, "position": at[0].position, "low": at[1].extra, "low_position": at[1].position,
+                "high": at[2].extra, "high_position": at[2].position, "labeled": runs[run].real_images}
+
     lines = {}
     for p in points:
         if layout.mixed(p.name) not in runs:
@@ -175,9 +194,10 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
             "steps": p.steps, "train_minutes": None if p.train_s is None else p.train_s / 60,
             "mixed_precision": p.mixed_precision, "kid": p.kid, "source": p.source,
             "gain_over_real": gain(layout.mixed(p.name)), "alone": alone(layout.alone(p.name)),
-            "worth": None if w is None else w.to_json()})
+            "worth": None if w is None else w.to_json(), "mean_curve_worth": mean_curve_worth(layout.mixed(p.name))})
     bands = {b: {"gain_over_real": gain(layout.mixed(b)), "alone": alone(layout.alone(b)),
-                 "worth": None if layout.mixed(b) not in worths else worths[layout.mixed(b)].to_json()}
+                 "worth": None if layout.mixed(b) not in worths else worths[layout.mixed(b)].to_json(),
+                 "mean_curve_worth": mean_curve_worth(layout.mixed(b))}
              for b in BANDS}
     return {"metric": head, "real": Spread(tuple(real)).to_json(), "lines": lines, "bands": bands,
             "verdicts": [v.to_json() for v in judged],
@@ -191,6 +211,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
     names = list(detectors)
     fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 6.4), dpi=120, squeeze=False)
@@ -215,13 +236,20 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
                     continue
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=generator)
                 for p, x, y in zip([p for p in points if p[field] is not None], xs, ys, strict=True):
-                    text = f"{p['steps']} steps"
-                    if field == "gain_over_real" and p["worth"]:
-                        text += "\n" + _worth_text(p["worth"])
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+                    text = f"{p['steps']} steps" + ("" if p["mixed_precision"] == "no" else f", {p['mixed_precision']}")
+                    if field == "gain_over_real" and p["mean_curve_worth"]:
+                        text += f"\n{_mean_worth(p['mean_curve_worth'])} real defects"
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=6)
             if field == "gain_over_real":
                 ax.axhline(0.0, color="black", lw=0.8, ls="--", label="real alone")
             ax.set_xscale("log")
+            ticks = sorted({p["train_minutes"] for line in d["lines"].values() for p in line
+                            if p["train_minutes"] is not None})
+            if ticks:  # the points' own minutes as ticks, room on the right for their labels
+                ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 3.0)
+                ax.xaxis.set_major_locator(FixedLocator(ticks))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%.0f"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("generator training, CPU minutes")
             ax.set_ylabel(f"real+set − real, {metric}" if field == "gain_over_real" else f"set alone, {metric}")
             ax.set_title(detector, fontsize=10)
@@ -249,20 +277,33 @@ def markdown(out: dict) -> str:
     for detector, d in out["detectors"].items():
         metric = METRIC_NAMES.get(d["metric"], d["metric"])
         lines += [f"## {detector} ({metric}; real alone {fmt(d['real']['mean'])} ± {fmt(d['real']['std'])})", "",
-                  "| set | steps | train min | precision | KID | real+set − real | set alone | worth |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| set | steps | train min | precision | KID | real+set − real | set alone | worth (per seed) | "
+                  "worth on the mean curve [2 SE] |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for generator, points in d["lines"].items():
             for p in points:
                 minutes = "-" if p["train_minutes"] is None else f"{p['train_minutes']:.1f}"
                 kid = "-" if p["kid"] is None else f"{p['kid']:.2f}"
                 lines.append(f"| {generator} | {p['steps']} | {minutes} | {p['mixed_precision']} | {kid} | "
                              f"{_pm(p['gain_over_real'])} | {_pm(p['alone'], sign='')} | "
-                             f"{_worth_text(p['worth']) if p['worth'] else '-'} |")
+                             f"{_worth_text(p['worth']) if p['worth'] else '-'} | "
+                             f"{_mean_worth(p['mean_curve_worth'])} |")
         for band, b in d["bands"].items():
             lines.append(f"| {band} | - | 0 | - | - | {_pm(b['gain_over_real'])} | {_pm(b['alone'], sign='')} | "
-                         f"{_worth_text(b['worth']) if b['worth'] else '-'} |")
+                         f"{_worth_text(b['worth']) if b['worth'] else '-'} | {_mean_worth(b['mean_curve_worth'])} |")
         lines += ["", *[f"- {t}" for t in d["text"]], ""]
     return "\n".join(lines) + "\n"
+
+
+def _mean_worth(w: dict | None) -> str:
+    """'+51 [+20, +90] real defects', a side past the curve's reach named by its position."""
+    if w is None:
+        return "-"
+
+    def one(extra, position):
+        return position if extra is None else f"{extra:+.0f}"
+    return f"{one(w['extra'], w['position'])} [{one(w['low'], w['low_position'])}, " \
+        f"{one(w['high'], w['high_position'])}]"
 
 
 def _pm(s: dict | None, sign: str = "+") -> str:
@@ -301,7 +342,7 @@ def main() -> None:
     name = f"compute_curve_{args.tag}"
     work = ROOT / "out"
     work.mkdir(exist_ok=True)
-    figure = plot(detectors, f"{reference['data']}: value against generator training ({args.tag})",
+    figure = plot(detectors, f"{Path(reference['data']).name}: what a set adds against its generator's training",
                   work / f"{name}.png")
     out = {"benchmark": "compute_curve", "tag": args.tag, "reference": [rel(p) for p in references],
            "points": [rel(p) for p in paths], "data": reference["data"], **provenance(),

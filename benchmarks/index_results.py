@@ -258,6 +258,22 @@ def _ddpm_conditional(d: dict[str, dict]) -> str:
             f"loss curve within {gap:.4f} of fp32's over 300 steps")
 
 
+def _compute_curve(d: dict[str, dict]) -> str:
+    """Per file and detector, each point's gain of real+SET over real alone and its training minutes."""
+    parts = []
+    for _, out in sorted(d.items()):
+        if out.get("benchmark") != "compute_curve":
+            continue
+        for detector, r in out["detectors"].items():
+            points = [f"{g}@{p['steps']} ({p['train_minutes']:.0f} min) {p['gain_over_real']['mean']:+.3f} ± "
+                      f"{p['gain_over_real']['std']:.3f}" for g, line in r["lines"].items() for p in line
+                      if p["gain_over_real"] and p["train_minutes"] is not None]
+            cp = r["bands"]["copypaste"]["gain_over_real"]
+            band = f"; copy-paste {cp['mean']:+.3f} ± {cp['std']:.3f}" if cp else ""
+            parts.append(f"{out['tag']} {detector} {r['metric']}, real+set − real: " + ", ".join(points) + band)
+    return "; ".join(parts)
+
+
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
@@ -276,6 +292,10 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
     ("proof-mt-seg-3seeds", "proof", "magnetic-tile: seg with 3 seeds, the real-only curve at 25/50/100% of labeled/, "
      "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
+    ("compute-curve", "compute_curve", "the generators' value against their training compute: the conditional "
+     "DDPM at 800 / 3200 / 6400 steps, paired with the 3-seed proofs' baselines",
+     ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json"], "current", None,
+     "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
     ("proof-mt-exdd-3seeds", "proof", "magnetic-tile: ExDD with 3 seeds, the real-only curve at 25/50/100% of "
      "labeled/, the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-exdd-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-exdd-3seeds.json", "exdd")),

@@ -67,6 +67,11 @@ def test_points_pair_with_the_reference_and_with_each_other(proofs):
     assert all(58 < d < 117 for d in worth["defects"]["values"])
     assert np.exp((np.log(58) + np.log(117)) / 2) == pytest.approx(worth["defects"]["mean"], rel=0.01)
     assert all(s["position"] == "above the curve" for s in line[1]["worth"]["per_seed"])
+    # on the seeds' mean curve, with the paired gain's 2-SE interval (zero here: the jitter cancels)
+    mean_worth = line[0]["mean_curve_worth"]
+    assert mean_worth["extra"] == pytest.approx(worth["defects"]["mean"] - 117, rel=0.01)
+    assert mean_worth["low"] == pytest.approx(mean_worth["extra"]) and mean_worth["high"] == mean_worth["low"]
+    assert line[1]["mean_curve_worth"]["position"] == "above the curve" and line[1]["mean_curve_worth"]["extra"] > 0
     assert judged["bands"]["copypaste"]["gain_over_real"]["mean"] == pytest.approx(-0.02)
     assert judged["bands"]["draem"]["alone"]["mean"] == pytest.approx(0.15)
 
