@@ -206,7 +206,9 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
 
 
 def plot(detectors: dict, title: str, path: Path) -> Path:
-    """Per detector, real+SET's gain over real alone (top) and the set alone (bottom) against training minutes."""
+    """Per detector, real+SET's gain over real alone (top) and the set alone (bottom) against training steps, each
+    point labelled with its CPU minutes (steps are the comparable axis: the minutes depend on the precision and on
+    what else ran on the machine)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +216,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
     names = list(detectors)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 6.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.6 * len(names), 6.4), dpi=120, squeeze=False)
     colours = {"copypaste": "tab:orange", "draem": "tab:grey"}
     for col, detector in enumerate(names):
         d = detectors[detector]
@@ -229,28 +231,28 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
                 ax.axhspan(low, high, color=colours[band], alpha=0.18, lw=0)
                 ax.axhline(s["mean"], color=colours[band], lw=1, label=f"{band} (± std)")
             for generator, points in d["lines"].items():
-                xs = [p["train_minutes"] for p in points if p[field] is not None]
+                xs = [p["steps"] for p in points if p[field] is not None]
                 ys = [p[field]["mean"] for p in points if p[field] is not None]
                 es = [p[field]["std"] or 0 for p in points if p[field] is not None]
                 if not xs:
                     continue
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=generator)
                 for p, x, y in zip([p for p in points if p[field] is not None], xs, ys, strict=True):
-                    text = f"{p['steps']} steps" + ("" if p["mixed_precision"] == "no" else f", {p['mixed_precision']}")
+                    minutes = "" if p["train_minutes"] is None else f"{p['train_minutes']:.0f} min"
+                    text = minutes + ("" if p["mixed_precision"] == "no" else f", {p['mixed_precision']}")
                     if field == "gain_over_real" and p["mean_curve_worth"]:
-                        text += f"\n{_mean_worth(p['mean_curve_worth'])} real defects"
+                        text += f"\n{_mean_worth(p['mean_curve_worth'], short=True)} real defects"
                     ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=6)
             if field == "gain_over_real":
                 ax.axhline(0.0, color="black", lw=0.8, ls="--", label="real alone")
             ax.set_xscale("log")
-            ticks = sorted({p["train_minutes"] for line in d["lines"].values() for p in line
-                            if p["train_minutes"] is not None})
+            ticks = sorted({p["steps"] for line in d["lines"].values() for p in line})
             if ticks:  # the points' own minutes as ticks, room on the right for their labels
                 ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 3.0)
                 ax.xaxis.set_major_locator(FixedLocator(ticks))
-                ax.xaxis.set_major_formatter(FormatStrFormatter("%.0f"))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%d"))
                 ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("generator training, CPU minutes")
+            ax.set_xlabel("generator training steps (labels: CPU minutes)")
             ax.set_ylabel(f"real+set − real, {metric}" if field == "gain_over_real" else f"set alone, {metric}")
             ax.set_title(detector, fontsize=10)
             ax.legend(fontsize=7)
@@ -295,13 +297,15 @@ def markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean_worth(w: dict | None) -> str:
-    """'+51 [+20, +90] real defects', a side past the curve's reach named by its position."""
+def _mean_worth(w: dict | None, short: bool = False) -> str:
+    """'+51 [+20, +90]' real defects, a side past the curve's reach named by its position."""
     if w is None:
         return "-"
 
     def one(extra, position):
-        return position if extra is None else f"{extra:+.0f}"
+        if extra is None:
+            return position.removesuffix(" the curve") if short else position
+        return f"{extra:+.0f}"
     return f"{one(w['extra'], w['position'])} [{one(w['low'], w['low_position'])}, " \
         f"{one(w['high'], w['high_position'])}]"
 
