@@ -89,7 +89,9 @@ class Point:
 
     @property
     def name(self) -> str:
-        return f"{self.generator}@{self.steps}"
+        """"cddpm@3200 bf16": the precision named where it is not fp32, so a bf16 control at the reference's steps
+        is its own point, paired with the fp32 one."""
+        return f"{self.generator}@{self.steps}" + ("" if self.mixed_precision == "no" else f" {self.mixed_precision}")
 
 
 def read_seeded(proof: dict, path: Path) -> dict[str, dict[str, RunSeeds]]:
@@ -150,7 +152,8 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
         pairs += [(layout.alone(p.name), layout.alone(b)) for b in BANDS
                   if layout.alone(b) in runs and layout.alone(p.name) in runs]
         # against the generator's first point (more training), and a sampling variant against the default
-        bases = [first[p.generator].name] + ([f"{p.generator.split()[0]}@{p.steps}"] if " " in p.generator else [])
+        variant_of = [replace(p, generator=p.generator.split()[0]).name] if " " in p.generator else []
+        bases = [first[p.generator].name] + variant_of
         for base in (b for b in bases if b != p.name and layout.mixed(b) in runs):
             pairs += [(layout.mixed(p.name), layout.mixed(base))]
             if layout.alone(p.name) in runs and layout.alone(base) in runs:
@@ -341,7 +344,7 @@ def main() -> None:
             if p.name in points:
                 p = replace(points[p.name], runs={**points[p.name].runs, **{d: r for d, r in p.runs.items() if r}})
             points[p.name] = p
-    ordered = sorted(points.values(), key=lambda p: (p.generator, p.steps))
+    ordered = sorted(points.values(), key=lambda p: (p.generator, p.steps, p.mixed_precision != "no"))
     detectors = {d: judge(d, runs, ordered, layout) for d, runs in seeded.items()}
     name = f"compute_curve_{args.tag}"
     work = ROOT / "out"

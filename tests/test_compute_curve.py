@@ -58,10 +58,10 @@ def test_points_pair_with_the_reference_and_with_each_other(proofs):
     assert line[1]["gain_over_real"]["mean"] == pytest.approx(0.05)
     assert line[1]["alone"]["mean"] == pytest.approx(0.30)
     found = {(v["run"], v["baseline"], v["metric"]): v["verdict"] for v in judged["verdicts"]}
-    assert found[("real+cddpm@3200", "real+cddpm@800", "pixel_ap")] == "beats"
+    assert found[("real+cddpm@3200 bf16", "real+cddpm@800", "pixel_ap")] == "beats"
     assert found[("real+cddpm@800", "real", "pixel_ap")] == "loses"
-    assert found[("cddpm@3200", "draem (Perlin masks, baseline)", "pixel_ap")] == "beats"
-    assert found[("real+cddpm@3200", "real+copypaste", "aupro")] == "beats"
+    assert found[("cddpm@3200 bf16", "draem (Perlin masks, baseline)", "pixel_ap")] == "beats"
+    assert found[("real+cddpm@3200 bf16", "real+copypaste", "aupro")] == "beats"
     # worth on the reference's curve: 0.45 lies between 58 (0.40) and 117 (0.50) defects, seed by seed
     worth = line[0]["worth"]
     assert all(58 < d < 117 for d in worth["defects"]["values"])
@@ -82,7 +82,7 @@ def test_plot_and_markdown(proofs, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = cc.markdown({"tag": "t", "reference": ["r.json"], "points": ["p.json"], "detectors": judged})
     assert "| cddpm | 3200 | 24.0 | bf16 | 9.00 | +0.050 ± 0.000 | 0.300 ± 0.010 |" in text
-    assert "real+cddpm@3200 beats real+cddpm@800 on pixel AP" in text
+    assert "real+cddpm@3200 bf16 beats real+cddpm@800 on pixel AP" in text
 
 
 def test_a_point_with_other_seeds_does_not_pair(proofs, tmp_path):
@@ -113,4 +113,15 @@ def test_a_sampling_variant_is_its_own_line(proofs, tmp_path):
     assert judged["lines"]["cddpm g1"][0]["gain_over_real"]["mean"] == pytest.approx(0.10)
     assert judged["lines"]["cddpm"][1]["gain_over_real"]["mean"] == pytest.approx(0.05)
     found = {(v["run"], v["baseline"], v["metric"]): v["mean"] for v in judged["verdicts"]}
-    assert found[("real+cddpm g1@3200", "real+cddpm@3200", "pixel_ap")] == pytest.approx(0.05)
+    assert found[("real+cddpm g1@3200 bf16", "real+cddpm@3200 bf16", "pixel_ap")] == pytest.approx(0.05)
+
+
+def test_a_precision_control_at_the_reference_steps_pairs_with_it(proofs, tmp_path):
+    control = json.loads(proofs[1].read_text())
+    control["generation"]["cddpm"].update(steps=800, train_s=180.0)
+    path = tmp_path / "bf16-800.json"
+    path.write_text(json.dumps(control))
+    judged = _judged([proofs[0], path])
+    assert [(p["steps"], p["mixed_precision"]) for p in judged["lines"]["cddpm"]] == [(800, "no"), (800, "bf16")]
+    found = {(v["run"], v["baseline"], v["metric"]) for v in judged["verdicts"]}
+    assert ("real+cddpm@800 bf16", "real+cddpm@800", "pixel_ap") in found
