@@ -293,7 +293,7 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
     ("compute-curve", "compute_curve", "the generators' value against their training compute: the conditional "
-     "DDPM at 800 / 3200 / 6400 steps, paired with the 3-seed proofs' baselines",
+     "DDPM at 800 / 3200 / 12800 steps, paired with the 3-seed proofs' baselines",
      ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json"], "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
     ("proof-mt-exdd-3seeds", "proof", "magnetic-tile: ExDD with 3 seeds, the real-only curve at 25/50/100% of "
@@ -465,6 +465,8 @@ HEADLINES = [
     ("magnetic-tile", "seg", "learning-curve-magnetic-tile", "learning_curve_magnetic-tile_seg_cpu.json"),
     ("magnetic-tile", "seg (generated sets, 3 seeds)", "proof-mt-seg-3seeds", "proof_cpu-seg-3seeds.json"),
     ("magnetic-tile", "ExDD (generated sets, 3 seeds)", "proof-mt-exdd-3seeds", "proof_cpu-exdd-3seeds.json"),
+    ("magnetic-tile, NEU-DET", "ExDD, seg, det: the cDDPM's value against its training steps", "compute-curve",
+     "compute_curve_magnetic-tile.json"),
     ("magnetic-tile", "seg, ExDD (more sets, seed 0)", "proof-final", "proof_cpu-final-exdd-seg.json"),
     ("magnetic-tile", "ExDD, second seed", "proof-seed1", "proof_cpu-final-exdd-seed1.json"),
 ]
