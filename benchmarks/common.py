@@ -104,12 +104,16 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     return parser
 
 
-def proof_train_config(steps: int, batch: int, lr: float, seed: int, gpu: bool, precision: str | None = None):
-    """Short-run training settings: warm-up a tenth of the run (at most 200 steps), a checkpoint half-way; mixed
-    precision `precision` (None: bf16 on the GPU config, fp32 on the CPU so earlier CPU results stay comparable)."""
+def proof_precision(args) -> str:
+    """The generators' training precision: --mixed-precision, else bf16 on the GPU config and fp32 on the CPU (so
+    earlier CPU results stay comparable)."""
+    return args.mixed_precision or ("bf16" if args.config == "gpu" else "no")
+
+
+def proof_train_config(steps: int, batch: int, lr: float, seed: int, precision: str):
+    """Short-run training settings: warm-up a tenth of the run (at most 200 steps), a checkpoint half-way."""
     from defectgen.diffusion.training import TrainConfig
 
-    precision = precision or ("bf16" if gpu else "no")
     return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(200, steps // 10),
                        checkpoint_every=max(steps // 2, 1), seed=seed, mixed_precision=precision)
 
@@ -125,13 +129,11 @@ def proof_settings(configs: dict, args) -> dict:
 def reusable_model(folder: Path, reuse: bool) -> dict | None:
     """The timing record of a model kept from an earlier run in `folder` (its training time and steps as the
     model's defectgen.json recorded them), or None when it must be trained."""
-    import json
-
-    from defectgen.diffusion.folder import has_metadata
+    from defectgen.diffusion.folder import has_metadata, read_metadata
 
     if not (reuse and has_metadata(folder)):
         return None
-    meta = json.loads((folder / "defectgen.json").read_text()) if (folder / "defectgen.json").is_file() else {}
+    meta = read_metadata(folder)
     training = meta.get("training", {})
     return {"train_s": meta.get("result", {}).get("seconds"), "reused": rel(folder), "steps": training.get("steps"),
             "mixed_precision": training.get("mixed_precision")}

@@ -164,7 +164,7 @@ def train_model(folder: Path, data: Path, model: dict, steps: int, *, seed: int,
     with the time of every step."""
     from defectgen.diffusion.train_ddpm import train_ddpm
 
-    cfg = replace(proof_train_config(steps, model["batch"], LR, seed, gpu=gpu), progress=False)
+    cfg = replace(proof_train_config(steps, model["batch"], LR, seed, "bf16" if gpu else "no"), progress=False)
     if not checkpoints:
         cfg = replace(cfg, checkpoint_every=0)
     clock = StepClock(folder.name, steps, model["batch"], say)

@@ -32,6 +32,7 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
     proof_parser,
+    proof_precision,
     proof_settings,
     proof_train_config,
     provenance,
@@ -134,12 +135,13 @@ def main() -> None:
             models[name], timings[name] = work / name, record
         return record is not None
 
+    precision = proof_precision(args)
+
     def train_cfg(steps, batch, lr):
-        return proof_train_config(steps, batch, lr, args.seed, gpu=args.config == "gpu",
-                                  precision=args.mixed_precision)
+        return proof_train_config(steps, batch, lr, args.seed, precision)
 
     def trained(seconds: float, steps: int) -> dict:
-        return {"train_s": seconds, "steps": steps, "mixed_precision": train_cfg(steps, 1, 0.0).mixed_precision}
+        return {"train_s": seconds, "steps": steps, "mixed_precision": precision}
 
     # the harmonized transplants re-draw pasted real defects with the DDPMs trained here
     wanted = set(generators) | {g.removeprefix("transplant-") for g in generators if g.startswith("transplant-")}

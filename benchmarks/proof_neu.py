@@ -41,6 +41,7 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     fmt,
     proof_parser,
+    proof_precision,
     proof_settings,
     proof_train_config,
     provenance,
@@ -268,9 +269,10 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     timings: dict[str, dict] = {}
     models: dict[str, Path] = {}
 
+    precision = proof_precision(args)
+
     def train_cfg(steps, lr):
-        return proof_train_config(steps, cfg["batch"], lr, args.seed, gpu=args.config == "gpu",
-                                  precision=args.mixed_precision)
+        return proof_train_config(steps, cfg["batch"], lr, args.seed, precision)
 
     for name in generators:
         folder = work / f"{name}{tag}"
@@ -293,7 +295,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
                       vae_steps=cfg["ldm_vae_steps"], overwrite=True)
         steps = cfg["ddpm_steps"] if name == "cddpm" else cfg["ldm_steps"]
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t, "steps": steps,
-                                               "mixed_precision": train_cfg(steps, 0.0).mixed_precision}
+                                               "mixed_precision": precision}
 
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
