@@ -134,9 +134,13 @@ def reusable_model(folder: Path, reuse: bool) -> dict | None:
     if not (reuse and has_metadata(folder)):
         return None
     meta = read_metadata(folder)
-    training = meta.get("training", {})
-    return {"train_s": meta.get("result", {}).get("seconds"), "reused": rel(folder), "steps": training.get("steps"),
-            "mixed_precision": training.get("mixed_precision")}
+    training, weights = meta.get("training", {}), meta.get("weights") or {}
+    record = {"train_s": meta.get("result", {}).get("seconds"), "reused": rel(folder),
+              "steps": weights.get("checkpoint", training.get("steps")),
+              "mixed_precision": training.get("mixed_precision")}
+    if weights.get("ema") is False:  # a run's trained weights, not its EMA (ddpm.model_at_checkpoint)
+        record["weights"] = "raw"
+    return record
 
 
 def seeded_json(runs: dict) -> dict:

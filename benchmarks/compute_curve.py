@@ -112,12 +112,16 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
         steps = timing.get("steps") or proof["settings"]["ddpm_steps"]
         keys = (layout.mixed(generator), layout.alone(generator))
         quality = proof["quality"].get(generator, {})
-        if timing.get("guidance") is not None:  # a sampling variant: its own line
-            generator = f"{generator} g{timing['guidance']:g}"
+        variant = ([f"g{timing['guidance']:g}"] if timing.get("guidance") is not None else []) + \
+            ([timing["weights"]] if timing.get("weights") else [])
+        if variant:  # a sampling variant (guidance) or another read of the same run (raw weights): its own line
+            generator = " ".join([generator, *variant])
             keys = {k: k.replace(model.removesuffix(layout.model_suffix), generator, 1) for k in keys}
         else:
             keys = {k: k for k in keys}
         runs = {d: {keys[k]: r[k] for k in keys if k in r} for d, r in seeded.items()}
+        if not any(runs.values()):  # a model trained only for another set (a transplant's DDPM)
+            continue
         out.append(Point(generator, steps, timing.get("train_s"), timing.get("mixed_precision") or "no",
                          quality.get("kid"), rel(path), runs))
     return out

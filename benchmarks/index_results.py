@@ -274,6 +274,16 @@ def _compute_curve(d: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
+def _split_overlap(d: dict[str, dict]) -> str:
+    parts = []
+    for _, out in sorted(d.items()):
+        t = out["test_to_labeled"]
+        parts.append(f"{out['tag']}: {t['below']['0.05']:.0%} of {out['test_defects']} test defects within 0.05 of a "
+                     f"labeled one (median {t['median']:.3f}); generated sets' medians "
+                     + ", ".join(f"{n} {s['median']:.3f}" for n, s in out["sets"].items()))
+    return "; ".join(parts)
+
+
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
@@ -296,6 +306,9 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      "DDPM at 800 / 3200 / 12800 steps, paired with the 3-seed proofs' baselines",
      ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json"], "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
+    ("split-overlap-mt", "split_overlap", "magnetic-tile: each test defect's distance to its nearest labeled defect "
+     "(the same tile under other exposures), generated sets for scale", ["split_overlap_*.json"], "current", None,
+     "", _split_overlap),
     ("proof-mt-exdd-3seeds", "proof", "magnetic-tile: ExDD with 3 seeds, the real-only curve at 25/50/100% of "
      "labeled/, the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-exdd-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-exdd-3seeds.json", "exdd")),

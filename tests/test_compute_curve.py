@@ -125,3 +125,23 @@ def test_a_precision_control_at_the_reference_steps_pairs_with_it(proofs, tmp_pa
     assert [(p["steps"], p["mixed_precision"]) for p in judged["lines"]["cddpm"]] == [(800, "no"), (800, "bf16")]
     found = {(v["run"], v["baseline"], v["metric"]) for v in judged["verdicts"]}
     assert ("real+cddpm@800 bf16", "real+cddpm@800", "pixel_ap") in found
+
+
+def test_a_runs_raw_weights_pair_with_its_ema_and_a_transplants_ddpm_is_no_point(proofs, tmp_path):
+    raw = json.loads(proofs[1].read_text())
+    raw["generation"]["cddpm"]["weights"] = "raw"
+    raw["seeded"]["seg"]["real+cddpm"]["values"]["pixel_ap"] = [0.53, 0.54, 0.52]
+    transplant = json.loads(proofs[1].read_text())  # its cddpm made no set of its own: only the transplant's
+    transplant["generation"]["transplant-cddpm"] = dict(transplant["generation"]["cddpm"], strength=0.2)
+    transplant["seeded"]["seg"] = {f"{k[:-5]}transplant-cddpm": v for k, v in transplant["seeded"]["seg"].items()}
+    paths = []
+    for name, proof in (("raw", raw), ("transplant", transplant)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(proof))
+    judged = _judged([*proofs, *paths])
+    assert [p["steps"] for p in judged["lines"]["cddpm raw"]] == [3200]
+    assert [p["steps"] for p in judged["lines"]["cddpm"]] == [800, 3200]  # no empty cddpm point from the transplant
+    assert [p["steps"] for p in judged["lines"]["transplant-cddpm"]] == [3200]
+    found = {(v["run"], v["baseline"], v["metric"]): v["mean"] for v in judged["verdicts"]}
+    assert found[("real+cddpm raw@3200 bf16", "real+cddpm@3200 bf16", "pixel_ap")] == pytest.approx(-0.02)
+    assert found[("real+transplant-cddpm@3200 bf16", "real+copypaste", "pixel_ap")] == pytest.approx(0.07)

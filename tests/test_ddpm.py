@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from defectgen.diffusion.ddpm import build_model, load_model, save_model
+from defectgen.diffusion.ddpm import build_model, load_model, model_at_checkpoint, save_model
 from defectgen.diffusion.losses import conditional_loss, unconditional_loss
 from defectgen.diffusion.pipelines.pipeline_cddpm import ConditionalDdpmPipeline
 from defectgen.diffusion.samplers import guided_inpaint, make_scheduler, perturb_and_denoise
@@ -266,3 +266,33 @@ def test_every_sampler_clips_x0_estimates_as_the_training_scheduler_says():
     # prediction update still differs from DDIM's once x0 is clipped, so it stays above DDIM's 0%.
     assert make_scheduler("dpm", model.scheduler).config.thresholding
     assert saturated["ddim"] < 0.1 and saturated["dpm"] < 0.75, saturated
+
+
+def test_a_checkpoint_gives_its_ema_or_trained_weights_and_saves_as_a_model(tmp_path, labeled_dir):
+    cfg = quick(4, ema=True, checkpoint_every=2)
+    final = train_ddpm(tmp_path / "run", labeled=labeled_dir, preset="tiny", resolution=R, config=cfg,
+                       log=lambda m: None)
+    params = lambda m: dict(m.module().named_parameters())  # noqa: E731
+    ema = model_at_checkpoint(tmp_path / "run")  # the last checkpoint's EMA: what the run saved as its model
+    assert all(torch.equal(v, params(ema)[k]) for k, v in params(final).items())
+    raw = model_at_checkpoint(tmp_path / "run", ema=False)
+    assert any(not torch.equal(v, params(raw)[k]) for k, v in params(final).items())
+    early = model_at_checkpoint(tmp_path / "run", step=2, ema=False)
+    assert any(not torch.equal(v, params(raw)[k]) for k, v in params(early).items())
+    save_model(raw, tmp_path / "raw")
+    again = load_model(tmp_path / "raw")
+    assert again.meta["weights"] == {"run": str(tmp_path / "run"), "checkpoint": 4, "ema": False}
+    assert all(torch.equal(v, params(again)[k]) for k, v in params(raw).items())
+    with pytest.raises(DefectgenError, match="no checkpoint at step 3 .saved: 2, 4."):
+        model_at_checkpoint(tmp_path / "run", step=3)
+
+
+def test_a_checkpoint_without_ema_weights_is_a_clear_error(tmp_path, labeled_dir):
+    train_ddpm(tmp_path / "run", labeled=labeled_dir, preset="tiny", resolution=R, config=quick(2, checkpoint_every=1),
+               log=lambda m: None)
+    assert model_at_checkpoint(tmp_path / "run", ema=False).meta["weights"]["ema"] is False
+    with pytest.raises(DefectgenError, match="no EMA weights"):
+        model_at_checkpoint(tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(DefectgenError, match="model.safetensors"):
+        model_at_checkpoint(tmp_path / "run", ema=False)

@@ -360,3 +360,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> DdpmMode
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DefectgenError(path, f"cannot load the model weights ({first[:200]})") from None
     return model.to(device)
+
+
+def model_at_checkpoint(path: str | Path, step: int | None = None, ema: bool = True) -> DdpmModel:
+    """The model of training run `path` as one of its checkpoints holds it: at `step` (None: the last checkpoint),
+    with the EMA weights (what the run saves as its model) or, with `ema=False`, the trained weights themselves.
+    `save_model` writes it as a model folder of its own; its defectgen.json records where the weights came from.
+    Raises a DefectgenError when the run has no such checkpoint."""
+    from defectgen.diffusion.training import checkpoints, load_checkpoint_weights
+
+    path = Path(path)
+    model = load_model(path)
+    saved = dict(checkpoints(path))
+    if not saved:
+        raise DefectgenError(path, "no checkpoints (the run kept none)")
+    step = max(saved) if step is None else step
+    if step not in saved:
+        raise DefectgenError(path, f"no checkpoint at step {step} (saved: {', '.join(map(str, sorted(saved)))})")
+    load_checkpoint_weights(model.module(), saved[step], ema=ema)
+    model.meta["weights"] = {"run": str(path), "checkpoint": step, "ema": ema}
+    return model.eval()

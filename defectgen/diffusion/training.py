@@ -462,6 +462,37 @@ def _write_state(run: _Run, folder: Path, step: int) -> None:
     })
 
 
+def load_checkpoint_weights(module: nn.Module, folder: str | Path, ema: bool) -> None:
+    """Put a checkpoint's weights into `module` (the module that was trained, built the same way): the trained
+    weights of `model.safetensors`, or with `ema` the EMA copy of its trainable parameters. A checkpoint holds both,
+    so a run can be read at any saved step and either way without training again. Safetensors only."""
+    from safetensors.torch import load_file, load_model
+
+    folder = Path(folder)
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise DefectgenError(None, problem)
+    try:
+        if not ema:
+            load_model(module, str(folder / "model.safetensors"), strict=True)
+            return
+        state = json.loads((folder / _STATE_FILE).read_text())
+        if state.get("ema") is None:
+            raise DefectgenError(folder, "the checkpoint has no EMA weights (trained without EMA)")
+        tensors = load_file(str(folder / "ema.safetensors"))
+        params = _trainable(module)
+        if sorted(tensors) != sorted(f"shadow.{i}" for i in range(len(params))):
+            raise ValueError(f"the EMA has {len(tensors)} tensors, the model {len(params)} trainable parameters")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                if tensors[f"shadow.{i}"].shape != p.shape:
+                    raise ValueError(f"EMA tensor {i} has shape {tuple(tensors[f'shadow.{i}'].shape)}, "
+                                     f"not {tuple(p.shape)}")
+                p.copy_(tensors[f"shadow.{i}"])
+    except (OSError, ValueError, RuntimeError) as e:  # a checkpoint of another model, or a damaged one
+        raise DefectgenError(folder, f"cannot load the checkpoint's weights ({str(e).splitlines()[0][:200]})") from None
+
+
 def _read_state(run: _Run, folder: Path, step: int) -> None:
     """Load a checkpoint written by `_write_state` into the run; safetensors and JSON only."""
     from safetensors.torch import load_file, load_model
