@@ -93,6 +93,10 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--ddpm-steps", type=int, default=None,
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
+    parser.add_argument("--ldm-steps", type=int, default=None,
+                        help="training steps of the text-guided LDM's denoiser (default: the config's)")
+    parser.add_argument("--ldm-vae-steps", type=int, default=None,
+                        help="training steps of the LDM's VAE, its first stage (default: the config's)")
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
                         help="the generators' training precision (default: bf16 with --config gpu, else fp32)")
     parser.add_argument("--guidance", type=float, default=None,
@@ -119,10 +123,11 @@ def proof_train_config(steps: int, batch: int, lr: float, seed: int, precision: 
 
 
 def proof_settings(configs: dict, args) -> dict:
-    """The config's settings with the command line's overrides (--ddpm-steps)."""
+    """The config's settings with the command line's overrides (--ddpm-steps, --ldm-steps, --ldm-vae-steps)."""
     cfg = dict(configs[args.config])
-    if args.ddpm_steps:
-        cfg["ddpm_steps"] = args.ddpm_steps
+    for key in ("ddpm_steps", "ldm_steps", "ldm_vae_steps"):
+        if getattr(args, key, None):
+            cfg[key] = getattr(args, key)
     return cfg
 
 

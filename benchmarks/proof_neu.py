@@ -296,6 +296,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         steps = cfg["ddpm_steps"] if name == "cddpm" else cfg["ldm_steps"]
         models[name], timings[name] = folder, {"train_s": time.perf_counter() - t, "steps": steps,
                                                "mixed_precision": precision}
+        if name == "ldm":
+            timings[name]["vae_steps"] = cfg["ldm_vae_steps"]
 
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
