@@ -93,6 +93,8 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--ddpm-steps", type=int, default=None,
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
+    parser.add_argument("--ddpm-context", type=float, default=1.0,
+                        help="the DDPMs' training and synthesis windows, in model sides (train-ddpm --context)")
     parser.add_argument("--ldm-steps", type=int, default=None,
                         help="training steps of the text-guided LDM's denoiser (default: the config's)")
     parser.add_argument("--ldm-vae-steps", type=int, default=None,
@@ -145,6 +147,8 @@ def reusable_model(folder: Path, reuse: bool) -> dict | None:
               "mixed_precision": training.get("mixed_precision")}
     if weights.get("ema") is False:  # a run's trained weights, not its EMA (ddpm.model_at_checkpoint)
         record["weights"] = "raw"
+    if meta.get("context", 1.0) != 1.0:
+        record["context"] = meta["context"]
     return record
 
 

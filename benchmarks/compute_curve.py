@@ -113,8 +113,11 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
         keys = (layout.mixed(generator), layout.alone(generator))
         quality = proof["quality"].get(generator, {})
         variant = ([f"g{timing['guidance']:g}"] if timing.get("guidance") is not None else []) + \
-            ([timing["weights"]] if timing.get("weights") else [])
-        if variant:  # a sampling variant (guidance) or another read of the same run (raw weights): its own line
+            ([timing["weights"]] if timing.get("weights") else []) + \
+            ([f"ctx{timing['context']:g}"] if timing.get("context") else [])
+        # a sampling variant (guidance), another read of the same run (raw weights) or a training option (larger
+        # windows): a line of its own, paired with the default at the same steps
+        if variant:
             generator = " ".join([generator, *variant])
             keys = {k: k.replace(model.removesuffix(layout.model_suffix), generator, 1) for k in keys}
         else:

@@ -140,23 +140,26 @@ def main() -> None:
     def train_cfg(steps, batch, lr):
         return proof_train_config(steps, batch, lr, args.seed, precision)
 
-    def trained(seconds: float, steps: int) -> dict:
-        return {"train_s": seconds, "steps": steps, "mixed_precision": precision}
+    def trained(seconds: float, steps: int, context: float = 1.0) -> dict:
+        return {"train_s": seconds, "steps": steps, "mixed_precision": precision,
+                **({"context": context} if context != 1.0 else {})}
 
     # the harmonized transplants re-draw pasted real defects with the DDPMs trained here
     wanted = set(generators) | {g.removeprefix("transplant-") for g in generators if g.startswith("transplant-")}
     if "ddpm" in wanted and not reused("ddpm"):
         t = time.perf_counter()
         train_ddpm(work / "ddpm", good, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"], crop="random",
-                   config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
+                   context=args.ddpm_context, config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4),
+                   overwrite=True)
         models["ddpm"] = work / "ddpm"
-        timings["ddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"])
+        timings["ddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], args.ddpm_context)
     if "cddpm" in wanted and not reused("cddpm"):
         t = time.perf_counter()
         train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
-                   crop="random", config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
+                   crop="random", context=args.ddpm_context,
+                   config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["cddpm"] = work / "cddpm"
-        timings["cddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"])
+        timings["cddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], args.ddpm_context)
     if "ldm" in generators and not reused("ldm"):
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None

@@ -287,7 +287,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         if name == "cddpm":
             # crop=random: training windows around each box, the same windows synthesis paints in
             train_ddpm(folder, None, labeled, preset=cfg["ddpm_preset"], resolution=cfg["res"], crop="random",
-                       config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
+                       context=args.ddpm_context, config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
         else:
             tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
             train_ldm(labeled, folder, config=train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
@@ -298,6 +298,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
                                                "mixed_precision": precision}
         if name == "ldm":
             timings[name]["vae_steps"] = cfg["ldm_vae_steps"]
+        elif args.ddpm_context != 1.0:
+            timings[name]["context"] = args.ddpm_context
 
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():

@@ -388,3 +388,47 @@ def test_cli_transplant_and_its_strength_check(tmp_path, models, normals, crack_
     no_paste = [a for a in args if a not in ("--labeled", crack_set)]
     code, _, err = run_cli(*no_paste, "--keep-core", "0.5", "--out", tmp_path / "bad")
     assert code == 2 and "--keep-core" in err and "--labeled" in err and not (tmp_path / "bad").exists(), err
+
+
+def test_a_model_with_more_context_is_trained_and_synthesizes_on_its_wider_windows(tmp_path, rng, normals,
+                                                                                   monkeypatch):
+    from defectgen.diffusion.ddpm import load_model
+    from defectgen.io.images import mask_window
+    from defectgen.synth import pipeline
+
+    # the window: at least context x resolution native pixels, still around the mask and inside the image
+    mask = np.zeros((64, 80), bool)
+    mask[30:33, 40:44] = True
+    assert mask_window(64, 80, mask, 16)[2:] == (16, 16)
+    y0, x0, h, w = mask_window(64, 80, mask, 16, context=2.5)
+    assert (h, w) == (40, 40) and y0 <= 30 and y0 + h >= 33 and x0 <= 40 and x0 + w >= 44
+    assert mask_window(64, 80, mask, 16, context=8)[2:] == (64, 80)
+    with pytest.raises(ValueError, match="at least 1"):
+        mask_window(64, 80, mask, 16, context=0.5)
+
+    for i in range(2):
+        write_png(tmp_path / "labeled" / "crack" / f"{i}.png", texture(rng, 40, 48))
+        write_png(tmp_path / "labeled" / "crack" / f"{i}_mask.png", square_mask(40, 48, 18, 20, 3))
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, ema=False, checkpoint_every=0, progress=False)
+    train_ddpm(tmp_path / "run", None, tmp_path / "labeled", preset="tiny", resolution=R, context=2.0, config=cfg,
+               log=lambda m: None)
+    assert load_model(tmp_path / "run").context == 2.0
+    generator = load_generator(tmp_path / "run", sampler="ddim", steps=3, device="cpu")
+    assert generator.context == 2.0 and generator.info()["context"] == 2.0
+    windows = []
+
+    def spy(*args, **kw):
+        windows.append(kw.get("context", 1.0))
+        return mask_window(*args, **kw)
+    monkeypatch.setattr(pipeline, "mask_window", spy)
+    runs = []
+    for name in ("a", "b"):
+        synthesize(generator, normals, tmp_path / name, 3, SynthesisOptions(seed=4, progress=False))
+        runs.append(list(outputs(tmp_path / name, normals)))
+    for (_, image, mask, normal), (_, again, mask_again, _) in zip(*runs, strict=True):
+        assert np.array_equal(image[~mask], normal[~mask]) and np.any(image[mask] != normal[mask])
+        assert np.array_equal(mask, mask_again) and np.array_equal(image, again)  # a seed gives its sample
+    assert windows and set(windows) == {2.0}  # every window was cut as the model was trained
+    with pytest.raises(DefectgenError, match="context"):
+        train_ddpm(tmp_path / "bad", None, tmp_path / "labeled", preset="tiny", resolution=R, context=0.5,
+                   config=cfg, log=lambda m: None)

@@ -104,6 +104,9 @@ def train_ddpm(
     checkpoint_every: CheckpointEvery = 1000, checkpoint_minutes: CheckpointMinutes = 10.0,
     resume: TrainResume = False, trust_checkpoint: TrustCheckpoint = False,
     crop: str = typer.Option("random", "--crop", help="Larger images: random crops or resize."),
+    context: float = typer.Option(1.0, "--context", min=1.0, max=8.0, help="Random crops span at least this many "
+                                  "model sides of native pixels, resized to the model: more surface around each "
+                                  "defect, less of its detail. Synthesis cuts the same windows."),
     class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
                                         "(for classifier-free guidance)."),
     tensorboard: Tensorboard = False,
@@ -131,7 +134,8 @@ def train_ddpm(
                         checkpoint_every=_checkpoint_every(ctx, checkpoint_every, steps),
                         checkpoint_minutes=checkpoint_minutes,
                         tensorboard=tensorboard, seed=seed, num_workers=workers)
-    options = DdpmTrainingOptions(preset=preset, resolution=resolution, crop=crop, class_dropout=class_dropout,
+    options = DdpmTrainingOptions(preset=preset, resolution=resolution, crop=crop, context=context,
+                                  class_dropout=class_dropout,
                                   config=cfg, resume=resume, overwrite=overwrite, trust_checkpoint=trust_checkpoint,
                                   on_bad=on_bad)
     with _one_voice():

@@ -38,15 +38,17 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 class ImageExamples:
     """Normal images for the unconditional model: random crops (or resized copies), random horizontal flips."""
 
-    def __init__(self, images: list[np.ndarray], resolution: int, channels: int, crop: str = "random"):
+    def __init__(self, images: list[np.ndarray], resolution: int, channels: int, crop: str = "random",
+                 context: float = 1.0):
         self.images, self.resolution, self.channels, self.crop = images, resolution, channels, crop
+        self.context = context
 
     def __len__(self) -> int:
         return len(self.images)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         image = match_channels(to_float(self.images[index]), self.channels)
-        image = crop_or_resize(image, None, self.resolution, self.crop, rng)[0]
+        image = crop_or_resize(image, None, self.resolution, self.crop, rng, self.context)[0]
         if rng.random() < 0.5:
             image = image[:, ::-1]
         return {"image": to_tensor(image)}
@@ -57,9 +59,11 @@ class InpaintExamples:
     Perlin masks and the null class, so the unconditional branch of guidance learns to fill in normal surface."""
 
     def __init__(self, labeled: list[tuple[np.ndarray, np.ndarray, int]], normals: list[np.ndarray],
-                 resolution: int, channels: int, null_class: int, crop: str = "random", seed: int = 0):
+                 resolution: int, channels: int, null_class: int, crop: str = "random", seed: int = 0,
+                 context: float = 1.0):
         self.labeled, self.normals = labeled, normals
         self.resolution, self.channels, self.null_class, self.crop = resolution, channels, null_class, crop
+        self.context = context
         self.masks = MaskGenerator("perlin", seed=seed)
 
     def __len__(self) -> int:
@@ -72,7 +76,7 @@ class InpaintExamples:
             image, cls = self.normals[index - len(self.labeled)], self.null_class
             mask = self.masks(int(rng.integers(2**31)), image.shape[0], image.shape[1])[0]
         image = match_channels(to_float(image), self.channels)
-        image, mask = crop_or_resize(image, mask, self.resolution, self.crop, rng)
+        image, mask = crop_or_resize(image, mask, self.resolution, self.crop, rng, self.context)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         return {"image": to_tensor(image), "mask": torch.from_numpy(mask[None].astype(np.float32)),
@@ -80,15 +84,17 @@ class InpaintExamples:
 
 
 def crop_or_resize(image: np.ndarray, mask: np.ndarray | None, size: int, crop: str,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """A size x size window: cut at native scale (`crop` random; around the mask when there is one), or the image
-    resized (`crop` resize, or an image no larger than `size`)."""
+                   rng: np.random.Generator, context: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A size x size window: cut at native scale (`crop` random; around the mask when there is one; `context`
+    times `size` at least, see `mask_window`), or the image resized (`crop` resize, or an image no larger than
+    the window)."""
     h, w = image.shape[:2]
-    if crop == "random" and (h > size or w > size):
+    side = round(size * context)
+    if crop == "random" and (h > side or w > side):
         if mask is not None:
-            y0, x0, ch, cw = mask_window(h, w, mask, size, rng)
+            y0, x0, ch, cw = mask_window(h, w, mask, size, rng, context=context)
         else:
-            ch, cw = min(size, h), min(size, w)
+            ch, cw = min(side, h), min(side, w)
             y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         image = image[y0:y0 + ch, x0:x0 + cw]
         mask = None if mask is None else mask[y0:y0 + ch, x0:x0 + cw]

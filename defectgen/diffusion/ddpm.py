@@ -94,6 +94,12 @@ class DdpmModel(ABC):
     def class_names(self) -> list[str]:
         return list(self.meta.get("class_names", []))
 
+    @property
+    def context(self) -> float:
+        """The window around a mask, in model sides (data.crop_or_resize, io.images.mask_window): what the model
+        was trained on, so what synthesis must show it. 1 for models saved before the option existed."""
+        return float(self.meta.get("context", 1.0))
+
     def parts(self) -> list[nn.Module]:
         """The networks the model holds (moved, evaluated and saved together)."""
         return [self.unet]
@@ -212,7 +218,7 @@ class UnconditionalDdpm(DdpmModel):
         return unconditional_loss(self.scheduler)
 
     def examples(self, normal_samples, labeled_samples, crop, seed) -> TrainingData:
-        return ImageExamples([s.image for s in normal_samples], self.resolution, self.channels, crop)
+        return ImageExamples([s.image for s in normal_samples], self.resolution, self.channels, crop, self.context)
 
     def training_record(self, crop: str, class_dropout: float) -> dict[str, Any]:
         return {"crop": crop, "class_dropout": None}
@@ -282,7 +288,7 @@ class ConditionalDdpm(DdpmModel):
         rng = np.random.default_rng([seed, 2])
         chosen = rng.permutation(len(normal_samples))[:max(len(items), 1)] if normal_samples else []
         return InpaintExamples(items, [normal_samples[i].image for i in chosen], self.resolution, self.channels,
-                               null_class=self.condition.null_class, crop=crop, seed=seed)
+                               null_class=self.condition.null_class, crop=crop, seed=seed, context=self.context)
 
     def training_record(self, crop: str, class_dropout: float) -> dict[str, Any]:
         return {"crop": crop, "class_dropout": class_dropout}

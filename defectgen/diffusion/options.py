@@ -16,6 +16,8 @@ class DdpmTrainingOptions:
     resolution:         side of the square training windows, `N` or `NxN` (a multiple of the preset's
                         `min_resolution_multiple`); None: the shortest image side, at most 256.
     crop:               larger images: `random` windows at native scale, or `resize` the whole image.
+    context:            `random` windows span at least this many model sides of native pixels (resized to the
+                        model): more surface around each defect, less of its detail. Synthesis uses the same.
     class_dropout:      conditional model: share of steps trained on the null class (classifier-free guidance).
     config:             the optimiser, schedule, checkpoints and precision.
     resume, overwrite:  continue in the run folder, or clear it (only a folder defectgen made).
@@ -25,6 +27,7 @@ class DdpmTrainingOptions:
     preset: str = "small"
     resolution: int | str | None = None
     crop: str = "random"
+    context: float = 1.0
     class_dropout: float = 0.1
     config: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False

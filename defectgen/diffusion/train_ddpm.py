@@ -42,6 +42,8 @@ def train_ddpm(
     o = replace(options or DdpmTrainingOptions(), **overrides)
     cfg, preset, crop, class_dropout, resume = o.config or TrainConfig(), o.preset, o.crop, o.class_dropout, o.resume
     _check_training_options(normals, labeled, preset, crop, class_dropout)
+    if not 1 <= o.context <= 8:  # beyond 8 model sides a defect shrinks to a few pixels of the window
+        raise DefectgenError(None, f"`context` must lie in [1, 8], got {o.context}")
     resolution = square_side(o.resolution, min_resolution_multiple(preset), "the DDPM")
     kind = ConditionalDdpm if labeled is not None else UnconditionalDdpm
     normal_samples, labeled_samples = read_training_samples(normals, labeled, o.on_bad)
@@ -56,6 +58,7 @@ def train_ddpm(
         log = lambda message: None  # noqa: E731
     torch.manual_seed(cfg.seed)
     model = kind.build(resolution, channels, preset, class_names, box_geometry=boxes)
+    model.meta["context"] = float(o.context)
     data = model.examples(normal_samples, labeled_samples, crop, cfg.seed)
     meta = _training_meta(model, normals, labeled, normal_samples, labeled_samples, crop, class_dropout, cfg)
     log(_announcement(model, preset, len(data)))

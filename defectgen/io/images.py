@@ -180,9 +180,15 @@ def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: int,
-                rng: np.random.Generator | None = None, margin: float = 1.25) -> tuple[int, int, int, int]:
-    """A window (y0, x0, h, w) of side max(resolution, mask extent * margin), clipped to the image, around the
-    mask (jittered by `rng` so the mask is not always centred). Without a mask: a random (or centre) window."""
+                rng: np.random.Generator | None = None, margin: float = 1.25,
+                context: float = 1.0) -> tuple[int, int, int, int]:
+    """A window (y0, x0, h, w) of side max(resolution * context, mask extent * margin), clipped to the image,
+    around the mask (jittered by `rng` so the mask is not always centred). Without a mask: a random (or centre)
+    window. `context` > 1 shows a model more surface around a small defect, at the cost of its detail (the window
+    is resized to `resolution`)."""
+    if context < 1:
+        raise ValueError(f"context must be at least 1, got {context}")
+    resolution = round(resolution * context)
     side = resolution
     cy, cx = height / 2, width / 2
     if mask is not None and mask.any():

@@ -23,7 +23,8 @@ class DefectGenerator(Protocol):
 
     name:       short id written into the COCO info block ("ddpm", "cddpm", "ldm", "draem").
     resolution: the side the model works at, or None if any size works. The pipeline generates larger images in
-                a crop around the mask and pastes the result back.
+                a crop around the mask and pastes the result back: at least `context` (an optional attribute,
+                default 1) times `resolution` native pixels wide, resized to the model.
     channels:   1 or 3 if the generator needs that many (a DDPM trained on gray data), else None.
 
     What it does beyond this it declares as `abilities` (`Abilities`, below); without them it is plain.

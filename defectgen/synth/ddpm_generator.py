@@ -45,6 +45,7 @@ class DdpmGenerator:
         self.name = self.model.kind
         self.resolution = self.model.resolution
         self.channels = self.model.channels
+        self.context = self.model.context  # the windows it was trained on (pipeline and transplant cut the same)
         self.sampler, self.steps = sampler, steps or DEFAULT_STEPS[sampler]
         self.strength, self.sigma, self.guidance = strength, sigma, guidance
         counts = self.model.meta.get("class_counts") or {}
@@ -67,7 +68,7 @@ class DdpmGenerator:
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "model": str(self.path), "kind": self.name, "sampler": self.sampler, "steps": self.steps,
-            "resolution": self.resolution, "channels": self.channels,
+            "resolution": self.resolution, "channels": self.channels, "context": self.context,
             "model_version": self.model.meta.get("version"),
             "data_fingerprint": (self.model.meta.get("data") or {}).get("fingerprint"),
         }

@@ -173,7 +173,8 @@ class _Run:
         h, w = s.height, s.width
         s.mask, s.boxes = self.mask_source.mask_for(i, s)
         resolution = self.generator.resolution
-        y0, x0, wh, ww = (0, 0, h, w) if resolution is None else mask_window(h, w, s.mask, resolution)
+        y0, x0, wh, ww = (0, 0, h, w) if resolution is None else \
+            mask_window(h, w, s.mask, resolution, context=getattr(self.generator, "context", 1.0))
         model_in = _to_model(s.image[y0:y0 + wh, x0:x0 + ww], self.generator.channels)
         window_mask = s.mask[y0:y0 + wh, x0:x0 + ww]
         model_mask = window_mask

@@ -78,7 +78,7 @@ class TransplantGenerator:
         windows, crops, crop_masks = [], [], []
         for image, mask in zip(pasted, masks, strict=True):
             h, w = mask.shape
-            y0, x0, wh, ww = mask_window(h, w, mask, self.ddpm.resolution)
+            y0, x0, wh, ww = mask_window(h, w, mask, self.ddpm.resolution, context=self.ddpm.context)
             windows.append((y0, x0, wh, ww))
             crops.append(match_channels(image[y0:y0 + wh, x0:x0 + ww], self.ddpm.channels))
             crop_masks.append(mask[y0:y0 + wh, x0:x0 + ww])
