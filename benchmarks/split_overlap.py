@@ -74,6 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED / "datasets" / "magnetic-tile",
                         help="an MVTec folder with labeled/ (what the models learn from) and test/")
+    parser.add_argument("--labeled", type=Path, default=None, help="the labeled defects, if not DATA/labeled "
+                        "(NEU-DET: its train/)")
+    parser.add_argument("--test", type=Path, default=None, help="the test defects, if not DATA's test split "
+                        "(NEU-DET: its test/)")
     parser.add_argument("--backbone", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224"))
     parser.add_argument("--sets", nargs="*", default=[], metavar="NAME=FOLDER", help="generated sets, for scale")
     parser.add_argument("--pairs", type=int, default=6, help="closest pairs shown in the figure")
@@ -88,12 +92,19 @@ def main() -> None:
     net = load_backbone(args.backbone)
 
     def defects(folder: Path, **select) -> tuple[np.ndarray, list]:
-        dataset = open_dataset(folder)
-        samples = [s for s in (dataset.select(**select) if select else dataset) if s.mask is not None and s.mask.any()]
+        # a generated set, or one per class in its subfolders (proof_neu.py's sets)
+        parts = [folder] if (folder / "annotations.json").is_file() or select or not folder.is_dir() else \
+            sorted(p for p in folder.iterdir() if (p / "annotations.json").is_file()) or [folder]
+        samples = []
+        for part in parts:
+            dataset = open_dataset(part)
+            samples += [s for s in (dataset.select(**select) if select else dataset)
+                        if s.mask is not None and s.mask.any() or s.boxes]  # masks, or boxes (NEU-DET)
         return crop_features(net, [defect_crop(s.image, s.defect_mask(), pad=0.0) for s in samples]), samples
 
-    labeled, labeled_samples = defects(args.data / "labeled")
-    test, test_samples = defects(args.data, split="test", normal=False)
+    labeled, labeled_samples = defects(args.labeled or args.data / "labeled")
+    test, test_samples = defects(args.test, normal=False) if args.test else defects(args.data, split="test",
+                                                                                  normal=False)
     to_labeled, which = nearest(test, labeled)
     sets = {}
     for name, folder in (s.split("=", 1) for s in args.sets):
@@ -103,6 +114,7 @@ def main() -> None:
     pairs = [(float(to_labeled[i]), test_samples[i], labeled_samples[which[i]]) for i in closest]
     out = {
         "benchmark": "split_overlap", "tag": args.tag, "data": rel(args.data), "backbone": rel(args.backbone),
+        "labeled": rel(args.labeled or args.data / "labeled"), "test": rel(args.test) if args.test else None,
         "labeled_defects": len(labeled_samples), "test_defects": len(test_samples),
         "test_to_labeled": summary(to_labeled),
         "labeled_to_other_labeled": summary(nearest(labeled, labeled, exclude_self=True)[0]),
