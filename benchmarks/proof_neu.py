@@ -63,7 +63,7 @@ CONFIGS = {
             "ldm_steps": 10000, "batch": 32, "per_class": 100, "sample_steps": 50, "crop": 64,
             "det_res": 224, "seg_steps": 3000, "seg_batch": 16},
 }
-GENERATORS = ("cddpm", "ldm", "draem", "copypaste")
+GENERATORS = ("cddpm", "ldm", "draem", "copypaste", "transplant-cddpm")
 
 
 def crops_by_class(dataset, size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -129,6 +129,10 @@ def unlabeled_rest(train_dir: Path, labeled: Path, work: Path) -> Path:
 def main() -> None:
     parser = proof_parser(__doc__, CONFIGS, "neu-det", "cddpm,ldm,draem,copypaste")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="dpm", help="for both diffusion models")
+    parser.add_argument("--transplant-strength", type=float, default=0.5,
+                        help="transplant-cddpm: t0/T of the conditional DDPM's pass over the pasted real defect")
+    parser.add_argument("--transplant-keep-core", type=float, default=None,
+                        help="transplant-cddpm: keep the pasted pixels in this share of each defect's depth")
     parser.add_argument("--fractions", default="0.2,0.4,1.0", help="shares of the train labels, comma-separated")
     parser.add_argument("--set-fractions", default=None, help="the shares at which the generators are trained and "
                         "their sets run (default: every share); the real-only runs of every share still make the "
@@ -274,7 +278,11 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
     def train_cfg(steps, lr):
         return proof_train_config(steps, cfg["batch"], lr, args.seed, precision)
 
-    for name in generators:
+    # the transplant re-draws pasted real defects with the conditional DDPM trained here
+    wanted = [g for g in generators if g != "transplant-cddpm"]
+    if "transplant-cddpm" in generators and "cddpm" not in wanted:
+        wanted.append("cddpm")
+    for name in wanted:
         folder = work / f"{name}{tag}"
         if name in ("draem", "copypaste"):  # nothing to train
             models[name], timings[name] = Path(name), {"train_s": 0.0}
@@ -301,10 +309,18 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         elif args.ddpm_context != 1.0:
             timings[name]["context"] = args.ddpm_context
 
+    if "transplant-cddpm" in generators:
+        transplant = {"strength": args.transplant_strength, "keep_core": args.transplant_keep_core}
+        models["transplant-cddpm"] = models["cddpm"]
+        timings["transplant-cddpm"] = {**timings["cddpm"], **transplant}
     sets: dict[str, dict[str, Path]] = {}
     for name, model in models.items():
+        if name not in generators:  # a model trained only for the transplant
+            continue
         options = {"labeled": labeled} if name == "copypaste" else {"steps": cfg["sample_steps"],
                                                                     "sampler": args.sampler}
+        if name == "transplant-cddpm":
+            options.update(labeled=labeled, strength=args.transplant_strength, keep_core=args.transplant_keep_core)
         if name == "cddpm" and args.guidance is not None:
             options["guidance"] = timings[name]["guidance"] = args.guidance
         generator = load_generator(str(model), **options)
@@ -313,7 +329,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
             folder = work / f"synth-{name}{tag}" / c
             # a seed per class, so that sample i of each class is drawn on a different canvas
             synthesize(generator, canvases, folder, cfg["per_class"],
-                       SynthesisOptions(masks="perlin" if name == "copypaste" else masks, class_name=c,
+                       SynthesisOptions(masks="perlin" if name in ("copypaste", "transplant-cddpm") else masks,
+                                        class_name=c,
                                         seed=args.seed * 1000 + k, batch_size=8, overwrite=True,
                                         progress=sys.stderr.isatty()),
                        log=lambda *_: None, protect=(labeled,))
