@@ -303,8 +303,11 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      "the conditional DDPM's and copy-paste's sets, paired verdicts and worth in real defects",
      ["proof_cpu-seg-3seeds.json"], "current", None, "", _mt_proof("proof_cpu-seg-3seeds.json", "seg")),
     ("compute-curve", "compute_curve", "the generators' value against their training compute: the conditional "
-     "DDPM at 800 / 3200 / 12800 steps, paired with the 3-seed proofs' baselines",
-     ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json"], "current", None,
+     "DDPM at 800 / 3200 / 12800 steps, the transplant that re-draws real defects with it, the LDM, and the push "
+     "ablations (guidance, raw weights against EMA, wider windows), paired with the 3-seed proofs' baselines",
+     ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json",
+      "proof_cpu-transplant-cddpm-*.json", "proof_neu_cpu-transplant-cddpm-*.json", "proof_neu_cpu-ldm-*.json"],
+     "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
     ("split-overlap-mt", "split_overlap", "magnetic-tile: each test defect's distance to its nearest labeled defect "
      "(the same tile under other exposures), generated sets for scale", ["split_overlap_*.json"], "current", None,
