@@ -228,6 +228,10 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
     names = list(detectors)
     fig, axes = plt.subplots(2, len(names), figsize=(5.6 * len(names), 6.4), dpi=120, squeeze=False)
     colours = {"copypaste": "tab:orange", "draem": "tab:grey"}
+    # every generator keeps its colour in every panel, none of them the bands' colours
+    line_colours = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    generators = sorted({g for d in detectors.values() for g in d["lines"]})
+    line_colour = {g: line_colours[i % len(line_colours)] for i, g in enumerate(generators)}
     for col, detector in enumerate(names):
         d = detectors[detector]
         metric = METRIC_NAMES.get(d["metric"], d["metric"])
@@ -246,7 +250,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
                 es = [p[field]["std"] or 0 for p in points if p[field] is not None]
                 if not xs:
                     continue
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=generator)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=generator, color=line_colour[generator])
                 for p, x, y in zip([p for p in points if p[field] is not None], xs, ys, strict=True):
                     minutes = "" if p["train_minutes"] is None else f"{p['train_minutes']:.0f} min"
                     text = minutes + ("" if p["mixed_precision"] == "no" else f", {p['mixed_precision']}")
