@@ -72,8 +72,13 @@ def rel(path) -> str:
 
 
 def command_line(script: str, argv: list[str]) -> str:
-    """The command a result came from, with the paths in it written as `rel` writes them."""
-    return " ".join(["python", script, *(rel(a) if "/" in a and Path(a).exists() else a for a in argv)])
+    """The command a result came from, with the paths in it written as `rel` writes them (also a NAME=PATH's)."""
+    def shown(arg: str) -> str:
+        if "/" in arg and Path(arg).exists():
+            return rel(arg)
+        name, _, path = arg.partition("=")
+        return f"{name}={rel(path)}" if "/" in path and Path(path).exists() else arg
+    return " ".join(["python", script, *map(shown, argv)])
 
 
 def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
