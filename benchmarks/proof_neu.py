@@ -309,8 +309,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         elif args.ddpm_context != 1.0:
             timings[name]["context"] = args.ddpm_context
 
+    transplant = {"strength": args.transplant_strength, "keep_core": args.transplant_keep_core}
     if "transplant-cddpm" in generators:
-        transplant = {"strength": args.transplant_strength, "keep_core": args.transplant_keep_core}
         models["transplant-cddpm"] = models["cddpm"]
         timings["transplant-cddpm"] = {**timings["cddpm"], **transplant}
     sets: dict[str, dict[str, Path]] = {}
@@ -320,7 +320,7 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         options = {"labeled": labeled} if name == "copypaste" else {"steps": cfg["sample_steps"],
                                                                     "sampler": args.sampler}
         if name == "transplant-cddpm":
-            options.update(labeled=labeled, strength=args.transplant_strength, keep_core=args.transplant_keep_core)
+            options.update(labeled=labeled, **transplant)
         if name == "cddpm" and args.guidance is not None:
             options["guidance"] = timings[name]["guidance"] = args.guidance
         generator = load_generator(str(model), **options)

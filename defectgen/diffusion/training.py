@@ -479,16 +479,7 @@ def load_checkpoint_weights(module: nn.Module, folder: str | Path, ema: bool) ->
         state = json.loads((folder / _STATE_FILE).read_text())
         if state.get("ema") is None:
             raise DefectgenError(folder, "the checkpoint has no EMA weights (trained without EMA)")
-        tensors = load_file(str(folder / "ema.safetensors"))
-        params = _trainable(module)
-        if sorted(tensors) != sorted(f"shadow.{i}" for i in range(len(params))):
-            raise ValueError(f"the EMA has {len(tensors)} tensors, the model {len(params)} trainable parameters")
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                if tensors[f"shadow.{i}"].shape != p.shape:
-                    raise ValueError(f"EMA tensor {i} has shape {tuple(tensors[f'shadow.{i}'].shape)}, "
-                                     f"not {tuple(p.shape)}")
-                p.copy_(tensors[f"shadow.{i}"])
+        _copy_shadow(load_file(str(folder / "ema.safetensors")), _trainable(module))
     except (OSError, ValueError, RuntimeError) as e:  # a checkpoint of another model, or a damaged one
         raise DefectgenError(folder, f"cannot load the checkpoint's weights ({str(e).splitlines()[0][:200]})") from None
 
@@ -550,16 +541,26 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict, optimizer) -> 
 
 def _load_ema(ema, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
     """Counters from JSON; the weights copied into the existing shadow tensors, which keeps their device."""
-    shadow = ema.shadow_params
-    if sorted(tensors) != sorted(f"shadow.{i}" for i in range(len(shadow))):
-        raise ValueError(f"the EMA has {len(tensors)} tensors, the model {len(shadow)} trainable parameters")
-    for i, s in enumerate(shadow):
-        if tensors[f"shadow.{i}"].shape != s.shape:  # copy_ would broadcast silently
-            raise ValueError(f"EMA tensor {i} has shape {tuple(tensors[f'shadow.{i}'].shape)}, not {tuple(s.shape)}")
+    _check_shadow(tensors, ema.shadow_params)
     ema.load_state_dict(scalars)  # without shadow_params it keeps the current ones
+    _copy_shadow(tensors, ema.shadow_params)
+
+
+def _check_shadow(tensors: dict[str, torch.Tensor], targets: list[torch.Tensor]) -> None:
+    """ema.safetensors' `shadow.<i>` tensors match `targets` one to one, shape for shape, or a ValueError."""
+    if sorted(tensors) != sorted(f"shadow.{i}" for i in range(len(targets))):
+        raise ValueError(f"the EMA has {len(tensors)} tensors, the model {len(targets)} trainable parameters")
+    for i, t in enumerate(targets):
+        if tensors[f"shadow.{i}"].shape != t.shape:  # copy_ would broadcast silently
+            raise ValueError(f"EMA tensor {i} has shape {tuple(tensors[f'shadow.{i}'].shape)}, not {tuple(t.shape)}")
+
+
+def _copy_shadow(tensors: dict[str, torch.Tensor], targets: list[torch.Tensor]) -> None:
+    """The `shadow.<i>` tensors copied into `targets` in place (an EMA's shadow, or the parameters themselves)."""
+    _check_shadow(tensors, targets)
     with torch.no_grad():
-        for i, s in enumerate(shadow):
-            s.copy_(tensors[f"shadow.{i}"])
+        for i, t in enumerate(targets):
+            t.copy_(tensors[f"shadow.{i}"])
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -188,13 +188,13 @@ def mask_window(height: int, width: int, mask: np.ndarray | None, resolution: in
     is resized to `resolution`)."""
     if context < 1:
         raise ValueError(f"context must be at least 1, got {context}")
-    resolution = round(resolution * context)
-    side = resolution
+    least = round(resolution * context)  # the window's smallest side
+    side = least
     cy, cx = height / 2, width / 2
     if mask is not None and mask.any():
         ys, xs = np.nonzero(mask)
         y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        side = max(resolution, math.ceil(max(y_hi - y_lo, x_hi - x_lo) * margin))
+        side = max(least, math.ceil(max(y_hi - y_lo, x_hi - x_lo) * margin))
         cy, cx = (y_lo + y_hi) / 2, (x_lo + x_hi) / 2
         if rng is not None:
             slack = max(side - max(y_hi - y_lo, x_hi - x_lo), 0) / 2
