@@ -100,6 +100,8 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
     parser.add_argument("--ddpm-context", type=float, default=1.0,
                         help="the DDPMs' training and synthesis windows, in model sides (train-ddpm --context)")
+    parser.add_argument("--ddpm-target", choices=("image", "residual"), default="image",
+                        help="what the conditional DDPM diffuses (train-ddpm --target)")
     parser.add_argument("--ldm-steps", type=int, default=None,
                         help="training steps of the text-guided LDM's denoiser (default: the config's)")
     parser.add_argument("--ldm-vae-steps", type=int, default=None,
@@ -154,6 +156,18 @@ def reusable_model(folder: Path, reuse: bool) -> dict | None:
         record["weights"] = "raw"
     if meta.get("context", 1.0) != 1.0:
         record["context"] = meta["context"]
+    if (meta.get("conditioning") or {}).get("target", "image") != "image":
+        record["target"] = meta["conditioning"]["target"]
+    return record
+
+
+def ddpm_variant(args, conditional: bool = True) -> dict:
+    """The DDPM training options of the command line that differ from the defaults, as a proof's timings record
+    them beside each DDPM (`compute_curve.py` draws each such variant as a line of its own). `target` belongs to
+    the conditional model only."""
+    record = {"context": args.ddpm_context} if args.ddpm_context != 1.0 else {}
+    if conditional and args.ddpm_target != "image":
+        record["target"] = args.ddpm_target
     return record
 
 

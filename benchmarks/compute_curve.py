@@ -114,7 +114,8 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
         quality = proof["quality"].get(generator, {})
         variant = ([f"g{timing['guidance']:g}"] if timing.get("guidance") is not None else []) + \
             ([timing["weights"]] if timing.get("weights") else []) + \
-            ([f"ctx{timing['context']:g}"] if timing.get("context") else [])
+            ([f"ctx{timing['context']:g}"] if timing.get("context") else []) + \
+            ([timing["target"]] if timing.get("target") else [])
         # a sampling variant (guidance), another read of the same run (raw weights) or a training option (larger
         # windows): a line of its own, paired with the default at the same steps
         if variant:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
     command_line,
+    ddpm_variant,
     fmt,
     proof_parser,
     proof_precision,
@@ -140,9 +141,8 @@ def main() -> None:
     def train_cfg(steps, batch, lr):
         return proof_train_config(steps, batch, lr, args.seed, precision)
 
-    def trained(seconds: float, steps: int, context: float = 1.0) -> dict:
-        return {"train_s": seconds, "steps": steps, "mixed_precision": precision,
-                **({"context": context} if context != 1.0 else {})}
+    def trained(seconds: float, steps: int, variant: dict | None = None) -> dict:
+        return {"train_s": seconds, "steps": steps, "mixed_precision": precision, **(variant or {})}
 
     # the harmonized transplants re-draw pasted real defects with the DDPMs trained here
     wanted = set(generators) | {g.removeprefix("transplant-") for g in generators if g.startswith("transplant-")}
@@ -152,14 +152,14 @@ def main() -> None:
                    context=args.ddpm_context, config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4),
                    overwrite=True)
         models["ddpm"] = work / "ddpm"
-        timings["ddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], args.ddpm_context)
+        timings["ddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], ddpm_variant(args, conditional=False))
     if "cddpm" in wanted and not reused("cddpm"):
         t = time.perf_counter()
         train_ddpm(work / "cddpm", good, labeled, preset=cfg["ddpm_preset"], resolution=cfg["ddpm_res"],
-                   crop="random", context=args.ddpm_context,
+                   crop="random", context=args.ddpm_context, target=args.ddpm_target,
                    config=train_cfg(cfg["ddpm_steps"], cfg["ddpm_batch"], 5e-4), overwrite=True)
         models["cddpm"] = work / "cddpm"
-        timings["cddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], args.ddpm_context)
+        timings["cddpm"] = trained(time.perf_counter() - t, cfg["ddpm_steps"], ddpm_variant(args))
     if "ldm" in generators and not reused("ldm"):
         t = time.perf_counter()
         tok = args.tokenizer if Path(args.tokenizer).is_dir() else None

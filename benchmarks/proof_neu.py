@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
     command_line,
+    ddpm_variant,
     fmt,
     proof_parser,
     proof_precision,
@@ -295,7 +296,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
         if name == "cddpm":
             # crop=random: training windows around each box, the same windows synthesis paints in
             train_ddpm(folder, None, labeled, preset=cfg["ddpm_preset"], resolution=cfg["res"], crop="random",
-                       context=args.ddpm_context, config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
+                       context=args.ddpm_context, target=args.ddpm_target,
+                       config=train_cfg(cfg["ddpm_steps"], 5e-4), overwrite=True)
         else:
             tok = args.tokenizer if Path(args.tokenizer).is_dir() else None
             train_ldm(labeled, folder, config=train_cfg(cfg["ldm_steps"], 2e-4), base="tiny", preset=cfg["ldm_preset"],
@@ -306,8 +308,8 @@ def make_sets(args, cfg: dict, generators: list[str], labeled: Path, work: Path,
                                                "mixed_precision": precision}
         if name == "ldm":
             timings[name]["vae_steps"] = cfg["ldm_vae_steps"]
-        elif args.ddpm_context != 1.0:
-            timings[name]["context"] = args.ddpm_context
+        else:
+            timings[name].update(ddpm_variant(args))
 
     transplant = {"strength": args.transplant_strength, "keep_core": args.transplant_keep_core}
     if "transplant-cddpm" in generators:

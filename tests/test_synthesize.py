@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -432,3 +433,94 @@ def test_a_model_with_more_context_is_trained_and_synthesizes_on_its_wider_windo
     with pytest.raises(DefectgenError, match="context"):
         train_ddpm(tmp_path / "bad", None, tmp_path / "labeled", preset="tiny", resolution=R, context=0.5,
                    config=cfg, log=lambda m: None)
+
+
+def test_local_background_keeps_the_outside_and_fills_the_mask_from_around_it():
+    from defectgen.diffusion.models import denoising_target, from_target, local_background
+
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 5:11, 4:9] = 1
+    flat = torch.full((1, 2, 16, 16), 0.3)
+    assert torch.allclose(local_background(flat, mask), flat)  # a plain surface fills with itself
+    ramp = torch.linspace(-1, 1, 16).expand(1, 1, 16, 16).clone()  # brightness rising left to right
+    image = ramp.clone()
+    image[mask.bool()] = -1.0  # a dark defect
+    background = local_background(image, mask)
+    assert torch.equal(background[mask == 0], image[mask == 0])  # the outside, bit for bit
+    inside = background[0, 0, 5:11, 4:9]
+    assert (inside > -0.8).all() and (inside[:, -1] > inside[:, 0]).all()  # the ramp, not the defect
+    assert (inside - ramp[0, 0, 5:11, 4:9]).abs().max() < 0.35
+    assert torch.equal(local_background(image, torch.ones_like(mask)), torch.zeros_like(image))  # nothing known
+
+    target, known = denoising_target(image, mask, residual=True)
+    assert torch.equal(known, background) and torch.equal(target[mask.expand_as(target) == 0],
+                                                          torch.zeros(int((mask == 0).sum())))
+    assert (target[mask.bool()] < 0).all()  # the defect is darker than the surface it sits on
+    assert torch.allclose(from_target(target, known, residual=True), image, atol=1e-6)
+    target, known = denoising_target(image, mask, residual=False)
+    assert torch.equal(target, image) and torch.equal(known, image * (1 - mask))
+
+
+def test_a_residual_model_learns_and_paints_the_defect_over_its_local_background(tmp_path, rng, normals,
+                                                                                  crack_set):
+    from defectgen.diffusion.ddpm import load_model
+    from defectgen.diffusion.losses import conditional_loss
+    from defectgen.diffusion.models import local_background
+    from defectgen.diffusion.samplers import guided_inpaint
+
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, ema=False, checkpoint_every=0, progress=False)
+    labeled = crack_set / "labeled"
+    train_ddpm(tmp_path / "run", None, labeled, preset="tiny", resolution=R, target="residual", config=cfg,
+               log=lambda m: None)
+    model = load_model(tmp_path / "run")
+    assert model.condition.residual and model.meta["conditioning"]["target"] == "residual"
+    generator = load_generator(tmp_path / "run", sampler="ddim", steps=3, device="cpu")
+    for name in ("a", "b"):
+        synthesize(generator, normals, tmp_path / name, 3, SynthesisOptions(seed=4, progress=False))
+    for (_, image, mask, normal), (_, again, mask_again, _) in zip(
+            outputs(tmp_path / "a", normals), outputs(tmp_path / "b", normals), strict=True):
+        assert np.array_equal(image[~mask], normal[~mask]) and np.any(image[mask] != normal[mask])
+        assert np.array_equal(mask, mask_again) and np.array_equal(image, again)  # a seed gives its sample
+    plant = load_generator(tmp_path / "run", labeled=crack_set, strength=0.5, sampler="ddim", steps=3, device="cpu")
+    synthesize(plant, normals, tmp_path / "plant", 3, SynthesisOptions(seed=4, progress=False))
+    for _, image, mask, normal in outputs(tmp_path / "plant", normals):
+        assert np.array_equal(image[~mask], normal[~mask])
+
+    # What the network is told is known, in training and in sampling: the background filled in under the mask.
+    x0 = torch.linspace(-1, 1, R).expand(2, 1, R, R).clone()
+    mask = torch.zeros(2, 1, R, R)
+    mask[..., 4:10, 5:11] = 1
+    seen = []
+
+    def spy(x_t, t, m, known, classes, boxes=None):
+        seen.append(known[: x0.shape[0]].clone())
+        return torch.zeros_like(x_t)
+    batch = {"image": x0, "mask": mask, "class": torch.zeros(2, dtype=torch.long)}
+    conditional_loss(model.scheduler, 1, residual=True)(spy, batch)
+    guided_inpaint(spy, model.scheduler, x0, mask, torch.zeros(2, dtype=torch.long), 1, [0, 1], guidance=1.0,
+                   steps=2, residual=True)
+    conditional_loss(model.scheduler, 1)(spy, batch)
+    background = local_background(x0, mask)
+    assert background[mask.bool()].abs().min() > 0  # the fill is the ramp, not the image's zeroed inside
+    assert torch.equal(seen[0], background) and torch.equal(seen[1], background)
+    assert torch.equal(seen[-1], x0 * (1 - mask))  # the image target keeps the zeroed inside
+
+    with pytest.raises(DefectgenError, match="conditional"):
+        train_ddpm(tmp_path / "bad", normals, None, preset="tiny", resolution=R, target="residual", config=cfg,
+                   log=lambda m: None)
+    with pytest.raises(DefectgenError, match="target"):
+        train_ddpm(tmp_path / "bad", None, labeled, preset="tiny", resolution=R, target="edges", config=cfg,
+                   log=lambda m: None)
+
+
+def test_a_conditional_model_saved_before_targets_paints_the_image(tmp_path, models):
+    from defectgen.diffusion.ddpm import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(models["cddpm"], old)
+    config = old / "condition" / "config.json"
+    fields = json.loads(config.read_text())
+    fields.pop("target")
+    config.write_text(json.dumps(fields))
+    model = load_model(old)
+    assert not model.condition.residual and model.meta["conditioning"].get("target", "image") == "image"

@@ -109,6 +109,9 @@ def train_ddpm(
                                   "defect, less of its detail. Synthesis cuts the same windows."),
     class_dropout: float = typer.Option(0.1, "--class-dropout", help="Conditional: rate of the null class "
                                         "(for classifier-free guidance)."),
+    target: str = typer.Option("image", "--target", help="Conditional: what the model diffuses, image (the "
+                               "window) or residual (the defect over the surface filled in under the mask from "
+                               "around it)."),
     tensorboard: Tensorboard = False,
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     seed: TrainSeed = 0, overwrite: Overwrite = False, on_bad: OnBad = "error",
@@ -135,7 +138,7 @@ def train_ddpm(
                         checkpoint_minutes=checkpoint_minutes,
                         tensorboard=tensorboard, seed=seed, num_workers=workers)
     options = DdpmTrainingOptions(preset=preset, resolution=resolution, crop=crop, context=context,
-                                  class_dropout=class_dropout,
+                                  target=target, class_dropout=class_dropout,
                                   config=cfg, resume=resume, overwrite=overwrite, trust_checkpoint=trust_checkpoint,
                                   on_bad=on_bad)
     with _one_voice():

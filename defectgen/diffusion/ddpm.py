@@ -4,8 +4,10 @@ folder's defectgen.json records (or the kind `build_model` is asked for). Nothin
   ddpm   `UnconditionalDdpm`: a UNet2DModel on normal images. Its folder is a DDPMPipeline (model_index.json, unet/,
          scheduler/), so `DDPMPipeline.from_pretrained(folder)` opens it. Generates by perturb-and-denoise.
   cddpm  `ConditionalDdpm`: a class- and mask-conditional UNet2DModel, input concat(x_t, mask, x0 * (1 - mask)), so
-         in_channels = 2 * C + 1, with a `ConditionEmbedding` (condition/): a learned embedding per class plus a null
-         class for classifier-free guidance, plus an MLP on the box geometry of the mask when the labels have boxes.
+         in_channels = 2 * C + 1 (with `target: residual`, x_t is the defect over its local background and the
+         last input that background: models.denoising_target), with a `ConditionEmbedding` (condition/): a
+         learned embedding per class plus a null class for classifier-free guidance, plus an MLP on the box
+         geometry of the mask when the labels have boxes.
          Its folder is a `ConditionalDdpmPipeline` (pipelines/pipeline_cddpm.py: model_index.json, unet/,
          scheduler/, condition/); folders saved before it had model_index.json still load through `load_model`.
 Both write `defectgen.json` beside the weights (resolution, channels, classes, conditioning, data fingerprint,
@@ -148,7 +150,7 @@ class DdpmModel(ABC):
     @classmethod
     @abstractmethod
     def build(cls, resolution: int, channels: int, preset: str = "small", class_names: list[str] | None = None,
-              box_geometry: bool = False, **unet_overrides: Any) -> DdpmModel:
+              box_geometry: bool = False, target: str = "image", **unet_overrides: Any) -> DdpmModel:
         """A freshly initialised model (see `build_model`)."""
 
     @abstractmethod
@@ -201,7 +203,10 @@ class UnconditionalDdpm(DdpmModel):
     default_strength = 0.5
 
     @classmethod
-    def build(cls, resolution, channels, preset="small", class_names=None, box_geometry=False, **unet_overrides):
+    def build(cls, resolution, channels, preset="small", class_names=None, box_geometry=False, target="image",
+              **unet_overrides):
+        if target != "image":
+            raise DefectgenError(None, f"target {target!r} needs the conditional model (give labeled defects)")
         unet = build_unet(resolution, channels, channels, unet_config(preset, resolution, **unet_overrides))
         return cls(unet, ddpm_scheduler())._described(resolution, channels, preset, class_names)
 
@@ -249,12 +254,13 @@ class ConditionalDdpm(DdpmModel):
         self.condition = condition
 
     @classmethod
-    def build(cls, resolution, channels, preset="small", class_names=None, box_geometry=False, **unet_overrides):
+    def build(cls, resolution, channels, preset="small", class_names=None, box_geometry=False, target="image",
+              **unet_overrides):
         cfg = unet_config(preset, resolution, **unet_overrides)
         if not class_names:
             raise DefectgenError(None, "a conditional model needs at least one defect class")
         cfg.update(class_embed_type="identity")  # the UNet takes the condition embedding as its class vector
-        condition = ConditionEmbedding(len(class_names), time_embedding_width(cfg), box_geometry)
+        condition = ConditionEmbedding(len(class_names), time_embedding_width(cfg), box_geometry, target)
         unet = build_unet(resolution, 2 * channels + 1, channels, cfg)
         return cls(unet, ddpm_scheduler(), condition)._described(resolution, channels, preset, class_names)
 
@@ -267,9 +273,12 @@ class ConditionalDdpm(DdpmModel):
         return [self.unet, self.condition]
 
     def conditioning(self) -> dict[str, Any]:
+        residual = self.condition.residual
         return {
-            "type": "class+mask", "unet_input": "concat(x_t, mask, x0 * (1 - mask))", "null_class": True,
-            "box_geometry": bool(self.condition.config.box_geometry),
+            "type": "class+mask", "null_class": True, "box_geometry": bool(self.condition.config.box_geometry),
+            "target": "residual" if residual else "image",
+            "unet_input": "concat(x_t, mask, local_background(x0, mask))" if residual else
+            "concat(x_t, mask, x0 * (1 - mask))",
         }
 
     def module(self) -> nn.Module:
@@ -279,7 +288,8 @@ class ConditionalDdpm(DdpmModel):
         return ConditionalDdpmPipeline(unet=self.unet, scheduler=self.scheduler, condition=self.condition)
 
     def loss(self, class_dropout: float) -> LossFn:
-        return conditional_loss(self.scheduler, self.condition.null_class, class_dropout)
+        return conditional_loss(self.scheduler, self.condition.null_class, class_dropout,
+                                residual=self.condition.residual)
 
     def examples(self, normal_samples, labeled_samples, crop, seed) -> TrainingData:
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -311,7 +321,7 @@ class ConditionalDdpm(DdpmModel):
 
     def normal_noise_prediction(self, x_t, timesteps) -> torch.Tensor:
         # The null class and the whole image masked with nothing known: how it was trained on normals (the null
-        # class inside random masks).
+        # class inside random masks). A residual model reads it alike: with nothing known its background is 0.
         b, _, h, w = x_t.shape
         mask, known = x_t.new_ones(b, 1, h, w), torch.zeros_like(x_t)
         classes = torch.full((b,), self.condition.null_class, device=x_t.device, dtype=torch.long)
@@ -324,15 +334,16 @@ KINDS: dict[str, type[DdpmModel]] = {k.kind: k for k in (UnconditionalDdpm, Cond
 
 def build_model(
     kind: str, resolution: int, channels: int, preset: str = "small", class_names: list[str] | None = None,
-    box_geometry: bool = False, **unet_overrides: Any,
+    box_geometry: bool = False, target: str = "image", **unet_overrides: Any,
 ) -> DdpmModel:
     """A freshly initialised model of `kind` (ddpm | cddpm). `unet_overrides` replace preset fields
-    (block_out_channels, ...); a conditional model needs `class_names`."""
+    (block_out_channels, ...); a conditional model needs `class_names`; `target` (cddpm: image | residual) is what
+    it diffuses (models.TARGETS)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}")
     if channels not in (1, 3):
         raise DefectgenError(None, f"models have 1 or 3 channels, not {channels}")
-    return KINDS[kind].build(resolution, channels, preset, class_names, box_geometry, **unet_overrides)
+    return KINDS[kind].build(resolution, channels, preset, class_names, box_geometry, target, **unet_overrides)
 
 
 def save_model(model: DdpmModel, path: str | Path, **meta: Any) -> Path:

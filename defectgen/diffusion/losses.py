@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
+from defectgen.diffusion.models import denoising_target
+
 
 def unconditional_loss(scheduler: DDPMScheduler):
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
@@ -27,16 +29,18 @@ def unconditional_loss(scheduler: DDPMScheduler):
 
 
 def conditional_loss(scheduler: DDPMScheduler, null_class: int, class_dropout: float = 0.1,
-                     outside_weight: float = 0.1):
-    """Noise-prediction loss, weighted towards the mask (the outside is given to the model as input)."""
+                     outside_weight: float = 0.1, residual: bool = False):
+    """Noise-prediction loss, weighted towards the mask (the outside is given to the model as input). `residual`:
+    the model diffuses the defect over its local background (models.denoising_target)."""
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-        x0, mask, cls = batch["image"], batch["mask"], batch["class"]
+        mask, cls = batch["mask"], batch["class"]
+        x0, known = denoising_target(batch["image"], mask, residual)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                           device=x0.device)
         drop = torch.rand(cls.shape, generator=generator, device=cls.device) < class_dropout
         cls = torch.where(drop, torch.full_like(cls, null_class), cls)
-        pred = model(scheduler.add_noise(x0, noise, t), t, mask, x0 * (1 - mask), cls, batch.get("box"))
+        pred = model(scheduler.add_noise(x0, noise, t), t, mask, known, cls, batch.get("box"))
         weight = mask + outside_weight * (1 - mask)
         err = (pred.float() - noise.float()) ** 2 * weight
         return err.sum() / (weight.sum() * x0.shape[1]).clamp_min(1.0)

@@ -5,7 +5,10 @@ DDPM (ddpm.py holds the two kinds built from these):
   `PRESETS`, `preset_config`, `unet_config`, `build_unet`: the UNet2DModel of both kinds; `ddpm_scheduler`.
   `ConditionEmbedding`: class (plus a null class for classifier-free guidance) and optional box geometry -> one
   vector the conditional UNet adds to its timestep embedding; `box_geometry` computes that box from a mask.
-  `ConditionalDenoiser`: UNet + condition embedding as one module, input concat(x_t, mask, x0 * (1 - mask)).
+  `ConditionalDenoiser`: UNet + condition embedding as one module, input concat(x_t, mask, known).
+  `TARGETS`, `denoising_target`, `from_target`, `local_background`: what the conditional model diffuses, the
+  window itself (`image`, known = x0 * (1 - mask)) or the defect as a residual over the surface filled in from
+  around the mask (`residual`, known = that filled-in background).
 LDM (pipelines/pipeline_ldm_inpaint.py assembles them into a StableDiffusionInpaintPipeline):
   `LDM_PRESETS`, `ldm_preset`, `build_vae`, `build_ldm_unet`, `build_text_encoder`, `ldm_scheduler`, and the
   byte-level CLIP tokenizer that lets a from-scratch model run offline.
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -95,8 +99,10 @@ class ConditionEmbedding(ModelMixin, ConfigMixin):
     __module__ = "defectgen.diffusion.ddpm"
 
     @register_to_config
-    def __init__(self, num_classes: int, embed_dim: int, box_geometry: bool = True):
+    def __init__(self, num_classes: int, embed_dim: int, box_geometry: bool = True, target: str = "image"):
         super().__init__()
+        if target not in TARGETS:
+            raise DefectgenError(None, f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
         self.class_embedding = nn.Embedding(num_classes + 1, embed_dim)
         # Box geometry (x0, y0, x1, y1 in [0, 1] of the model's window) through a small MLP.
         self.box_embedding = nn.Sequential(nn.Linear(4, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)) \
@@ -105,6 +111,12 @@ class ConditionEmbedding(ModelMixin, ConfigMixin):
     @property
     def null_class(self) -> int:
         return self.config.num_classes
+
+    @property
+    def residual(self) -> bool:
+        """The model diffuses the defect as a residual over its local background (folders saved before the option
+        read as `image`)."""
+        return self.config.get("target", "image") == "residual"
 
     def forward(self, class_labels: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.class_embedding(class_labels)
@@ -120,6 +132,43 @@ def box_geometry(mask: np.ndarray) -> np.ndarray:
     if box is None:
         return np.zeros(4, np.float32)
     return np.array([box.x0 / w, box.y0 / h, box.x1 / w, box.y1 / h], np.float32)
+
+
+# What the conditional model diffuses. image: the window itself; the UNet is told the outside (x0 * (1 - mask)).
+# residual: x0 minus its local background, the surface filled in under the mask from the pixels around it; the UNet
+# is told that background everywhere. The residual is zero outside the mask and, inside, holds only what the defect
+# changes: the model spends none of its capacity on the surface's brightness and shading.
+TARGETS = ("image", "residual")
+
+
+def local_background(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W: `image` outside the mask, and inside it the surface filled in from the unmasked pixels
+    around it (push-pull: averages of the known pixels over ever coarser grids, blended back up by how much of
+    each cell was known). A window with no known pixel fills with 0 (mid-gray)."""
+    known = 1 - mask
+    levels = [(image * known, known)]
+    while min(levels[-1][1].shape[-2:]) > 1 and not bool((levels[-1][1] > 0).all()):
+        x, w = levels[-1]
+        levels.append((F.avg_pool2d(x, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    x, w = levels[-1]
+    fill = torch.where(w > 0, x / w.clamp_min(1e-12), torch.zeros_like(x))
+    for x, w in reversed(levels[:-1]):
+        up = F.interpolate(fill, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        fill = x + (1 - w) * up  # x is the known pixels' mean times w: a fully known cell keeps its own mean
+    return image * known + fill * mask
+
+
+def denoising_target(x0: torch.Tensor, mask: torch.Tensor, residual: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the model diffuses, what it is told is known) for windows x0 with masks `mask`."""
+    if not residual:
+        return x0, x0 * (1 - mask)
+    background = local_background(x0, mask)
+    return (x0 - background) * mask, background
+
+
+def from_target(sample: torch.Tensor, known: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The window a sampled target stands for (the inverse of `denoising_target`)."""
+    return known + sample if residual else sample
 
 
 class ConditionalDenoiser(nn.Module):

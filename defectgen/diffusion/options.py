@@ -18,6 +18,9 @@ class DdpmTrainingOptions:
     crop:               larger images: `random` windows at native scale, or `resize` the whole image.
     context:            `random` windows span at least this many model sides of native pixels (resized to the
                         model): more surface around each defect, less of its detail. Synthesis uses the same.
+    target:             conditional model: what it diffuses, `image` (the window) or `residual` (the defect over the
+                        surface filled in under the mask from around it, so the model learns only what the defect
+                        changes). Recorded in the model; synthesis uses the same.
     class_dropout:      conditional model: share of steps trained on the null class (classifier-free guidance).
     config:             the optimiser, schedule, checkpoints and precision.
     resume, overwrite:  continue in the run folder, or clear it (only a folder defectgen made).
@@ -28,6 +31,7 @@ class DdpmTrainingOptions:
     resolution: int | str | None = None
     crop: str = "random"
     context: float = 1.0
+    target: str = "image"
     class_dropout: float = 0.1
     config: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from defectgen.diffusion.models import denoising_target, from_target
+
 SAMPLERS = ("ddpm", "ddim", "dpm")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 20}
 
@@ -103,15 +105,16 @@ def perturb_and_denoise(
 def guided_inpaint(
     denoiser, train_scheduler: DDPMScheduler, x0: torch.Tensor, mask: torch.Tensor, classes: torch.Tensor,
     null_class: int, seeds: list[int], guidance: float = 3.0, boxes: torch.Tensor | None = None,
-    sampler: str = "ddim", steps: int | None = None, strength: float = 1.0,
+    sampler: str = "ddim", steps: int | None = None, strength: float = 1.0, residual: bool = False,
 ) -> torch.Tensor:
     """Method 2: paint a defect of `classes` inside the mask with the conditional model and classifier-free
     guidance eps = eps_null + guidance * (eps_class - eps_null). guidance 1 = no guidance, 0 = null class only.
     strength 1 starts inside the mask from pure noise; below 1 the reverse process starts at t0 = strength * T
-    from x0 noised (SDEdit), so what x0 holds inside the mask (a pasted real defect) shapes the result."""
+    from x0 noised (SDEdit), so what x0 holds inside the mask (a pasted real defect) shapes the result.
+    `residual`: the model diffuses the defect over the local background of x0 (models.denoising_target)."""
     scheduler, timesteps = _truncated(sampler, train_scheduler, steps, strength, x0.device)
     gens = generators(seeds)
-    known = x0 * (1 - mask)
+    x0, known = denoising_target(x0, mask, residual)  # from here on x0 is what the model diffuses
     if strength >= 1:
         x = seeded_randn(tuple(x0.shape[1:]), gens, x0.device, x0.dtype) * scheduler.init_noise_sigma
         x = mask * x + (1 - mask) * _noised(train_scheduler, x0, int(timesteps[0]), gens)
@@ -128,4 +131,5 @@ def guided_inpaint(
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    return _reverse(eps_fn, scheduler, train_scheduler, x, x0, mask, timesteps, gens).clamp(-1, 1)
+    sample = _reverse(eps_fn, scheduler, train_scheduler, x, x0, mask, timesteps, gens)
+    return from_target(sample, known, residual).clamp(-1, 1)

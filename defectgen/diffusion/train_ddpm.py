@@ -17,7 +17,7 @@ from torch import nn
 from defectgen.diffusion.data import fingerprint, read_training_samples
 from defectgen.diffusion.ddpm import ConditionalDdpm, DdpmModel, UnconditionalDdpm, load_model, save_model
 from defectgen.diffusion.folder import has_metadata, update_metadata
-from defectgen.diffusion.models import min_resolution_multiple, preset_config
+from defectgen.diffusion.models import TARGETS, min_resolution_multiple, preset_config
 from defectgen.diffusion.options import DdpmTrainingOptions
 from defectgen.diffusion.training import TrainConfig, TrainResult, checkpoints, main_decides, process_state, train_loop
 from defectgen.errors import DefectgenError
@@ -41,7 +41,7 @@ def train_ddpm(
     Returns the trained model (EMA weights when EMA is on), loaded back from `out`."""
     o = replace(options or DdpmTrainingOptions(), **overrides)
     cfg, preset, crop, class_dropout, resume = o.config or TrainConfig(), o.preset, o.crop, o.class_dropout, o.resume
-    _check_training_options(normals, labeled, preset, crop, class_dropout)
+    _check_training_options(normals, labeled, preset, crop, class_dropout, o.target)
     if not 1 <= o.context <= 8:  # beyond 8 model sides a defect shrinks to a few pixels of the window
         raise DefectgenError(None, f"`context` must lie in [1, 8], got {o.context}")
     resolution = square_side(o.resolution, min_resolution_multiple(preset), "the DDPM")
@@ -57,7 +57,7 @@ def train_ddpm(
     if not is_main:
         log = lambda message: None  # noqa: E731
     torch.manual_seed(cfg.seed)
-    model = kind.build(resolution, channels, preset, class_names, box_geometry=boxes)
+    model = kind.build(resolution, channels, preset, class_names, box_geometry=boxes, target=o.target)
     model.meta["context"] = float(o.context)
     data = model.examples(normal_samples, labeled_samples, crop, cfg.seed)
     meta = _training_meta(model, normals, labeled, normal_samples, labeled_samples, crop, class_dropout, cfg)
@@ -93,9 +93,13 @@ def _default_resolution(used: list, preset: str) -> int:
     return max(multiple, min(256, side) // multiple * multiple)
 
 
-def _check_training_options(normals, labeled, preset: str, crop: str, class_dropout: float) -> None:
+def _check_training_options(normals, labeled, preset: str, crop: str, class_dropout: float, target: str) -> None:
     if normals is None and labeled is None:
         raise DefectgenError(None, "give `normals` (unconditional model) or `labeled` (conditional model)")
+    if target not in TARGETS:
+        raise DefectgenError(None, f"`target` must be one of {', '.join(TARGETS)}, not {target!r}")
+    if target != "image" and labeled is None:
+        raise DefectgenError(None, f"`target` {target} needs the conditional model: give `labeled` defects")
     if crop not in ("random", "resize"):
         raise DefectgenError(None, f"`crop` must be 'random' or 'resize', not {crop!r}")
     if not 0 <= class_dropout < 1:

@@ -20,7 +20,8 @@ class ConditionalDdpmPipeline(DiffusionPipeline):
     once that module is imported (`defectgen.diffusion.ddpm.load_model` opens a run folder that way).
 
     Calling it paints a defect of `class_labels` inside `mask_image` with classifier-free guidance; the outside
-    keeps `image`. Every random draw of sample b comes from seeds[b] (default: b)."""
+    keeps `image`. A model whose condition says `target: residual` paints the defect over the surface filled in
+    under the mask (models.local_background). Every random draw of sample b comes from seeds[b] (default: b)."""
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, condition: ConditionEmbedding):
         super().__init__()
@@ -48,7 +49,8 @@ class ConditionalDdpmPipeline(DiffusionPipeline):
         seeds = list(range(x0.shape[0])) if seeds is None else seeds
         denoiser = ConditionalDenoiser(self.unet, self.condition).eval()
         out = guided_inpaint(denoiser, self.scheduler, x0, mask, classes, self.condition.null_class, seeds,
-                             guidance_scale, boxes, sampler, num_inference_steps, strength)
+                             guidance_scale, boxes, sampler, num_inference_steps, strength,
+                             residual=self.condition.residual)
         if output_type == "np":
             out = ((out.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
         return ImagePipelineOutput(images=out) if return_dict else (out,)
