@@ -100,6 +100,8 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
     parser.add_argument("--ddpm-context", type=float, default=1.0,
                         help="the DDPMs' training and synthesis windows, in model sides (train-ddpm --context)")
+    parser.add_argument("--ddpm-preset", choices=("tiny", "small", "base"), default=None,
+                        help="the DDPMs' UNet size (default: the config's)")
     parser.add_argument("--ddpm-target", choices=("image", "residual"), default="image",
                         help="what the conditional DDPM diffuses (train-ddpm --target)")
     parser.add_argument("--ldm-steps", type=int, default=None,
@@ -132,9 +134,10 @@ def proof_train_config(steps: int, batch: int, lr: float, seed: int, precision: 
 
 
 def proof_settings(configs: dict, args) -> dict:
-    """The config's settings with the command line's overrides (--ddpm-steps, --ldm-steps, --ldm-vae-steps)."""
+    """The config's settings with the command line's overrides (--ddpm-steps, --ddpm-preset, --ldm-steps,
+    --ldm-vae-steps)."""
     cfg = dict(configs[args.config])
-    for key in ("ddpm_steps", "ldm_steps", "ldm_vae_steps"):
+    for key in ("ddpm_steps", "ddpm_preset", "ldm_steps", "ldm_vae_steps"):
         if getattr(args, key, None):
             cfg[key] = getattr(args, key)
     return cfg
@@ -162,10 +165,12 @@ def reusable_model(folder: Path, reuse: bool) -> dict | None:
 
 
 def ddpm_variant(args, conditional: bool = True) -> dict:
-    """The DDPM training options of the command line that differ from the defaults, as a proof's timings record
+    """The DDPM training options of the command line that differ from the config's, as a proof's timings record
     them beside each DDPM (`compute_curve.py` draws each such variant as a line of its own). `target` belongs to
     the conditional model only."""
     record = {"context": args.ddpm_context} if args.ddpm_context != 1.0 else {}
+    if args.ddpm_preset:  # a larger (or smaller) UNet than the config's
+        record["preset"] = args.ddpm_preset
     if conditional and args.ddpm_target != "image":
         record["target"] = args.ddpm_target
     return record
