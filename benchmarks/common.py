@@ -102,6 +102,9 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
                         help="the DDPMs' training and synthesis windows, in model sides (train-ddpm --context)")
     parser.add_argument("--ddpm-preset", choices=("tiny", "small", "base"), default=None,
                         help="the DDPMs' UNet size (default: the config's)")
+    parser.add_argument("--variant", default=None,
+                        help="a name recorded beside the DDPMs' timings, so compute_curve.py draws and pairs their "
+                        "points as a line of their own (a rerun on another machine, say)")
     parser.add_argument("--ddpm-target", choices=("image", "residual"), default="image",
                         help="what the conditional DDPM diffuses (train-ddpm --target)")
     parser.add_argument("--ldm-steps", type=int, default=None,
@@ -171,6 +174,8 @@ def ddpm_variant(args, conditional: bool = True) -> dict:
     record = {"context": args.ddpm_context} if args.ddpm_context != 1.0 else {}
     if args.ddpm_preset:  # a larger (or smaller) UNet than the config's
         record["preset"] = args.ddpm_preset
+    if args.variant:
+        record["variant"] = args.variant
     if conditional and args.ddpm_target != "image":
         record["target"] = args.ddpm_target
     return record

@@ -116,9 +116,11 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
             ([timing["weights"]] if timing.get("weights") else []) + \
             ([f"ctx{timing['context']:g}"] if timing.get("context") else []) + \
             ([timing["target"]] if timing.get("target") else []) + \
-            ([timing["preset"]] if timing.get("preset") else [])
-        # a sampling variant (guidance), another read of the same run (raw weights) or a training option (larger
-        # windows, the residual target, a larger UNet): a line of its own, paired with the default at the same steps
+            ([timing["preset"]] if timing.get("preset") else []) + \
+            ([timing["variant"]] if timing.get("variant") else [])
+        # a sampling variant (guidance), another read of the same run (raw weights), a training option (larger
+        # windows, the residual target, a larger UNet) or a named rerun: a line of its own, paired with the default
+        # at the same steps
         if variant:
             generator = " ".join([generator, *variant])
             keys = {k: k.replace(model.removesuffix(layout.model_suffix), generator, 1) for k in keys}
