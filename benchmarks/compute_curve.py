@@ -144,6 +144,9 @@ def check_same_protocol(reference: dict, other: dict, path: Path) -> None:
         raise SystemExit(f"{path}: ran with other {', '.join(differ)} than the reference; its runs do not pair")
 
 
+RERUN = "rerun"  # the variant name of a default point trained and measured again (on another machine, say)
+
+
 def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], layout: Layout) -> dict:
     """The verdicts, worth and plotted values of every point under one detector."""
     own = {k for p in points for k in p.runs.get(detector, {})}
@@ -162,8 +165,11 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
                                                       layout.mixed("draem")) if b in runs]
         pairs += [(layout.alone(p.name), layout.alone(b)) for b in BANDS
                   if layout.alone(b) in runs and layout.alone(p.name) in runs]
-        # against the generator's first point (more training), and a sampling variant against the default
-        variant_of = [replace(p, generator=p.generator.split()[0]).name] if " " in p.generator else []
+        # against the generator's first point (more training), and a variant against the default and, where the
+        # default was run again on this variant's machine (`--variant rerun`), against that rerun too
+        base = p.generator.split()[0]
+        variant_of = [replace(p, generator=g).name for g in (base, f"{base} {RERUN}") if g != p.generator] \
+            if " " in p.generator else []
         bases = [first[p.generator].name] + variant_of
         for base in (b for b in bases if b != p.name and layout.mixed(b) in runs):
             pairs += [(layout.mixed(p.name), layout.mixed(base))]

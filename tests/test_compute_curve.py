@@ -145,3 +145,24 @@ def test_a_runs_raw_weights_pair_with_its_ema_and_a_transplants_ddpm_is_no_point
     found = {(v["run"], v["baseline"], v["metric"]): v["mean"] for v in judged["verdicts"]}
     assert found[("real+cddpm raw@3200 bf16", "real+cddpm@3200 bf16", "pixel_ap")] == pytest.approx(-0.02)
     assert found[("real+transplant-cddpm@3200 bf16", "real+copypaste", "pixel_ap")] == pytest.approx(0.07)
+
+
+def test_a_training_variant_pairs_with_the_default_and_with_its_rerun(proofs, tmp_path):
+    def variant(name: str, record: dict, pixel_ap: float) -> object:
+        proof = json.loads(proofs[1].read_text())
+        proof["generation"]["cddpm"].update(steps=800, mixed_precision="no", train_s=300.0, **record)
+        proof["seeded"]["seg"]["real+cddpm"]["values"]["pixel_ap"] = [pixel_ap + j for j in JITTER]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(proof))
+        return path
+
+    paths = [variant("residual", {"target": "residual"}, 0.47), variant("small", {"preset": "small"}, 0.52),
+             variant("rerun", {"variant": cc.RERUN}, 0.46)]
+    judged = _judged([proofs[0], *paths])
+    assert {"cddpm residual", "cddpm small", f"cddpm {cc.RERUN}"} <= set(judged["lines"])
+    found = {(v["run"], v["baseline"], v["metric"]): v["mean"] for v in judged["verdicts"]}
+    assert found[("real+cddpm residual@800", "real+cddpm@800", "pixel_ap")] == pytest.approx(0.02)
+    assert found[("real+cddpm residual@800", "real+cddpm rerun@800", "pixel_ap")] == pytest.approx(0.01)
+    assert found[("real+cddpm small@800", "real+cddpm rerun@800", "pixel_ap")] == pytest.approx(0.06)
+    assert found[("real+cddpm rerun@800", "real+cddpm@800", "pixel_ap")] == pytest.approx(0.01)  # the machine
+    assert not any(base == "real+cddpm rerun@800" for run, base, _ in found if run == "real+cddpm rerun@800")
