@@ -198,8 +198,8 @@ def fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_results(name: str, out: dict, markdown: str, figure: Path) -> None:
-    """benchmarks/results/<name>.json and .md, and a copy of the figure, then the Markdown on stdout."""
+def write_results(name: str, out: dict, markdown: str, figure: Path | None) -> None:
+    """benchmarks/results/<name>.json and .md, and a copy of the figure (if any), then the Markdown on stdout."""
     import json
     import shutil
 
@@ -207,5 +207,6 @@ def write_results(name: str, out: dict, markdown: str, figure: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     (results / f"{name}.md").write_text(markdown)
-    shutil.copy(figure, results / figure.name)
+    if figure is not None:
+        shutil.copy(figure, results / figure.name)
     print(markdown)

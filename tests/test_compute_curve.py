@@ -166,3 +166,18 @@ def test_a_training_variant_pairs_with_the_default_and_with_its_rerun(proofs, tm
     assert found[("real+cddpm small@800", "real+cddpm rerun@800", "pixel_ap")] == pytest.approx(0.06)
     assert found[("real+cddpm rerun@800", "real+cddpm@800", "pixel_ap")] == pytest.approx(0.01)  # the machine
     assert not any(base == "real+cddpm rerun@800" for run, base, _ in found if run == "real+cddpm rerun@800")
+
+
+def test_pair_runs_names_each_proofs_runs_by_its_label_and_refuses_another_protocol(proofs, tmp_path):
+    from benchmarks.pair_runs import labeled_runs
+    from defectgen.evaluate.compare import verdicts
+
+    runs = labeled_runs({"ref": proofs[0], "new": proofs[1]}, "seg")
+    assert {"ref:real+cddpm", "new:real+cddpm", "ref:real+copypaste"} <= set(runs)
+    (judged,) = verdicts(runs, ["pixel_ap"], pairs=[("new:real+cddpm", "ref:real+copypaste")])
+    assert judged.verdict == "beats" and judged.spread.mean == pytest.approx(0.07)
+    other = json.loads(proofs[1].read_text())
+    other["masks"] = "perlin"
+    (tmp_path / "perlin.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="perlin.json: ran with other masks"):
+        labeled_runs({"ref": proofs[0], "perlin": tmp_path / "perlin.json"}, "seg")
