@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import command_line, fmt, provenance, rel, write_results  # noqa: E402
+from defectgen.diffusion.models import PRESETS  # noqa: E402
 from defectgen.evaluate.compare import METRIC_NAMES, RunSeeds, verdicts, worth  # noqa: E402
 from defectgen.evaluate.verdicts import TWO_SE, Spread, worth_in_real_defects  # noqa: E402
 
@@ -228,7 +229,8 @@ def judge(detector: str, reference: dict[str, RunSeeds], points: list[Point], la
 def plot(detectors: dict, title: str, path: Path) -> Path:
     """Per detector, real+SET's gain over real alone (top) and the set alone (bottom) against training steps, each
     point labelled with its CPU minutes (steps are the comparable axis: the minutes depend on the precision and on
-    what else ran on the machine)."""
+    what else ran on the machine). The generators' own lines and their larger UNets only: the ablations (guidance,
+    raw weights, windows, the residual target, reruns) are in the tables, where they are paired."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +242,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
     colours = {"copypaste": "tab:orange", "draem": "tab:grey"}
     # every generator keeps its colour in every panel, none of them the bands' colours
     line_colours = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-    generators = sorted({g for d in detectors.values() for g in d["lines"]})
+    generators = sorted({g for d in detectors.values() for g in d["lines"] if _plotted(g)})
     line_colour = {g: line_colours[i % len(line_colours)] for i, g in enumerate(generators)}
     for col, detector in enumerate(names):
         d = detectors[detector]
@@ -255,6 +257,8 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
                 ax.axhspan(low, high, color=colours[band], alpha=0.18, lw=0)
                 ax.axhline(s["mean"], color=colours[band], lw=1, label=f"{band} (± std)")
             for generator, points in d["lines"].items():
+                if not _plotted(generator):
+                    continue
                 xs = [p["steps"] for p in points if p[field] is not None]
                 ys = [p[field]["mean"] for p in points if p[field] is not None]
                 es = [p[field]["std"] or 0 for p in points if p[field] is not None]
@@ -285,6 +289,11 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _plotted(generator: str) -> bool:
+    """A generator's own line, or its line at another UNet size (`--ddpm-preset`), not an ablation's."""
+    return all(v in PRESETS for v in generator.split()[1:])
 
 
 def _worth_text(w: dict) -> str:

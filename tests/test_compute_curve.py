@@ -181,3 +181,8 @@ def test_pair_runs_names_each_proofs_runs_by_its_label_and_refuses_another_proto
     (tmp_path / "perlin.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="perlin.json: ran with other masks"):
         labeled_runs({"ref": proofs[0], "perlin": tmp_path / "perlin.json"}, "seg")
+
+
+def test_the_plot_draws_generators_and_their_larger_unets_not_the_ablations():
+    assert cc._plotted("cddpm") and cc._plotted("transplant-cddpm") and cc._plotted("cddpm small")
+    assert not any(cc._plotted(g) for g in ("cddpm residual", "cddpm rerun", "cddpm g1", "cddpm small residual"))
