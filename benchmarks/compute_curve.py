@@ -238,7 +238,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
     names = list(detectors)
-    fig, axes = plt.subplots(2, len(names), figsize=(5.6 * len(names), 6.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(7.2 * len(names), 6.4), dpi=120, squeeze=False)
     colours = {"copypaste": "tab:orange", "draem": "tab:grey"}
     # every generator keeps its colour in every panel, none of them the bands' colours
     line_colours = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
@@ -270,7 +270,9 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
                     text = minutes + ("" if p["mixed_precision"] == "no" else f", {p['mixed_precision']}")
                     if field == "gain_over_real" and p["mean_curve_worth"]:
                         text += f"\n{_mean_worth(p['mean_curve_worth'], short=True)} real defects"
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=6)
+                    # each generator's labels in its colour, staggered so that points at one step stay legible
+                    ax.annotate(text, (x, y), textcoords="offset points", fontsize=6, color=line_colour[generator],
+                                xytext=(6, 4 - 14 * generators.index(generator)))
             if field == "gain_over_real":
                 ax.axhline(0.0, color="black", lw=0.8, ls="--", label="real alone")
             ax.set_xscale("log")
@@ -283,7 +285,7 @@ def plot(detectors: dict, title: str, path: Path) -> Path:
             ax.set_xlabel("generator training steps (labels: CPU minutes)")
             ax.set_ylabel(f"real+set − real, {metric}" if field == "gain_over_real" else f"set alone, {metric}")
             ax.set_title(detector, fontsize=10)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points' labels
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
