@@ -284,6 +284,16 @@ def _split_overlap(d: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
+def _pair_runs(d: dict[str, dict]) -> str:
+    parts = []
+    for _, out in sorted(d.items()):
+        first = out["verdicts"][0]["metric"]  # the first metric of each pair: mAP@0.5 or pixel AP
+        parts.append(f"{out['tag']} ({out['detector']}, {first}): " + ", ".join(
+            f"{v['run']} − {v['baseline']} {v['mean']:+.3f} ± {v['std']:.3f} ({v['verdict']})"
+            for v in out["verdicts"] if v["metric"] == first))
+    return "; ".join(parts)
+
+
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
@@ -309,6 +319,9 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
       "proof_cpu-transplant-cddpm-*.json", "proof_neu_cpu-transplant-cddpm-*.json", "proof_neu_cpu-ldm-*.json"],
      "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
+    ("pair-runs", "pair_runs", "paired verdicts between runs of different proofs: a rerun on another machine against "
+     "its reference, a new set against a baseline run again beside it", ["pair_runs_*.json"], "current", None, "",
+     _pair_runs),
     ("split-overlap-mt", "split_overlap", "magnetic-tile: each test defect's distance to its nearest labeled defect "
      "(the same tile under other exposures), generated sets for scale", ["split_overlap_*.json"], "current", None,
      "", _split_overlap),
