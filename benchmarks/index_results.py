@@ -316,7 +316,8 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
      "DDPM at 800 / 3200 / 12800 steps, the transplant that re-draws real defects with it, the LDM, and the push "
      "ablations (guidance, raw weights against EMA, wider windows), paired with the 3-seed proofs' baselines",
      ["compute_curve_*.json", "proof_cpu-cddpm-*.json", "proof_neu_cpu-cddpm-*.json",
-      "proof_cpu-transplant-cddpm-*.json", "proof_neu_cpu-transplant-cddpm-*.json", "proof_neu_cpu-ldm-*.json"],
+      "proof_cpu-transplant-cddpm-*.json", "proof_neu_cpu-transplant-cddpm-*.json", "proof_neu_cpu-ldm-*.json",
+      "proof_cpu-ldm-*.json"],
      "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
     ("pair-runs", "pair_runs", "paired verdicts between runs of different proofs: a rerun on another machine against "
