@@ -294,6 +294,12 @@ def _pair_runs(d: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
+def _det_repro(d: dict[str, dict]) -> str:
+    seeded = next(iter(d.values()))["seeded"]["det"]
+    return "; ".join(f"{run} mAP@0.5 per seed " + ", ".join(f"{v:.6f}" for v in s["values"]["map50"])
+                     for run, s in seeded.items())
+
+
 # (id, benchmark, what it measures, file patterns, status, superseded by, note, headline)
 FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[dict], str]]] = [
     ("learning-curve-neu-det", "learning_curve", "real-only learning curve of det on NEU-DET, 3 seeds",
@@ -320,6 +326,10 @@ FAMILIES: list[tuple[str, str, str, list[str], str, str | None, str, Callable[[d
       "proof_cpu-ldm-*.json"],
      "current", None,
      "proof_*-cddpm-*: sets-only proofs (the points); compute_curve_*: the verdicts and plots", _compute_curve),
+    ("det-repro", "proof", "NEU-DET: det run again on one machine with the same seeds and set (copy-paste), to read "
+     "whether a rerun reproduces the earlier run's values", ["proof_neu_cpu-det-repro.json"], "current", None,
+     "compare its seeded values with proof_neu_cpu-cddpm-800-rerun (same machine): equal to six digits",
+     _det_repro),
     ("pair-runs", "pair_runs", "paired verdicts between runs of different proofs: a rerun on another machine against "
      "its reference, a new set against a baseline run again beside it", ["pair_runs_*.json"], "current", None, "",
      _pair_runs),
