@@ -85,6 +85,8 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
     """The options every proof script takes; each script adds its own."""
     import argparse
 
+    from defectgen.diffusion.models import PRESETS, TARGETS
+
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(configs), default="cpu")
     parser.add_argument("--data", type=Path, default=SHARED / "datasets" / dataset)
@@ -100,12 +102,12 @@ def proof_parser(doc: str, configs: dict, dataset: str, generators: str):
                         help="training steps of the conditional (and unconditional) DDPM (default: the config's)")
     parser.add_argument("--ddpm-context", type=float, default=1.0,
                         help="the DDPMs' training and synthesis windows, in model sides (train-ddpm --context)")
-    parser.add_argument("--ddpm-preset", choices=("tiny", "small", "base"), default=None,
+    parser.add_argument("--ddpm-preset", choices=sorted(PRESETS), default=None,
                         help="the DDPMs' UNet size (default: the config's)")
     parser.add_argument("--variant", default=None,
                         help="a name recorded beside the DDPMs' timings, so compute_curve.py draws and pairs their "
                         "points as a line of their own (a rerun on another machine, say)")
-    parser.add_argument("--ddpm-target", choices=("image", "residual"), default="image",
+    parser.add_argument("--ddpm-target", choices=TARGETS, default="image",
                         help="what the conditional DDPM diffuses (train-ddpm --target)")
     parser.add_argument("--ldm-steps", type=int, default=None,
                         help="training steps of the text-guided LDM's denoiser (default: the config's)")

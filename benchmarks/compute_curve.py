@@ -102,6 +102,11 @@ def read_seeded(proof: dict, path: Path) -> dict[str, dict[str, RunSeeds]]:
             for d, runs in proof["seeded"].items()}
 
 
+# The timings' keys that make a point a variant, in the order its name lists them, and how each is written.
+VARIANT_NAMES = {"guidance": "g{:g}", "weights": "{}", "context": "ctx{:g}", "target": "{}", "preset": "{}",
+                 "variant": "{}"}
+
+
 def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
     """Every trained generator's point in `proof`: its steps, training time, KID and its runs."""
     seeded = read_seeded(proof, path)
@@ -113,12 +118,7 @@ def points_of(proof: dict, path: Path, layout: Layout) -> list[Point]:
         steps = timing.get("steps") or proof["settings"]["ddpm_steps"]
         keys = (layout.mixed(generator), layout.alone(generator))
         quality = proof["quality"].get(generator, {})
-        variant = ([f"g{timing['guidance']:g}"] if timing.get("guidance") is not None else []) + \
-            ([timing["weights"]] if timing.get("weights") else []) + \
-            ([f"ctx{timing['context']:g}"] if timing.get("context") else []) + \
-            ([timing["target"]] if timing.get("target") else []) + \
-            ([timing["preset"]] if timing.get("preset") else []) + \
-            ([timing["variant"]] if timing.get("variant") else [])
+        variant = [VARIANT_NAMES[k].format(timing[k]) for k in VARIANT_NAMES if timing.get(k) not in (None, "")]
         # a sampling variant (guidance), another read of the same run (raw weights), a training option (larger
         # windows, the residual target, a larger UNet) or a named rerun: a line of its own, paired with the default
         # at the same steps
